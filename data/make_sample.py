@@ -1,0 +1,346 @@
+"""Make the built-in sample: an invented encyclopedia in DPR's formats (deterministic).
+
+    python data/make_sample.py --output_dir data/sample
+
+Every entity (a town, a composer, a ship, a company or a mountain) has two ~100-word passages
+written from the same template as every other entity of its kind: one about its history, one
+about its present. Answers are invented names that occur in exactly one passage, so DPR's
+`has_answer` finds them in the gold passage and nowhere else (checked when the files are made).
+Hard negatives are the lexically closest passages: the entity's other passage (same title, same
+entity, other aspect) and a passage of the same kind and aspect about another entity. Questions are paraphrased, so a retriever has
+to learn which aspect a question asks about, not only which title it names.
+
+Files: passages.tsv (id, text, title), train.json / dev.json (biencoder records, disjoint
+entities), qa_test.csv (question<TAB>["answer"], held-out entities).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import random
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dpr_paddle.evaluation import has_answer  # noqa: E402
+from dpr_paddle.utils import write_json_atomic, write_text_atomic  # noqa: E402
+
+SEED = 20261122
+N_ENTITIES = 1100  # x 2 passages = 2,200 passages
+TRAIN_ENTITIES, DEV_ENTITIES = 700, 100  # the rest (300) are held out for qa_test.csv
+
+ONSETS = ["b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr",
+          "kr", "st", "tr", "th", "sh", "ch", "bl", "fl", "gl", "pl", "sl", "sk", "sp", "qu", "w"]
+VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "io", "ou", "ae", "y"]
+CODAS = ["", "", "n", "r", "l", "s", "th", "m", "nd", "rt", "sk", "v", "x", "ck"]
+
+KINDS = {
+    "town": {
+        "history": (
+            "{title} is a small town on the southern slopes of the {region} hills. It was founded by the "
+            "merchant {founder}, who built the first stone bridge across the river {river} to bring wool "
+            "to the coast. In its early years the settlers relied on grain shipped from the port of "
+            "{port}, and a wooden palisade protected the market square. {filler} The old bridge still "
+            "stands, and the town archive keeps the founding charter together with a map of the first streets."
+        ),
+        "present": (
+            "Today {title} is best known for its craft workshops and its mild climate. The largest "
+            "employer in {title} is {company}, a maker of glassware that exports to many countries. Every "
+            "autumn the town hosts the {festival}, which fills the market square with music and food stalls. "
+            "{filler} The local football club, {club}, plays its home games at a small ground beside the "
+            "railway station."
+        ),
+        "questions": {
+            "founder": ["Who founded the town of {title}?", "Which merchant established {title}?",
+                        "{title} was founded by whom?"],
+            "river": ["Which river does the first stone bridge of {title} cross?",
+                      "What river flows past {title}?"],
+            "port": ["From which port did the early settlers of {title} get their grain?"],
+            "company": ["What is the largest employer in {title}?", "Which glassware maker is based in {title}?"],
+            "festival": ["What festival is held in {title} every autumn?",
+                         "Which autumn festival takes place in {title}?"],
+            "club": ["Which football club plays in {title}?", "What is the name of the football team of {title}?"],
+        },
+        "slots": {"founder": "person", "river": "word", "port": "place", "company": "company",
+                  "festival": "festival", "club": "club", "region": "word"},
+        "aspects": {"history": ["founder", "river", "port"], "present": ["company", "festival", "club"]},
+    },
+    "composer": {
+        "history": (
+            "{title} was a composer and organist born in the city of {birthplace}. As a young man {title} "
+            "studied counterpoint with the choirmaster {teacher}, who encouraged him to write for the stage. "
+            "His first opera, {opera}, was performed in a converted grain store and drew large crowds. "
+            "{filler} Letters from this period show that he often worked late into the night and rewrote "
+            "his scores many times before a performance."
+        ),
+        "present": (
+            "The later works of {title} were written under the patronage of the banker {patron}, who paid for "
+            "a small orchestra. The best known of them is the {symphony}, a long work in four movements that "
+            "is still performed today. {title} spent his last years teaching at the {academy}. {filler} Many of "
+            "his manuscripts were lost in a fire, but copies made by his students have survived in several libraries."
+        ),
+        "questions": {
+            "birthplace": ["In which city was the composer {title} born?", "Where was {title} born?"],
+            "teacher": ["Who taught counterpoint to {title}?", "Which choirmaster was the teacher of {title}?"],
+            "opera": ["What was the first opera of {title}?", "Which opera did {title} write first?"],
+            "patron": ["Which banker was the patron of {title}?", "Who paid for the orchestra of {title}?"],
+            "symphony": ["What is the best known symphony of {title}?", "Which symphony by {title} is still performed?"],
+            "academy": ["Where did {title} teach in his last years?", "At which academy did {title} teach?"],
+        },
+        "slots": {"birthplace": "place", "teacher": "person", "opera": "work", "patron": "person",
+                  "symphony": "symphony", "academy": "academy"},
+        "aspects": {"history": ["birthplace", "teacher", "opera"], "present": ["patron", "symphony", "academy"]},
+    },
+    "ship": {
+        "history": (
+            "The {title} was a three-masted merchant ship built at the {shipyard} shipyard. Her first captain, "
+            "{captain}, sailed her on a long voyage to the island of {island}, carrying timber and returning "
+            "with spices. The crew of forty men kept a detailed log of the weather and the currents. {filler} "
+            "The ship was later repaired and given a new figurehead carved in the shape of a heron."
+        ),
+        "present": (
+            "The wreck of the {title} lies in shallow water near the cape of {cape}, where she ran aground in a "
+            "winter storm. Divers from the {museum} recovered her bell and parts of her rigging. The bell is now "
+            "on display next to a model of the ship built by {modeller}. {filler} Visitors can see the wreck "
+            "from a glass-bottomed boat when the sea is calm."
+        ),
+        "questions": {
+            "shipyard": ["At which shipyard was the {title} built?", "Where was the ship {title} built?"],
+            "captain": ["Who was the first captain of the {title}?", "Who first commanded the ship {title}?"],
+            "island": ["To which island did the {title} sail on her first voyage?"],
+            "cape": ["Near which cape does the wreck of the {title} lie?", "Where did the {title} run aground?"],
+            "museum": ["Which museum recovered the bell of the {title}?", "Who recovered the bell of the {title}?"],
+            "modeller": ["Who built the model of the {title}?"],
+        },
+        "slots": {"shipyard": "word", "captain": "person", "island": "place", "cape": "place",
+                  "museum": "museum", "modeller": "person"},
+        "aspects": {"history": ["shipyard", "captain", "island"], "present": ["cape", "museum", "modeller"]},
+    },
+    "company": {
+        "history": (
+            "{title} is a manufacturer of bicycles and small engines. The company was founded by the engineer "
+            "{founder} in a rented workshop in the town of {hometown}. Its first product, the {product}, was a "
+            "folding bicycle that sold well among postal workers. {filler} In its first decade the firm employed "
+            "fewer than thirty people and delivered its goods by horse-drawn cart."
+        ),
+        "present": (
+            "Today {title} has its headquarters in {hq}, where it employs several thousand people. The company "
+            "is led by its chief executive {ceo}, and its best selling product is the {flagship}, an electric "
+            "scooter. {filler} The firm also sponsors a cycling team and publishes a yearly report on road safety "
+            "for its customers."
+        ),
+        "questions": {
+            "founder": ["Who founded the company {title}?", "Which engineer established {title}?"],
+            "hometown": ["In which town did {title} start?", "Where was the first workshop of {title}?"],
+            "product": ["What was the first product of {title}?", "Which folding bicycle did {title} make first?"],
+            "hq": ["Where are the headquarters of {title}?", "In which city is {title} based today?"],
+            "ceo": ["Who is the chief executive of {title}?", "Who leads the company {title}?"],
+            "flagship": ["What is the best selling product of {title}?", "Which electric scooter does {title} sell?"],
+        },
+        "slots": {"founder": "person", "hometown": "place", "product": "product", "hq": "place",
+                  "ceo": "person", "flagship": "product"},
+        "aspects": {"history": ["founder", "hometown", "product"], "present": ["hq", "ceo", "flagship"]},
+    },
+    "mountain": {
+        "history": (
+            "{title} is a mountain in the {range} range with a broad rocky summit. It was first climbed by "
+            "{climber}, a surveyor who reached the top by the eastern ridge after two failed attempts. On the way "
+            "down the party sheltered in a cave later named {cave}. {filler} For many years the mountain was "
+            "thought to be the highest in the region, until new measurements proved otherwise."
+        ),
+        "present": (
+            "The slopes of {title} are covered by the {glacier} glacier, which has shrunk quickly in recent "
+            "decades. Walkers usually start from the village of {village} and spend the night at the {hut} "
+            "before the final climb. {filler} In summer the meadows below the glacier are grazed by sheep, and "
+            "in winter the upper slopes are popular with ski tourers."
+        ),
+        "questions": {
+            "climber": ["Who first climbed {title}?", "Who made the first ascent of {title}?"],
+            "cave": ["In which cave did the first climbers of {title} shelter?"],
+            "range": ["In which range is the mountain {title}?"],
+            "glacier": ["Which glacier covers the slopes of {title}?", "What is the glacier on {title} called?"],
+            "village": ["From which village do walkers start the climb of {title}?"],
+            "hut": ["Where do walkers spend the night before climbing {title}?",
+                    "Which hut is used by climbers of {title}?"],
+        },
+        "slots": {"climber": "person", "cave": "cave", "range": "word", "glacier": "word", "village": "place",
+                  "hut": "hut"},
+        "aspects": {"history": ["climber", "cave", "range"], "present": ["glacier", "village", "hut"]},
+    },
+}
+
+TITLE_SHAPES = {"town": "{w}", "composer": "{P}", "ship": "{W}", "company": "{W} Works", "mountain": "Mount {w}"}
+FILLERS = [
+    "Local historians have written several books about this period.",
+    "The name is thought to come from an old word for a meeting place.",
+    "Records from the time are incomplete, and some dates remain uncertain.",
+    "A small exhibition at the public library tells the story in pictures.",
+    "The events are remembered each year with a short ceremony.",
+    "Some accounts disagree on the details, but the main facts are well established.",
+    "Photographs from the period show how little the surroundings have changed.",
+    "Travellers who passed through at the time described it in their diaries.",
+    "Older residents still tell stories about those days to visitors.",
+    "A painting of the scene hangs in the council chamber.",
+]
+
+
+class Namer:
+    """Invented words, each used once in the whole corpus (so answers never collide)."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.used = set()
+
+    def word(self, syllables=(2, 3)) -> str:
+        while True:
+            n = self.rng.choice(syllables)
+            w = "".join(self.rng.choice(ONSETS) + self.rng.choice(VOWELS) + self.rng.choice(CODAS) for _ in range(n))
+            if 5 <= len(w) <= 12 and w not in self.used:
+                self.used.add(w)
+                return w.capitalize()
+
+    def value(self, shape: str) -> str:
+        w = self.word
+        return {
+            "person": lambda: f"{w((2,))} {w()}",
+            "word": lambda: w(),
+            "place": lambda: w(),
+            "company": lambda: f"{w()} Glassworks",
+            "festival": lambda: f"{w()} Lantern Festival",
+            "club": lambda: f"{w()} Rovers",
+            "work": lambda: f"The {w()} Bride",
+            "symphony": lambda: f"{w()} Symphony",
+            "academy": lambda: f"{w()} Academy",
+            "museum": lambda: f"{w()} Maritime Museum",
+            "product": lambda: f"{w()} {self.rng.choice(['One', 'Mark II', 'Swift', 'Ranger'])}",
+            "cave": lambda: f"{w()} Cave",
+            "hut": lambda: f"{w()} Hut",
+        }[shape]()
+
+
+def build(seed: int = SEED):
+    """Return (passages, records_by_entity, kinds): passages as dicts with id/title/text."""
+    rng = random.Random(seed)
+    namer = Namer(rng)
+    kinds = list(KINDS)
+    passages, entities = [], []
+    for e in range(N_ENTITIES):
+        kind = kinds[e % len(kinds)]
+        spec = KINDS[kind]
+        title = TITLE_SHAPES[kind].format(w=namer.word(), W="The " + namer.word() if kind == "ship" else namer.word(),
+                                          P=f"{namer.word((2,))} {namer.word()}")
+        if kind == "ship":
+            title = title[len("The "):]  # "The {title}" reads naturally in the template
+        slots = {name: namer.value(shape) for name, shape in spec["slots"].items()}
+        ent = {"kind": kind, "title": title, "slots": slots, "passage_ids": {}}
+        fillers = rng.sample(FILLERS, 4)
+        for j, aspect in enumerate(("history", "present")):
+            text = spec[aspect].format(title=title, filler=" ".join(fillers[2 * j : 2 * j + 2]), **slots)
+            pid = str(len(passages) + 1)
+            passages.append({"id": pid, "title": title, "text": text, "kind": kind, "aspect": aspect, "entity": e})
+            ent["passage_ids"][aspect] = pid
+        entities.append(ent)
+    return passages, entities, rng
+
+
+def questions_for(ent: dict, rng: random.Random):
+    """(question, answer, aspect) for every slot of an entity, phrasing chosen at random."""
+    spec = KINDS[ent["kind"]]
+    out = []
+    for aspect, names in spec["aspects"].items():
+        for name in names:
+            q = rng.choice(spec["questions"][name]).format(title=ent["title"])
+            out.append((q, ent["slots"][name], aspect))
+    return out
+
+
+def ctx(p: dict) -> dict:
+    return {"title": p["title"], "text": p["text"], "passage_id": p["id"]}
+
+
+def make_records(entities, passages, ids, rng, per_entity):
+    by_kind_aspect = {}
+    for p in passages:
+        by_kind_aspect.setdefault((p["kind"], p["aspect"]), []).append(p)
+    records = []
+    for e in ids:
+        ent = entities[e]
+        qs = questions_for(ent, rng)
+        rng.shuffle(qs)
+        for q, answer, aspect in qs[:per_entity]:
+            gold = passages[int(ent["passage_ids"][aspect]) - 1]
+            other_aspect = "present" if aspect == "history" else "history"
+            sibling = passages[int(ent["passage_ids"][other_aspect]) - 1]
+            same = [p for p in rng.sample(by_kind_aspect[(ent["kind"], aspect)], 3) if p["entity"] != e][:1]
+            others = [p for p in rng.sample(passages, 6) if p["kind"] != ent["kind"]][:3]
+            records.append({
+                "dataset": "dpr_paddle_sample",
+                "question": q,
+                "answers": [answer],
+                "positive_ctxs": [ctx(gold)],
+                "negative_ctxs": [ctx(p) for p in others],
+                "hard_negative_ctxs": [ctx(sibling)] + [ctx(p) for p in same],
+            })
+    return records
+
+
+def check_answers(items, passages) -> None:
+    """Every answer is found (DPR has_answer) in its gold passage and in no other passage."""
+    from dpr_paddle.evaluation import normalize, tokenize_words
+
+    by_token = {}  # token -> passages containing it, so each answer is checked against few passages
+    for p in passages:
+        for tok in set(tokenize_words(normalize(p["text"]))):
+            by_token.setdefault(tok, []).append(p)
+    for item in items:
+        answers, gold_text = item["answers"], item["gold_text"]
+        if not has_answer(answers, gold_text):
+            raise AssertionError(f"answer {answers} not in its gold passage")
+        rarest = min(tokenize_words(normalize(answers[0])), key=lambda t: len(by_token.get(t, [])))
+        hits = [p["id"] for p in by_token.get(rarest, []) if has_answer(answers, p["text"])]
+        if len(hits) != 1:
+            raise AssertionError(f"answer {answers} found in {len(hits)} passages: {hits[:5]}")
+
+
+def main(argv=None) -> None:
+    """Write the sample files into --output_dir."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--output_dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample"))
+    ap.add_argument("--seed", type=int, default=SEED)
+    args = ap.parse_args(argv)
+
+    passages, entities, rng = build(args.seed)
+    train = make_records(entities, passages, range(0, TRAIN_ENTITIES), rng, per_entity=2)
+    dev = make_records(entities, passages, range(TRAIN_ENTITIES, TRAIN_ENTITIES + DEV_ENTITIES), rng, per_entity=2)
+    qa = []
+    for e in range(TRAIN_ENTITIES + DEV_ENTITIES, N_ENTITIES):
+        q, answer, aspect = rng.choice(questions_for(entities[e], rng))
+        gold = passages[int(entities[e]["passage_ids"][aspect]) - 1]
+        qa.append({"question": q, "answers": [answer], "gold_text": gold["text"]})
+    check_answers([{"answers": r["answers"], "gold_text": r["positive_ctxs"][0]["text"]} for r in train + dev], passages)
+    check_answers(qa, passages)
+
+    os.makedirs(args.output_dir, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    w.writerow(["id", "text", "title"])
+    for p in passages:
+        w.writerow([p["id"], p["text"], p["title"]])
+    write_text_atomic(os.path.join(args.output_dir, "passages.tsv"), buf.getvalue())
+    write_json_atomic(os.path.join(args.output_dir, "train.json"), train, indent=None)
+    write_json_atomic(os.path.join(args.output_dir, "dev.json"), dev, indent=None)
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    for item in qa:
+        w.writerow([item["question"], json.dumps(item["answers"], ensure_ascii=False)])
+    write_text_atomic(os.path.join(args.output_dir, "qa_test.csv"), buf.getvalue())
+    words = sum(len(p["text"].split()) for p in passages) / len(passages)
+    print(f"{args.output_dir}: {len(passages)} passages ({words:.0f} words on average), {len(train)} train and "
+          f"{len(dev)} dev records, {len(qa)} test questions")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Retrieve passages for every question of a QA file and report DPR's top-k accuracy.
+
+    python dense_retriever.py --hnsw_index --out_file results.json --encoded_ctx_file 'emb/sample_*' \
+        --ctx_file data/sample/passages.tsv --qa_file data/sample/qa_test.csv \
+        --que_model_path save_biencoder/best/question_encoder --con_model_path save_biencoder/best/context_encoder
+
+Exact inner-product search is the default; --hnsw_index uses hnswlib (--index_path keeps the graph).
+"""
+import dpr_paddle  # noqa: F401  (sets CPU thread defaults before paddle loads)
+
+
+def main(argv=None) -> None:
+    from dpr_paddle.cli import run_main
+    from dpr_paddle.config import RetrieverArgs, parse
+
+    args = parse(RetrieverArgs, argv, description=__doc__)
+
+    def body():
+        from dpr_paddle.inference import load_tower
+        from dpr_paddle.model import QUESTION
+        from dpr_paddle.retriever import retrieve
+
+        encode, tensorizer, _ = load_tower(args, QUESTION)
+        retrieve(args, encode, tensorizer)
+
+    run_main(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""dpr_paddle: Dense Passage Retrieval in PaddlePaddle with an exact gradient cache.
+
+Importing the package sets CPU threading defaults *before* paddle loads (see `cpu_defaults`);
+it does not import paddle itself, so the readers and the evaluation stay light.
+"""
+import os
+
+__version__ = "0.1.0"
+
+
+def _is_amd_cpu() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="ignore") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return "AuthenticAMD" in head
+
+
+def cpu_defaults() -> dict:
+    """Set MKL/OpenMP defaults that speed up Paddle's CPU wheel; never override the user.
+
+    Paddle's CPU wheel links MKL, which takes a slow generic code path on AMD CPUs unless
+    `MKL_DEBUG_CPU_TYPE=5`; measured here, a 2048^2 matmul goes from ~22 to ~134 GFLOP/s.
+    OpenMP gets one thread per usable core. Each variable is only set when unset, and
+    `DPR_PADDLE_NO_CPU_DEFAULTS=1` turns all of this off. Returns what was set.
+    """
+    if os.environ.get("DPR_PADDLE_NO_CPU_DEFAULTS") == "1":
+        return {}
+    wanted = {}
+    if _is_amd_cpu():
+        wanted["MKL_DEBUG_CPU_TYPE"] = "5"
+    try:
+        wanted["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        wanted["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
+    applied = {}
+    for key, value in wanted.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            applied[key] = value
+    return applied
+
+
+cpu_defaults()

@@ -1,0 +1,215 @@
+"""Checkpoints that carry their config, so later scripts rebuild the model from them alone.
+
+Layout of `SAVE_DIR/checkpoint-STEP/` (written atomically: temp dir + rename):
+    question_encoder/   PaddleNLP save_pretrained dir + tokenizer (+ dpr_projection.npz, dpr_config.json)
+    context_encoder/    the same for passages (a copy of the question encoder when shared)
+    dpr_config.json     how the model was built and tokenized (max lengths, projection, sharing)
+    optimizer.npz       AdamW accumulators keyed by structured parameter name (no pickle)
+    trainer_state.json  step, epoch, position in the epoch, scheduler, best metric, run config
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+import shutil
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import paddle
+
+from .model import CONTEXT, QUESTION, BiEncoder
+from .pretrained import load_encoder
+from .utils import atomic_dir, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+DPR_CONFIG = "dpr_config.json"
+PROJECTION = "dpr_projection.npz"
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER = "optimizer.npz"
+TOWER_DIRS = {QUESTION: "question_encoder", CONTEXT: "context_encoder"}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing or incomplete."""
+
+
+def model_config(args) -> dict:
+    """The part of a run's arguments that rebuilds the model and its tokenization."""
+    return {
+        "max_query_length": args.max_query_length,
+        "max_passage_length": args.max_passage_length,
+        "projection_dim": args.projection_dim,
+        "shared_encoder": bool(args.shared_encoder),
+        "pooling": "cls",
+    }
+
+
+def read_model_config(path: str) -> Optional[dict]:
+    """dpr_config.json of a checkpoint or encoder dir, if there is one."""
+    f = os.path.join(path, DPR_CONFIG)
+    if os.path.isfile(f):
+        with open(f, encoding="utf-8") as fh:
+            return json.load(fh)
+    return None
+
+
+def _save_tower(model: BiEncoder, tower: str, tokenizer, directory: str, cfg: dict) -> None:
+    os.makedirs(directory, exist_ok=True)
+    model.tower(tower).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    if model.projection_dim > 0:
+        proj = model.q_proj if tower == QUESTION else model.p_proj
+        np.savez(os.path.join(directory, PROJECTION), weight=proj.weight.numpy(), bias=proj.bias.numpy())
+    write_json_atomic(os.path.join(directory, DPR_CONFIG), cfg)
+
+
+def build_biencoder(que_path: str, con_path: str, shared: bool = False, projection_dim: int = 0):
+    """A BiEncoder (and the question tokenizer) from two encoder names/dirs.
+
+    Projection weights saved next to an encoder (`dpr_projection.npz`) are loaded too.
+    """
+    q_model, tokenizer = load_encoder(que_path)
+    p_model = None if shared else load_encoder(con_path)[0]
+    model = BiEncoder(q_model, p_model, projection_dim=projection_dim)
+    if projection_dim > 0:
+        for tower, path, layer in ((QUESTION, que_path, model.q_proj), (CONTEXT, con_path, model.p_proj)):
+            f = os.path.join(path, PROJECTION) if os.path.isdir(path) else ""
+            if os.path.isfile(f):
+                with np.load(f, allow_pickle=False) as z:
+                    layer.weight.set_value(z["weight"])
+                    layer.bias.set_value(z["bias"])
+    return model, tokenizer
+
+
+def resolve_encoder_paths(model_file: Optional[str], que_path: Optional[str], con_path: Optional[str],
+                          default: str) -> Tuple[str, str, dict]:
+    """(question path, context path, model config) from `--model_file` or the two path flags."""
+    if model_file:
+        if not os.path.isdir(model_file):
+            raise CheckpointError(f"{model_file}: --model_file must be a checkpoint directory")
+        q = os.path.join(model_file, TOWER_DIRS[QUESTION])
+        c = os.path.join(model_file, TOWER_DIRS[CONTEXT])
+        for d in (q, c):
+            if not os.path.isdir(d):
+                raise CheckpointError(f"{model_file}: not a dpr_paddle checkpoint (no {os.path.basename(d)}/)")
+        return q, c, read_model_config(model_file) or {}
+    q = que_path or default
+    c = con_path or default
+    cfg = {}
+    for path in (q, c):
+        if os.path.isdir(path):
+            cfg = read_model_config(path) or cfg
+    return q, c, cfg
+
+
+# --------------------------------------------------------------------------- optimizer state
+
+def _param_name_map(model) -> Dict[str, str]:
+    return {p.name: n for n, p in model.named_parameters()}
+
+
+def optimizer_arrays(optimizer, model) -> Dict[str, np.ndarray]:
+    """Optimizer accumulators as numpy arrays keyed by structured parameter name.
+
+    Paddle keys accumulators by generated parameter names (`linear_3.w_0_moment1_0`), which
+    differ between processes that build models in a different order; structured names don't.
+    """
+    names = _param_name_map(model)
+    by_len = sorted(names, key=len, reverse=True)
+    out = {}
+    for key, value in optimizer.state_dict().items():
+        if not isinstance(value, paddle.Tensor):
+            continue
+        for pname in by_len:
+            if key.startswith(pname + "_"):
+                out[names[pname] + "|" + key[len(pname) + 1:]] = value.numpy()
+                break
+        else:
+            out["|" + key] = value.numpy()
+    return out
+
+
+def load_optimizer_arrays(optimizer, model, arrays: Dict[str, np.ndarray]) -> None:
+    """Inverse of `optimizer_arrays`."""
+    inv = {n: p.name for n, p in model.named_parameters()}
+    state = {}
+    for key, value in arrays.items():
+        structured, _, suffix = key.partition("|")
+        name = f"{inv[structured]}_{suffix}" if structured else suffix
+        state[name] = paddle.to_tensor(value)
+    optimizer.set_state_dict(state)
+
+
+# --------------------------------------------------------------------------- save / load
+
+def save_checkpoint(path: str, model: BiEncoder, tokenizer, optimizer, scheduler, trainer_state: dict,
+                    cfg: dict, run_config: dict) -> str:
+    """Write a complete checkpoint atomically to `path`."""
+    with atomic_dir(path) as tmp:
+        for tower, sub in TOWER_DIRS.items():
+            _save_tower(model, tower, tokenizer, os.path.join(tmp, sub), cfg)
+        write_json_atomic(os.path.join(tmp, DPR_CONFIG), cfg)
+        if optimizer is not None:
+            np.savez(os.path.join(tmp, OPTIMIZER), **optimizer_arrays(optimizer, model))
+        state = dict(trainer_state)
+        state["scheduler"] = scheduler.state_dict() if scheduler is not None else None
+        state["run_config"] = run_config
+        write_json_atomic(os.path.join(tmp, TRAINER_STATE), state)
+    return path
+
+
+def load_trainer_state(path: str) -> dict:
+    """trainer_state.json of a checkpoint."""
+    f = os.path.join(path, TRAINER_STATE)
+    if not os.path.isfile(f):
+        raise CheckpointError(f"{path}: not a complete checkpoint (no {TRAINER_STATE})")
+    with open(f, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def restore_optimizer(path: str, optimizer, scheduler, model) -> None:
+    """Load optimizer accumulators and the LR scheduler state from a checkpoint."""
+    with np.load(os.path.join(path, OPTIMIZER), allow_pickle=False) as z:
+        load_optimizer_arrays(optimizer, model, {k: z[k] for k in z.files})
+    sched = load_trainer_state(path).get("scheduler")
+    if scheduler is not None and sched:
+        scheduler.set_state_dict(sched)
+
+
+def list_checkpoints(save_dir: str):
+    """Complete step checkpoints in `save_dir`, oldest first, as (step, path)."""
+    out = []
+    for p in glob.glob(os.path.join(save_dir, "checkpoint-*")):
+        m = re.fullmatch(r"checkpoint-(\d+)", os.path.basename(p))
+        if m and os.path.isfile(os.path.join(p, TRAINER_STATE)):
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest_checkpoint(save_dir: str) -> Optional[str]:
+    """The newest complete checkpoint in `save_dir`, or None."""
+    cps = list_checkpoints(save_dir)
+    return cps[-1][1] if cps else None
+
+
+def prune_checkpoints(save_dir: str, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` step checkpoints (`best/` is separate and kept)."""
+    if keep_last <= 0:
+        return
+    for _, p in list_checkpoints(save_dir)[:-keep_last]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def point_latest(save_dir: str, checkpoint: str) -> str:
+    """Make `SAVE_DIR/latest` a symlink to `checkpoint` (replaced atomically), for scripts that follow."""
+    link = os.path.join(save_dir, "latest")
+    tmp = link + ".tmp"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(os.path.basename(checkpoint.rstrip("/")), tmp)
+    os.replace(tmp, link)
+    return link

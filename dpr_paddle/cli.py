@@ -1,0 +1,44 @@
+"""What the three CLIs share: logging setup and turning expected errors into one clear line."""
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+from .utils import setup_logging
+
+
+def expected_errors() -> tuple:
+    """Error types whose message is meant for the user: printed as one line, no traceback."""
+    from .checkpoint import CheckpointError
+    from .data.readers import DataFormatError
+    from .pretrained import ModelNotFoundError
+
+    errors = [DataFormatError, ModelNotFoundError, CheckpointError, FileNotFoundError]
+    for mod, name in (("dpr_paddle.train", "TrainingError"), ("dpr_paddle.index", "IndexError_"),
+                      ("dpr_paddle.embeddings", "EmbeddingError")):
+        module = sys.modules.get(mod)
+        if module is not None and hasattr(module, name):
+            errors.append(getattr(module, name))
+    return tuple(errors)
+
+
+def run_main(body) -> None:
+    """Run a CLI body; an expected error exits with status 2 and `error: <message>`."""
+    setup_logging()
+    # Paddle warns about a missing ccache and setuptools on import; neither concerns a user.
+    warnings.filterwarnings("ignore", message="No ccache found")
+    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
+    try:
+        from paddlenlp.utils.log import logger as paddlenlp_logger
+
+        paddlenlp_logger.set_level("WARNING")  # its INFO lines (weights saved/loaded) drown ours
+    except ImportError:
+        pass
+    try:
+        body()
+    except Exception as e:  # noqa: BLE001 - filtered just below
+        if isinstance(e, expected_errors()):
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise

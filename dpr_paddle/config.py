@@ -1,0 +1,131 @@
+"""Command-line configuration shared by the three CLIs: dataclasses turned into argparse.
+
+Each field's metadata holds its help text and, where the original Chinese README spells a flag
+differently from the field, the extra spellings (e.g. `--epoches` for `epochs`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from .tokenization import DEFAULT_MAX_PASSAGE_LENGTH, DEFAULT_MAX_QUERY_LENGTH
+
+
+def _f(default, help: str, aliases: Sequence[str] = (), **kw):
+    return field(default=default, metadata={"help": help, "aliases": tuple(aliases), **kw})
+
+
+@dataclass
+class ModelArgs:
+    """Which encoders to start from and how to tokenize for them."""
+
+    model_name_or_path: str = _f("minilm", "encoder for both towers: minilm | tiny | a model dir | a PaddleNLP name")
+    que_model_path: Optional[str] = _f(None, "question encoder (overrides --model_name_or_path for questions)")
+    con_model_path: Optional[str] = _f(None, "context encoder (overrides --model_name_or_path for passages)")
+    shared_encoder: bool = _f(False, "one encoder for questions and passages (DPR: separate)")
+    projection_dim: int = _f(0, "linear projection on top of [CLS] (0 = none, DPR's default)")
+    max_query_length: int = _f(DEFAULT_MAX_QUERY_LENGTH, "max question length in tokens")
+    max_passage_length: int = _f(DEFAULT_MAX_PASSAGE_LENGTH, "max passage (title + text) length in tokens")
+
+
+@dataclass
+class TrainArgs(ModelArgs):
+    """train_dense_encoder.py."""
+
+    train_data_path: str = _f(None, "biencoder training data (.json, .json.gz, .jsonl)", required=True)
+    dev_data_path: Optional[str] = _f(None, "biencoder dev data: logs dev NLL and average rank")
+    save_dir: str = _f("save_biencoder", "where checkpoints go")
+    log_dir: Optional[str] = _f(None, "VisualDL log dir (default: SAVE_DIR/vdl)")
+    batch_size: int = _f(128, "questions per step (global: summed over all ranks)")
+    chunk_size: int = _f(0, "gradient-cache chunk size; 0 or >= batch = plain step")
+    q_chunk_size: int = _f(0, "chunk size for questions (default: --chunk_size)")
+    p_chunk_size: int = _f(0, "chunk size for passages (default: --chunk_size)")
+    hard_negatives: int = _f(1, "hard negatives per question (plus all in-batch negatives)")
+    learning_rate: float = _f(2e-5, "peak learning rate")
+    weight_decay: float = _f(0.0, "AdamW weight decay (never on bias/LayerNorm)")
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon")
+    warmup_steps: int = _f(0, "linear warmup steps, then linear decay to 0")
+    epochs: int = _f(40, "training epochs", aliases=("--epoches",))
+    max_steps: int = _f(0, "stop after this many steps (0 = epochs decide)")
+    max_grad_norm: float = _f(2.0, "clip gradients to this global norm (0 = no clipping)")
+    seed: int = _f(12345, "seed for data order, negatives and dropout")
+    shuffle_positives: bool = _f(False, "pick a random positive instead of the first")
+    log_steps: int = _f(10, "log a line every N steps")
+    eval_steps: int = _f(0, "evaluate on the dev set every N steps (0 = per epoch only)")
+    save_steps: int = _f(0, "save a checkpoint every N steps (0 = per epoch only)")
+    keep_last: int = _f(3, "keep the last N step checkpoints (the best is kept apart)")
+    resume: Optional[str] = _f(None, "resume from a checkpoint dir, or 'auto' for the latest in SAVE_DIR")
+    fp16: bool = _f(False, "mixed precision on GPU (float16 with loss scaling)")
+    amp_dtype: str = _f("float16", "AMP dtype on GPU: float16 | bfloat16")
+    dev_batch_size: int = _f(64, "questions per dev batch")
+
+
+@dataclass
+class EmbedArgs(ModelArgs):
+    """generate_dense_embedding.py."""
+
+    ctx_file: str = _f(None, "passages TSV (id, text, title), .tsv or .tsv.gz", required=True)
+    out_file: str = _f(None, "output prefix; shard i is written to OUT_FILE_i", required=True)
+    model_file: Optional[str] = _f(None, "a training checkpoint dir (alternative to the model paths)")
+    shard_id: Optional[int] = _f(None, "which shard to encode (default: the rank under paddle.distributed.launch, else 0)")
+    num_shards: Optional[int] = _f(None, "how many shards the corpus is split into (default: world size, else 1)")
+    batch_size: int = _f(64, "passages per forward")
+    fp16: bool = _f(False, "store float16 vectors (and run the encoder in float16 on GPU)")
+    overwrite: bool = _f(False, "re-encode shards that are already complete")
+    sort_by_length: bool = _f(True, "batch passages of similar length together (output stays in corpus order)")
+    read_chunk: int = _f(20000, "passages read and sorted per block")
+
+
+@dataclass
+class RetrieverArgs(ModelArgs):
+    """dense_retriever.py."""
+
+    qa_file: str = _f(None, "questions and answers (question<TAB>[answers])", required=True)
+    ctx_file: str = _f(None, "passages TSV, for titles/texts and answer matching", required=True)
+    encoded_ctx_file: str = _f(None, "embedding shards: a glob ('emb/wiki_*') or the --out_file prefix ('emb/wiki')",
+                               required=True)
+    out_file: Optional[str] = _f(None, "retrieval results JSON (DPR format)")
+    model_file: Optional[str] = _f(None, "a training checkpoint dir (alternative to the model paths)")
+    hnsw_index: bool = _f(False, "search with hnswlib instead of exact inner product")
+    index_path: Optional[str] = _f(None, "save/load the hnsw index here (a second run skips the build)")
+    hnsw_m: int = _f(64, "hnswlib M")
+    ef_construction: int = _f(200, "hnswlib ef_construction")
+    ef_search: int = _f(0, "hnswlib ef at query time (default: max(2 * n_docs, 128))")
+    n_docs: int = _f(100, "passages retrieved per question", aliases=("--n-docs",))
+    validation_workers: int = _f(1, "processes for answer matching")
+    match: str = _f("string", "answer matching: string | regex", choices=("string", "regex"))
+    batch_size: int = _f(64, "questions per encoder forward")
+    validate_index: int = _f(0, "report hnsw recall@k against exact search on this many questions")
+    metrics_file: Optional[str] = _f(None, "top-k accuracy JSON (default: OUT_FILE.metrics.json)")
+    trec_file: Optional[str] = _f(None, "also write a TREC run file")
+    fp16: bool = _f(False, "run the question encoder in float16 on GPU")
+
+
+def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
+    """An ArgumentParser with one flag per dataclass field (plus its aliases)."""
+    p = argparse.ArgumentParser(description=description or cls.__doc__)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata)
+        names = ["--" + f.name, *meta.pop("aliases", ())]
+        help_ = meta.pop("help", "")
+        kind = hints[f.name]
+        if kind is bool or kind == Optional[bool]:
+            p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+            continue
+        base = {Optional[str]: str, Optional[int]: int, Optional[float]: float}.get(kind, kind)
+        if meta.get("required"):
+            p.add_argument(*names, dest=f.name, type=base, help=help_, required=True)
+        else:
+            p.add_argument(*names, dest=f.name, type=base, default=f.default, help=f"{help_} (default: {f.default})",
+                           **{k: v for k, v in meta.items() if k == "choices"})
+    return p
+
+
+def parse(cls, argv=None, description: str = ""):
+    """Parse `argv` into an instance of the dataclass `cls`."""
+    ns = build_parser(cls, description).parse_args(argv)
+    return cls(**vars(ns))

@@ -1,0 +1,110 @@
+"""Datasets return text; the collator makes tensors (Tevatron's split).
+
+Every random choice (epoch order, which positive, which hard negatives) is a pure function of
+(seed, epoch, index), so a run resumed in mid-epoch sees exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from .readers import BiEncoderRecord
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainExample:
+    """One question with its positive first, then its hard negatives, as (title, text) pairs."""
+
+    question: str
+    passages: List[Tuple[str, str]]
+
+
+class BiEncoderDataset:
+    """DPR training examples: 1 positive + `hard_negatives` passages per question.
+
+    Hard negatives come from `hard_negative_ctxs`, topped up from `negative_ctxs` when a record
+    has too few (DPR's `hard_neg_fallback`), and repeated if even that is not enough so every
+    question brings the same number of passages. The positive is `positive_ctxs[0]` (DPR's
+    default) unless `shuffle_positives`.
+    """
+
+    def __init__(self, records: Sequence[BiEncoderRecord], hard_negatives: int = 1, seed: int = 0,
+                 shuffle_positives: bool = False, shuffle_negatives: bool = True):
+        if hard_negatives < 0:
+            raise ValueError("hard_negatives must be >= 0")
+        self.records = list(records)
+        self.hard_negatives = hard_negatives
+        self.seed = seed
+        self.shuffle_positives = shuffle_positives
+        self.shuffle_negatives = shuffle_negatives
+        short = sum(1 for r in self.records if len(r.hard_negatives) + len(r.negatives) < hard_negatives)
+        if hard_negatives and short:
+            logger.info("%d records have fewer than %d negatives; their negatives are repeated", short, hard_negatives)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def example(self, index: int, epoch: int = 0) -> TrainExample:
+        """The example for record `index` in `epoch` (deterministic)."""
+        rec = self.records[index]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        pos = rec.positives[int(rng.integers(len(rec.positives)))] if self.shuffle_positives else rec.positives[0]
+        negs = list(rec.hard_negatives)
+        if self.shuffle_negatives and len(negs) > 1:
+            negs = [negs[i] for i in rng.permutation(len(negs))]
+        if len(negs) < self.hard_negatives:
+            extra = list(rec.negatives)
+            if self.shuffle_negatives and len(extra) > 1:
+                extra = [extra[i] for i in rng.permutation(len(extra))]
+            negs += extra
+        if negs and len(negs) < self.hard_negatives:
+            negs = (negs * self.hard_negatives)[: self.hard_negatives]
+        if len(negs) < self.hard_negatives:
+            # No negatives at all: the positive of another record stands in (an in-batch negative).
+            other = self.records[(index + 1) % len(self.records)].positives[0]
+            negs = [other] * self.hard_negatives
+        chosen = [pos] + negs[: self.hard_negatives]
+        return TrainExample(question=rec.question, passages=[(p.title, p.text) for p in chosen])
+
+
+def epoch_batches(num_examples: int, global_batch: int, epoch: int, seed: int, shuffle: bool = True,
+                  world_size: int = 1) -> List[List[int]]:
+    """The global batches of one epoch as lists of record indices.
+
+    The order is a permutation seeded by (seed, epoch). A last partial batch is kept on one
+    process; with several ranks it is kept only if it splits evenly across them.
+    """
+    if global_batch < 1:
+        raise ValueError(f"batch size must be >= 1, got {global_batch}")
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples) if shuffle else np.arange(num_examples)
+    batches = [order[i : i + global_batch].tolist() for i in range(0, num_examples, global_batch)]
+    if batches and len(batches[-1]) < global_batch and len(batches[-1]) % world_size:
+        batches.pop()
+    return batches
+
+
+def rank_slice(batch: List[int], rank: int, world_size: int) -> List[int]:
+    """This rank's contiguous part of a global batch (rank order = single-process order)."""
+    per = len(batch) // world_size
+    return batch[rank * per : (rank + 1) * per]
+
+
+class BiEncoderCollator:
+    """Tokenizes a list of `TrainExample`s into question and passage tensors (numpy int64)."""
+
+    def __init__(self, tensorizer):
+        self.tensorizer = tensorizer
+
+    def __call__(self, examples: Sequence[TrainExample]) -> Dict[str, Dict[str, np.ndarray]]:
+        questions = [e.question for e in examples]
+        passages = [p for e in examples for p in e.passages]  # [pos_0, neg_0.., pos_1, neg_1.., ...]
+        return {
+            "question": self.tensorizer.encode_questions(questions),
+            "context": self.tensorizer.encode_passages(passages),
+            "passages_per_question": len(examples[0].passages),
+        }

@@ -1,0 +1,261 @@
+"""Readers for DPR's file formats, with errors that name the file, the line and the field.
+
+- biencoder training data: `.json` (a list), `.json.gz`, `.jsonl` (one record a line), `.jsonl.gz`
+- passages: `psgs_w100.tsv` layout (header `id<TAB>text<TAB>title`), `.tsv.gz` too, streamed;
+  `id` and `text` must be non-empty, a missing or empty `title` reads as ""
+- QA pairs: `nq-test.qa.csv` layout (`question<TAB>["a1", "a2"]`), answers parsed without eval
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional, Tuple
+
+from ..utils import open_text
+
+logger = logging.getLogger(__name__)
+
+
+class DataFormatError(ValueError):
+    """Malformed input: the message names the file, the line or record, and what is wrong."""
+
+    def __init__(self, path: str, where: str, what: str):
+        self.path, self.where, self.what = path, where, what
+        super().__init__(f"{path}: {where}: {what}")
+
+
+@dataclass
+class Passage:
+    """One passage: DPR's (title, text) plus the corpus id when known."""
+
+    text: str
+    title: str = ""
+    id: Optional[str] = None
+
+
+@dataclass
+class BiEncoderRecord:
+    """One training question with its positive, negative and hard-negative passages."""
+
+    question: str
+    answers: List[str]
+    positives: List[Passage]
+    negatives: List[Passage] = field(default_factory=list)
+    hard_negatives: List[Passage] = field(default_factory=list)
+
+
+@dataclass
+class QAPair:
+    """An evaluation question and its acceptable answers."""
+
+    question: str
+    answers: List[str]
+
+
+def _check_exists(path: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+
+
+# --------------------------------------------------------------------------- biencoder JSON
+
+def _parse_ctx(obj, path: str, where: str, key: str, i: int) -> Passage:
+    if not isinstance(obj, dict):
+        raise DataFormatError(path, where, f"{key}[{i}] is {type(obj).__name__}, expected an object")
+    text = obj.get("text")
+    if not isinstance(text, str):
+        raise DataFormatError(path, where, f"{key}[{i}] has no string field 'text'")
+    title = obj.get("title", "") or ""
+    if not isinstance(title, str):
+        raise DataFormatError(path, where, f"{key}[{i}].title is {type(title).__name__}, expected a string")
+    pid = obj.get("passage_id", obj.get("psg_id"))
+    return Passage(text=text, title=title, id=None if pid is None else str(pid))
+
+
+def _parse_record(obj, path: str, where: str) -> BiEncoderRecord:
+    if not isinstance(obj, dict):
+        raise DataFormatError(path, where, f"record is {type(obj).__name__}, expected an object")
+    question = obj.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise DataFormatError(path, where, "missing or empty field 'question'")
+    answers = obj.get("answers", [])
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        raise DataFormatError(path, where, "field 'answers' must be a list of strings")
+    lists = {}
+    for key in ("positive_ctxs", "negative_ctxs", "hard_negative_ctxs"):
+        value = obj.get(key, [])
+        if value is None:
+            value = []
+        if not isinstance(value, list):
+            raise DataFormatError(path, where, f"field '{key}' must be a list")
+        lists[key] = [_parse_ctx(c, path, where, key, i) for i, c in enumerate(value)]
+    if "positive_ctxs" not in obj:
+        raise DataFormatError(path, where, "missing field 'positive_ctxs'")
+    return BiEncoderRecord(
+        question=question,
+        answers=answers,
+        positives=lists["positive_ctxs"],
+        negatives=lists["negative_ctxs"],
+        hard_negatives=lists["hard_negative_ctxs"],
+    )
+
+
+def _line_of_offset(text: str, index: int) -> int:
+    return text.count("\n", 0, index) + 1
+
+
+def read_biencoder_records(path: str) -> List[BiEncoderRecord]:
+    """Read DPR biencoder training data; records without a positive passage are skipped and counted."""
+    _check_exists(path)
+    name = path[:-3] if path.endswith(".gz") else path
+    records: List[BiEncoderRecord] = []
+    with open_text(path) as f:
+        if name.endswith(".jsonl"):
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataFormatError(path, f"line {lineno}", f"invalid JSON ({e.msg} at column {e.colno})") from None
+                records.append(_parse_record(obj, path, f"line {lineno}"))
+        else:
+            text = f.read()
+            if not text.strip():
+                raise DataFormatError(path, "line 1", "file is empty")
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(path, f"line {e.lineno}", f"invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(data, list):
+                raise DataFormatError(path, "line 1", f"expected a JSON list of records, found {type(data).__name__}")
+            # Record positions in the list are what a user can find; lines are not known after json.loads.
+            for i, obj in enumerate(data):
+                records.append(_parse_record(obj, path, f"record {i}"))
+    if not records:
+        raise DataFormatError(path, "line 1", "no records")
+    kept = [r for r in records if r.positives]
+    skipped = len(records) - len(kept)
+    if skipped:
+        logger.info("%s: skipped %d of %d records with no positive passage", path, skipped, len(records))
+    if not kept:
+        raise DataFormatError(path, "all records", "no record has a positive passage")
+    return kept
+
+
+# --------------------------------------------------------------------------- passages TSV
+
+PASSAGE_COLUMNS = ("id", "text", "title")
+
+
+def iter_passage_chunks(path: str, chunksize: int = 100_000) -> Iterator[Tuple[List[str], List[str], List[str]]]:
+    """Stream a psgs_w100-style TSV as (ids, texts, titles) lists of up to `chunksize` rows.
+
+    pandas' C parser reads DPR's quoting (fields with `"` are quoted, quotes doubled) far faster
+    than the csv module. The file is never loaded whole.
+    """
+    import pandas as pd
+
+    _check_exists(path)
+    compression = "gzip" if path.endswith(".gz") else None
+    with open_text(path) as f:
+        header_line = f.readline()
+    if not header_line.strip():
+        raise DataFormatError(path, "line 1", "file is empty (expected header 'id<TAB>text<TAB>title')")
+    header = next(csv.reader([header_line.rstrip("\r\n")], delimiter="\t"))
+    missing = [c for c in PASSAGE_COLUMNS if c not in header]
+    if missing:
+        raise DataFormatError(path, "line 1", f"header {header} lacks column(s) {missing}; expected 'id<TAB>text<TAB>title'")
+    try:
+        reader = pd.read_csv(
+            # Only empty fields are NA ("NA" or "null" are real titles); a short row's missing fields are NA too.
+            path, sep="\t", dtype=str, keep_default_na=False, na_filter=True, na_values=[""],
+            chunksize=chunksize, compression=compression, engine="c", on_bad_lines="error",
+            encoding="utf-8",
+        )
+        row0 = 0
+        for chunk in reader:
+            chunk["title"] = chunk["title"].fillna("")  # an empty (or absent) title is allowed
+            bad = chunk[["id", "text"]].isna()
+            if bad.values.any():
+                r, c = [int(x[0]) for x in bad.values.nonzero()]
+                column = ("id", "text")[c]
+                # Without multi-line fields, data row k (0-based) is on line k + 2.
+                raise DataFormatError(path, f"line {row0 + r + 2}", f"missing or empty field '{column}'")
+            yield (chunk["id"].tolist(), chunk["text"].tolist(), chunk["title"].tolist())
+            row0 += len(chunk)
+    except pd.errors.ParserError as e:
+        msg = str(e)
+        import re
+
+        m = re.search(r"line (\d+), saw (\d+)", msg)
+        where = f"line {m.group(1)}" if m else "somewhere"
+        raise DataFormatError(path, where, f"wrong number of columns ({msg.strip()})") from None
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, f"byte {e.start}", "not UTF-8 text") from None
+
+
+def iter_passages(path: str, chunksize: int = 100_000) -> Iterator[Passage]:
+    """Stream passages one at a time (see `iter_passage_chunks`)."""
+    for ids, texts, titles in iter_passage_chunks(path, chunksize):
+        for pid, text, title in zip(ids, texts, titles):
+            yield Passage(text=text, title=title, id=pid)
+
+
+def count_passages(path: str) -> int:
+    """Number of passages in a TSV, by streaming it once."""
+    return sum(len(ids) for ids, _, _ in iter_passage_chunks(path))
+
+
+def read_passages(path: str) -> dict:
+    """Load a whole passage TSV as {id: Passage} (for evaluation on corpora that fit in memory)."""
+    out = {}
+    for ids, texts, titles in iter_passage_chunks(path):
+        for pid, text, title in zip(ids, texts, titles):
+            out[pid] = Passage(text=text, title=title, id=pid)
+    return out
+
+
+# --------------------------------------------------------------------------- QA CSV
+
+def parse_answers(field: str) -> List[str]:
+    """Parse DPR's answer column, a Python/JSON list literal of strings, without eval."""
+    try:
+        value = json.loads(field)
+    except json.JSONDecodeError:
+        try:
+            value = ast.literal_eval(field)  # literals only: no names, calls or attributes
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise ValueError(f"answers {field[:80]!r} are not a list literal") from None
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise ValueError(f"answers {field[:80]!r} are not a list of strings")
+    return value
+
+
+def read_qa(path: str) -> List[QAPair]:
+    """Read a DPR QA file (`question<TAB>[answers]`, no header)."""
+    _check_exists(path)
+    out: List[QAPair] = []
+    with open_text(path) as f:
+        reader = csv.reader(f, delimiter="\t")
+        for row in reader:
+            lineno = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != 2:
+                raise DataFormatError(path, f"line {lineno}", f"expected 2 tab-separated columns (question, answers), found {len(row)}")
+            question, answers = row
+            if not question.strip():
+                raise DataFormatError(path, f"line {lineno}", "empty field 'question'")
+            try:
+                parsed = parse_answers(answers)
+            except ValueError as e:
+                raise DataFormatError(path, f"line {lineno}", f"field 'answers': {e}") from None
+            out.append(QAPair(question=question, answers=parsed))
+    if not out:
+        raise DataFormatError(path, "line 1", "no questions (file is empty)")
+    return out

@@ -1,0 +1,189 @@
+"""Passage embeddings, one shard at a time, resumable block by block.
+
+Shards split the corpus into contiguous ranges of ceil(N / num_shards) passages, so the union
+of all shards is the corpus with nothing dropped or repeated. Shard k is written to the
+directory `OUT_FILE_k/`:
+
+    vectors.npy   [n, D] float32 (or float16), a plain .npy: np.load(..., mmap_mode="r") maps it
+    ids.txt       the n passage ids, one per line, in corpus order
+    meta.json     {format, model, model_fingerprint, dim, count, dtype, shard_id, num_shards,
+                   start, end, ctx_file}
+
+The directory appears by an atomic rename when the shard is complete. While it is being made,
+finished blocks are kept in `OUT_FILE_k.partial/`, so an interrupted run continues from the
+last finished block instead of starting over.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from .data.readers import Passage, count_passages, iter_passage_chunks
+from .utils import atomic_dir, atomic_path, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "dpr_paddle.embeddings/1"
+
+
+class EmbeddingError(RuntimeError):
+    """Embedding shards are missing, incomplete or inconsistent."""
+
+
+def shard_range(n: int, shard_id: int, num_shards: int) -> Tuple[int, int]:
+    """[start, end) of shard `shard_id`: contiguous ranges of ceil(n / num_shards) passages."""
+    if num_shards < 1:
+        raise EmbeddingError(f"--num_shards must be >= 1, got {num_shards}")
+    if not 0 <= shard_id < num_shards:
+        raise EmbeddingError(f"--shard_id must be in [0, {num_shards}), got {shard_id}")
+    size = math.ceil(n / num_shards) if n else 0
+    start = min(shard_id * size, n)
+    return start, min(start + size, n)
+
+
+def shard_path(out_file: str, shard_id: int) -> str:
+    """Where shard `shard_id` of `out_file` is written."""
+    return f"{out_file}_{shard_id}"
+
+
+def model_fingerprint(model) -> str:
+    """A short hash of the encoder's parameters, so shards made by different models are caught."""
+    h = hashlib.sha1()
+    for name, p in model.named_parameters():
+        v = p.numpy().ravel()
+        h.update(name.encode())
+        h.update(str(tuple(p.shape)).encode())
+        h.update(np.ascontiguousarray(v[:64]).tobytes())
+        h.update(np.float64(v.astype(np.float64).sum()).tobytes())
+    return h.hexdigest()[:16]
+
+
+def iter_range(ctx_file: str, start: int, end: int, block: int) -> Iterator[Tuple[int, List[Passage]]]:
+    """Stream passages [start, end) of a TSV in blocks of `block`, as (block index, passages)."""
+    pos, buf, b = 0, [], 0
+    for ids, texts, titles in iter_passage_chunks(ctx_file, chunksize=max(block, 10_000)):
+        n = len(ids)
+        lo, hi = max(start - pos, 0), min(end - pos, n)
+        for i in range(lo, hi):
+            buf.append(Passage(text=texts[i], title=titles[i], id=ids[i]))
+            if len(buf) == block:
+                yield b, buf
+                b, buf = b + 1, []
+        pos += n
+        if pos >= end:
+            break
+    if buf:
+        yield b, buf
+
+
+def read_meta(path: str) -> Optional[dict]:
+    """meta.json of a complete shard directory, or None."""
+    f = os.path.join(path, "meta.json")
+    if not os.path.isfile(f):
+        return None
+    with open(f, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def encode_passages(encode_fn, tensorizer, passages: List[Passage], batch_size: int, sort_by_length: bool = True,
+                    progress=None):
+    """[n, D] float32 representations of `passages`, in their order.
+
+    With `sort_by_length`, passages are batched by token length (less padding), and the rows
+    are put back in input order before returning.
+    """
+    encoded = tensorizer.encode_passages_ids([(p.title, p.text) for p in passages])
+    order = np.argsort([len(ids) for ids, _ in encoded], kind="stable") if sort_by_length else np.arange(len(encoded))
+    out = None
+    for i in range(0, len(order), batch_size):
+        rows = order[i : i + batch_size]
+        reps = encode_fn(tensorizer.pad([encoded[r] for r in rows]))  # [b, D]
+        if out is None:
+            out = np.empty((len(passages), reps.shape[1]), dtype=np.float32)
+        out[rows] = reps
+        if progress is not None:
+            progress(len(rows))
+    return out
+
+
+def generate_shard(encode_fn, tensorizer, ctx_file: str, out_file: str, shard_id: int, num_shards: int,
+                   model_info: dict, batch_size: int = 64, dtype: str = "float32", block: int = 20000,
+                   overwrite: bool = False, sort_by_length: bool = True, total: Optional[int] = None) -> str:
+    """Encode one shard of `ctx_file` into `out_file_{shard_id}/` (see the module doc)."""
+    from tqdm import tqdm
+
+    final = shard_path(out_file, shard_id)
+    if read_meta(final) is not None and not overwrite:
+        logger.info("%s is complete; skipped (use --overwrite to redo it)", final)
+        return final
+    n = count_passages(ctx_file) if total is None else total
+    start, end = shard_range(n, shard_id, num_shards)
+    job = {"format": FORMAT, **model_info, "dtype": dtype, "shard_id": shard_id, "num_shards": num_shards,
+           "start": start, "end": end, "ctx_file": os.path.abspath(ctx_file), "block": block}
+    partial = final + ".partial"
+    job_file = os.path.join(partial, "job.json")
+    if os.path.isdir(partial):
+        with open(job_file, encoding="utf-8") as f:
+            previous = json.load(f) if os.path.getsize(job_file) else {}
+        if previous != job or overwrite:
+            logger.info("%s belongs to another job; starting the shard over", partial)
+            shutil.rmtree(partial)
+    if not os.path.isdir(partial):
+        os.makedirs(partial)
+        write_json_atomic(job_file, job)
+    logger.info("shard %d/%d: passages [%d, %d) of %s", shard_id, num_shards, start, end, ctx_file)
+
+    done = {f.split(".")[0] for f in os.listdir(partial) if f.endswith(".npy")}
+    bar = tqdm(total=end - start, desc=f"shard {shard_id}", unit="psg", dynamic_ncols=True)
+    t0, encoded = time.perf_counter(), 0
+    for b, passages in iter_range(ctx_file, start, end, block):
+        name = f"block_{b:06d}"
+        if name in done:
+            bar.update(len(passages))
+            continue
+        vecs = encode_passages(encode_fn, tensorizer, passages, batch_size, sort_by_length, progress=bar.update)
+        vecs = vecs.astype(dtype)
+        with atomic_path(os.path.join(partial, name + ".ids")) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("".join(p.id + "\n" for p in passages))
+        with atomic_path(os.path.join(partial, name + ".npy")) as tmp:  # the .npy marks the block done
+            with open(tmp, "wb") as f:
+                np.save(f, vecs)
+        encoded += len(passages)
+        bar.set_postfix(psg_per_s=f"{encoded / (time.perf_counter() - t0):.1f}")
+    bar.close()
+
+    blocks = sorted(f[:-4] for f in os.listdir(partial) if f.endswith(".npy"))
+    dim = model_info.get("dim")
+    with atomic_dir(final) as tmp:
+        mats = [np.load(os.path.join(partial, b + ".npy"), mmap_mode="r") for b in blocks]
+        count = sum(m.shape[0] for m in mats)
+        if count != end - start:
+            raise EmbeddingError(f"{partial}: {count} vectors for {end - start} passages; delete it and re-run")
+        dim = mats[0].shape[1] if mats else dim
+        out = np.lib.format.open_memmap(os.path.join(tmp, "vectors.npy"), mode="w+", dtype=dtype,
+                                        shape=(count, dim or 0))
+        row = 0
+        for m in mats:
+            out[row : row + m.shape[0]] = m
+            row += m.shape[0]
+        out.flush()
+        del out
+        with open(os.path.join(tmp, "ids.txt"), "w", encoding="utf-8") as f:
+            for b in blocks:
+                with open(os.path.join(partial, b + ".ids"), encoding="utf-8") as g:
+                    shutil.copyfileobj(g, f)
+        meta = {k: v for k, v in job.items() if k != "block"}
+        meta.update({"dim": dim, "count": count})
+        write_json_atomic(os.path.join(tmp, "meta.json"), meta)
+    shutil.rmtree(partial, ignore_errors=True)
+    logger.info("wrote %s: %d vectors of dim %s (%s)", final, count, dim, dtype)
+    return final

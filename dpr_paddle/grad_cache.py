@@ -1,0 +1,154 @@
+"""An exact gradient cache for contrastive losses (Gao et al., 2021), in Paddle.
+
+Three steps, named as in GradCache:
+1. `forward_no_grad`: encode every chunk without a graph, recording the RNG state before each;
+2. `build_cache`: compute the loss over the full batch of (detached) representations and
+   back-propagate to them, caching d loss / d representation;
+3. `forward_backward`: re-encode each chunk with a graph under its recorded RNG state and
+   back-propagate the cached gradient into the parameters.
+
+Because dropout masks are replayed, the parameter gradients equal those of encoding the same
+chunks with a graph and back-propagating the loss once. After the step the random stream is
+where that reference would leave it. Nothing here knows about DPR.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import paddle
+
+
+def _device_kind() -> Optional[str]:
+    place = paddle.framework._current_expected_place_()
+    if isinstance(place, paddle.CPUPlace):
+        return None
+    return paddle.device.get_device().split(":")[0]  # 'gpu', 'xpu', a custom device type
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """The CPU generator's state and, on an accelerator, every device generator's state."""
+    state = {"cpu": paddle.get_rng_state("cpu")}
+    kind = _device_kind()
+    if kind is not None:
+        state[kind] = paddle.get_rng_state(kind)
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Set the generators back to a state from `capture_rng_state`."""
+    for device, value in state.items():
+        paddle.set_rng_state(value, device)
+
+
+class RandContext:
+    """Replays the random stream captured at construction time inside a `with` block, then
+    restores the stream that was current when the block was entered."""
+
+    def __init__(self):
+        self.state = capture_rng_state()
+        self._outer = None
+
+    def __enter__(self):
+        self._outer = capture_rng_state()
+        restore_rng_state(self.state)
+        return self
+
+    def __exit__(self, *exc):
+        restore_rng_state(self._outer)
+        self._outer = None
+        return False
+
+
+def split_chunks(batch: Dict[str, paddle.Tensor], chunk_size: int) -> List[Dict[str, paddle.Tensor]]:
+    """Split a dict of [B, ...] tensors into chunks of at most `chunk_size` rows (last may be smaller)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    n = next(iter(batch.values())).shape[0]
+    return [{k: v[i : i + chunk_size] for k, v in batch.items()} for i in range(0, n, chunk_size)]
+
+
+def forward_no_grad(encode: Callable[[Any], paddle.Tensor], chunks: Sequence[Any]):
+    """Step 1: encode each chunk without a graph; returns ([chunk reps], [RandContext])."""
+    reps, states = [], []
+    with paddle.no_grad():
+        for chunk in chunks:
+            states.append(RandContext())
+            reps.append(encode(chunk))
+    return reps, states
+
+
+def _scaled(loss, scale_loss):
+    return loss if scale_loss is None else scale_loss(loss)
+
+
+def build_cache(loss_fn: Callable[..., Any], reps_per_group: Sequence[List[paddle.Tensor]],
+                scale_loss: Optional[Callable[[paddle.Tensor], paddle.Tensor]] = None):
+    """Step 2: loss over all representations; returns (loss output, cached gradients per group/chunk).
+
+    `loss_fn(*full_reps)` takes one concatenated [N, D] tensor per group (e.g. questions,
+    passages) and returns the loss, or a tuple whose first item is the loss. `scale_loss`
+    maps the loss to what is back-propagated (AMP's `GradScaler.scale`); the returned loss is
+    unscaled.
+    """
+    leaves = []
+    for chunks in reps_per_group:
+        full = paddle.concat([r.detach() for r in chunks], axis=0)
+        full.stop_gradient = False
+        leaves.append(full)
+    out = loss_fn(*leaves)
+    loss = out[0] if isinstance(out, (tuple, list)) else out
+    _scaled(loss, scale_loss).backward()
+    grads = []
+    for chunks, leaf in zip(reps_per_group, leaves):
+        sizes = [r.shape[0] for r in chunks]
+        grads.append(list(paddle.split(leaf.grad, sizes, axis=0)))
+    return out, grads
+
+
+def forward_backward(encode: Callable[[Any], paddle.Tensor], chunks: Sequence[Any], states: Sequence[RandContext],
+                     grads: Sequence[paddle.Tensor], sync_context: Optional[Callable[[bool], Any]] = None,
+                     is_last_group: bool = True) -> None:
+    """Step 3: re-encode each chunk with a graph under its recorded RNG state and back-propagate
+    its cached gradient. `sync_context(is_last)` may return a context that suspends gradient
+    synchronisation (DataParallel.no_sync) for all but the very last chunk of the step."""
+    for i, (chunk, state, grad) in enumerate(zip(chunks, states, grads)):
+        last = is_last_group and i == len(chunks) - 1
+        ctx = sync_context(last) if sync_context is not None else contextlib.nullcontext()
+        with ctx:
+            with state:
+                reps = encode(chunk)
+            paddle.autograd.backward([reps], [grad.astype(reps.dtype)])
+
+
+def cached_step(encoders: Sequence[Callable[[Any], paddle.Tensor]], chunks_per_group: Sequence[Sequence[Any]],
+                loss_fn: Callable[..., Any], scale_loss: Optional[Callable] = None,
+                sync_context: Optional[Callable[[bool], Any]] = None):
+    """One gradient-cache step over several groups (e.g. question chunks, passage chunks).
+
+    `encoders[g]` encodes one chunk of group g into [n, D]. Groups are encoded in order in
+    step 1 (that order fixes which random numbers each chunk draws). Gradients accumulate into
+    the parameters; the caller clears and applies them. Returns `loss_fn`'s output.
+    """
+    reps_per_group, states_per_group = [], []
+    for encode, chunks in zip(encoders, chunks_per_group):
+        reps, states = forward_no_grad(encode, chunks)
+        reps_per_group.append(reps)
+        states_per_group.append(states)
+    out, grads = build_cache(loss_fn, reps_per_group, scale_loss)
+    n = len(encoders)
+    for g, (encode, chunks) in enumerate(zip(encoders, chunks_per_group)):
+        forward_backward(encode, chunks, states_per_group[g], grads[g], sync_context, is_last_group=(g == n - 1))
+    return out
+
+
+def graph_reference_step(encoders, chunks_per_group, loss_fn, scale_loss: Optional[Callable] = None):
+    """The reference a cached step must equal: encode the same chunks in the same order *with*
+    a graph, concatenate, compute the loss and back-propagate once. Memory grows with the batch."""
+    fulls = []
+    for encode, chunks in zip(encoders, chunks_per_group):
+        fulls.append(paddle.concat([encode(c) for c in chunks], axis=0))
+    out = loss_fn(*fulls)
+    loss = out[0] if isinstance(out, (tuple, list)) else out
+    _scaled(loss, scale_loss).backward()
+    return out

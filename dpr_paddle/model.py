@@ -1,0 +1,75 @@
+"""The bi-encoder and DPR's in-batch negative log-likelihood loss (no data imports)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+QUESTION, CONTEXT = "question", "context"
+
+
+class BiEncoder(nn.Layer):
+    """A question encoder and a context encoder; a representation is the [CLS] vector.
+
+    `shared=True` uses one encoder for both towers. `projection_dim > 0` adds a linear layer
+    per tower on top of [CLS] (DPR's `projection_dim`).
+    """
+
+    def __init__(self, question_model: nn.Layer, ctx_model: Optional[nn.Layer] = None, projection_dim: int = 0):
+        super().__init__()
+        self.question_model = question_model
+        self.shared = ctx_model is None or ctx_model is question_model
+        if not self.shared:
+            self.ctx_model = ctx_model
+        self.projection_dim = projection_dim
+        if projection_dim > 0:
+            hidden = question_model.config.hidden_size
+            self.q_proj = nn.Linear(hidden, projection_dim)
+            self.p_proj = self.q_proj if self.shared else nn.Linear(hidden, projection_dim)
+
+    def tower(self, which: str) -> nn.Layer:
+        """The encoder for `question` or `context`."""
+        if which == QUESTION or self.shared:
+            return self.question_model
+        return self.ctx_model
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, tower: str = QUESTION):
+        """Encode one batch with one tower: returns [B, D] representations."""
+        out = self.tower(tower)(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
+                                return_dict=True)
+        reps = out.last_hidden_state[:, 0]  # [B, H], DPR's [CLS] pooling
+        if self.projection_dim > 0:
+            reps = (self.q_proj if tower == QUESTION else self.p_proj)(reps)  # [B, D]
+        return reps
+
+
+def dot_scores(q_reps: paddle.Tensor, p_reps: paddle.Tensor) -> paddle.Tensor:
+    """Question-passage dot products: [Q, D] x [P, D] -> [Q, P]."""
+    return paddle.matmul(q_reps, p_reps, transpose_y=True)
+
+
+def positive_indices(num_questions: int, passages_per_question: int, offset: int = 0) -> paddle.Tensor:
+    """Index of each question's positive in the flattened passage list: question i owns
+    passages [i*n, (i+1)*n) and the first of them is the positive."""
+    return paddle.arange(offset, offset + num_questions, dtype="int64") * passages_per_question
+
+
+def nll_loss(q_reps: paddle.Tensor, p_reps: paddle.Tensor, positive_idx: paddle.Tensor):
+    """DPR's loss: mean over questions of -log softmax(q . p)[positive]; also the number right.
+
+    Scores and loss are computed in float32 whatever the representations' dtype (AMP).
+    """
+    scores = dot_scores(q_reps.astype("float32"), p_reps.astype("float32"))  # [Q, P]
+    log_probs = F.log_softmax(scores, axis=1)
+    loss = F.nll_loss(log_probs, positive_idx, reduction="mean")
+    correct = (paddle.argmax(scores, axis=1) == positive_idx).astype("int64").sum()
+    return loss, correct
+
+
+def average_rank(q_reps: paddle.Tensor, p_reps: paddle.Tensor, positive_idx: paddle.Tensor) -> paddle.Tensor:
+    """Rank (0 = best) of each question's positive among all passages: DPR's dev `avg_rank`."""
+    scores = dot_scores(q_reps.astype("float32"), p_reps.astype("float32"))  # [Q, P]
+    pos = paddle.take_along_axis(scores, positive_idx.unsqueeze(1), axis=1)  # [Q, 1]
+    return (scores > pos).astype("int64").sum(axis=1)  # [Q]

@@ -1,0 +1,40 @@
+"""Encode a passage corpus into dense vectors, the whole of it or one shard.
+
+    python generate_dense_embedding.py --model_file save_biencoder/best --ctx_file data/sample/passages.tsv \
+        --shard_id 0 --num_shards 1 --out_file emb/sample
+    python generate_dense_embedding.py --ctx_file psgs_w100.tsv --out_file emb/wiki \
+        --que_model_path Q_DIR --con_model_path C_DIR
+
+Under `python -m paddle.distributed.launch --nproc_per_node K` each process encodes the shard of
+its rank. Shard k goes to OUT_FILE_k/ (vectors.npy, ids.txt, meta.json).
+"""
+import dpr_paddle  # noqa: F401  (sets CPU thread defaults before paddle loads)
+
+
+def main(argv=None) -> None:
+    from dpr_paddle.cli import run_main
+    from dpr_paddle.config import EmbedArgs, parse
+
+    args = parse(EmbedArgs, argv, description=__doc__)
+
+    def body():
+        import os
+
+        from dpr_paddle.embeddings import generate_shard
+        from dpr_paddle.inference import load_tower
+        from dpr_paddle.model import CONTEXT
+
+        rank = int(os.environ.get("PADDLE_TRAINER_ID", "0"))
+        world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+        shard_id = args.shard_id if args.shard_id is not None else rank
+        num_shards = args.num_shards if args.num_shards is not None else world
+        encode, tensorizer, info = load_tower(args, CONTEXT)
+        generate_shard(encode, tensorizer, args.ctx_file, args.out_file, shard_id, num_shards, info,
+                       batch_size=args.batch_size, dtype="float16" if args.fp16 else "float32",
+                       block=args.read_chunk, overwrite=args.overwrite, sort_by_length=args.sort_by_length)
+
+    run_main(body)
+
+
+if __name__ == "__main__":
+    main()

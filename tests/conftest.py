@@ -1,0 +1,47 @@
+"""Shared fixtures: the tiny random-init encoder, the generated sample, ../shared data."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("DPR_PADDLE_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
+sys.path.insert(0, ROOT)
+
+
+def shared_path(*parts):
+    """A path under ../shared, or skip the test (a user's machine has no ../shared; CI does)."""
+    path = os.path.join(SHARED, *parts)
+    if not os.path.exists(path):
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing on CI")
+        pytest.skip(f"{path} not present (../shared exists only on the project's machines)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory):
+    """The built-in sample, generated once per session."""
+    out = tmp_path_factory.mktemp("sample")
+    subprocess.run([sys.executable, os.path.join(ROOT, "data", "make_sample.py"), "--output_dir", str(out)],
+                   check=True, capture_output=True)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir():
+    """Directory of the tiny random-init BERT (made once, cached)."""
+    from dpr_paddle.pretrained import resolve_model
+
+    return resolve_model("tiny")
+
+
+def run_cli(script, *args, check=True, env=None):
+    """Run a root CLI in a fresh interpreter; returns the CompletedProcess."""
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], capture_output=True,
+                          text=True, env=full_env, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc

@@ -1,0 +1,178 @@
+"""Sharded embeddings, exact and hnsw search, and their error messages."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from dpr_paddle.data import iter_passages
+from dpr_paddle.embeddings import EmbeddingError, shard_range
+from dpr_paddle.index import ExactIndex, HNSWIndex, Shard, load_shards, merge_topk, recall_at_k
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 10, 11, 100, 2067])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 8, 16])
+def test_shard_ranges_cover_corpus_once(n, k):
+    ranges = [shard_range(n, i, k) for i in range(k)]
+    rows = [r for a, b in ranges for r in range(a, b)]
+    assert rows == list(range(n))  # nothing dropped, nothing repeated, in order
+    sizes = [b - a for a, b in ranges]
+    assert max(sizes, default=0) - min(s for s in sizes if s) <= max(1, -(-n // k)) if n else True
+
+
+def test_shard_range_rejects_bad_ids():
+    with pytest.raises(EmbeddingError, match="--shard_id"):
+        shard_range(10, 3, 3)
+    with pytest.raises(EmbeddingError, match="--num_shards"):
+        shard_range(10, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory, sample_dir):
+    d = tmp_path_factory.mktemp("corpus")
+    with open(os.path.join(sample_dir, "passages.tsv"), encoding="utf-8") as f:
+        lines = f.readlines()[:104]  # header + 103 passages: shards of 35, 35, 33
+    (d / "p.tsv").write_text("".join(lines), encoding="utf-8")
+    return str(d / "p.tsv")
+
+
+def embed(ctx, out, *extra, check=True):
+    return run_cli("generate_dense_embedding.py", "--model_name_or_path", "tiny", "--ctx_file", ctx, "--out_file", out,
+                   "--max_passage_length", "48", "--batch_size", "16", "--read_chunk", "20", *extra, check=check)
+
+
+def test_shards_union_equals_whole_corpus(small_corpus, tmp_path):
+    embed(small_corpus, tmp_path / "whole")
+    for i in range(3):
+        embed(small_corpus, tmp_path / "part", "--shard_id", i, "--num_shards", 3)
+    whole = load_shards(str(tmp_path / "whole_*"))
+    parts = load_shards(str(tmp_path / "part_*"))
+    assert [len(s.ids) for s in parts] == [35, 35, 33]
+    corpus_ids = [p.id for p in iter_passages(small_corpus)]
+    assert whole[0].ids == corpus_ids == [i for s in parts for i in s.ids]
+    stacked = np.concatenate([s.vectors for s in parts])
+    np.testing.assert_allclose(stacked, whole[0].vectors, atol=1e-5)
+    meta = parts[2].meta
+    assert (meta["shard_id"], meta["num_shards"], meta["start"], meta["end"], meta["count"], meta["dim"]) == (2, 3, 70, 103, 33, 32)
+    # length-sorted batching changes only the batching, not the vectors or their order
+    embed(small_corpus, tmp_path / "unsorted", "--no-sort_by_length")
+    np.testing.assert_allclose(load_shards(str(tmp_path / "unsorted_*"))[0].vectors, whole[0].vectors, atol=1e-5)
+
+
+def test_complete_shard_is_skipped_and_interrupted_one_resumes(small_corpus, tmp_path):
+    out = tmp_path / "e"
+    embed(small_corpus, out, "--shard_id", 0, "--num_shards", 1)
+    final = tmp_path / "e_0"
+    mtime = (final / "vectors.npy").stat().st_mtime_ns
+    proc = embed(small_corpus, out, "--shard_id", 0, "--num_shards", 1)
+    assert "is complete; skipped" in proc.stderr and (final / "vectors.npy").stat().st_mtime_ns == mtime
+    reference = np.load(final / "vectors.npy")
+
+    # Simulate a run killed after 2 of its 6 blocks: a .partial dir with those blocks and no final dir.
+    partial = tmp_path / "e_0.partial"
+    embed(small_corpus, tmp_path / "scratch", "--shard_id", 0, "--num_shards", 1)
+    shutil.move(str(final), str(tmp_path / "old"))
+    partial.mkdir()
+    job = json.load(open(tmp_path / "old" / "meta.json"))
+    job = {k: v for k, v in job.items() if k not in ("dim", "count")}
+    job["block"] = 20
+    (partial / "job.json").write_text(json.dumps(job))
+    marker = np.full((20, 32), 7.0, dtype=np.float32)  # recognisable: must be kept, not recomputed
+    ids = [p.id for p in iter_passages(small_corpus)]
+    for b in range(2):
+        np.save(partial / f"block_{b:06d}.npy", marker)
+        (partial / f"block_{b:06d}.ids").write_text("".join(i + "\n" for i in ids[b * 20 : (b + 1) * 20]))
+    embed(small_corpus, out, "--shard_id", 0, "--num_shards", 1)
+    got = np.load(final / "vectors.npy")
+    assert (got[:40] == 7.0).all()  # the finished blocks were kept
+    np.testing.assert_allclose(got[40:], reference[40:], atol=1e-5)  # the rest was computed
+    assert not partial.exists()
+    assert (final / "ids.txt").read_text().splitlines() == ids
+    # --overwrite redoes a complete shard
+    embed(small_corpus, out, "--shard_id", 0, "--num_shards", 1, "--overwrite")
+    np.testing.assert_allclose(np.load(final / "vectors.npy"), reference, atol=1e-5)
+
+
+def fake_shards(tmp_path, vectors, num_shards, fingerprint="abc", dim=None):
+    n = len(vectors)
+    for i in range(num_shards):
+        a, b = shard_range(n, i, num_shards)
+        d = tmp_path / f"fake_{i}"
+        d.mkdir(parents=True)
+        np.save(d / "vectors.npy", vectors[a:b])
+        (d / "ids.txt").write_text("".join(f"p{j}\n" for j in range(a, b)))
+        meta = {"dim": dim or vectors.shape[1], "count": b - a, "shard_id": i, "num_shards": num_shards,
+                "model_fingerprint": fingerprint}
+        (d / "meta.json").write_text(json.dumps(meta))
+    return str(tmp_path / "fake_*")
+
+
+def test_sharded_exact_search_equals_single_index(tmp_path):
+    rng = np.random.default_rng(0)
+    vecs = (rng.standard_normal((3001, 24)) * rng.uniform(0.5, 2.0, (3001, 1))).astype(np.float32)
+    queries = rng.standard_normal((50, 24)).astype(np.float32)
+    single = ExactIndex([Shard("x", {"dim": 24}, vecs, [f"p{j}" for j in range(len(vecs))])])
+    sharded = ExactIndex(load_shards(fake_shards(tmp_path, vecs, 4)))
+    s1, r1 = single.search(queries, 100)
+    s2, r2 = sharded.search(queries, 100)
+    assert np.array_equal(r1, r2)  # the same passages in the same order
+    np.testing.assert_allclose(s1, s2, rtol=1e-6)  # BLAS blocking differs with the shard shape: last-ULP differences
+    brute = queries @ vecs.T
+    assert np.array_equal(r1[:, 0], brute.argmax(1))
+    np.testing.assert_allclose(s1, -np.sort(-brute, axis=1)[:, :100], rtol=1e-6)
+    assert [sharded.row_id(int(r)) for r in r2[0][:3]] == [f"p{int(r)}" for r in r1[0][:3]]
+
+
+def test_merge_topk_keeps_best():
+    a = (np.array([[5.0, 1.0]]), np.array([[10, 11]]))
+    b = (np.array([[3.0, 2.0]]), np.array([[20, 21]]))
+    s, r = merge_topk([a, b], 3)
+    assert s.tolist() == [[5.0, 3.0, 2.0]] and r.tolist() == [[10, 20, 21]]
+
+
+def test_hnsw_mips_transform_recall_and_reload(tmp_path):
+    # Encoder outputs are clustered (topics) with norms that vary, unlike isotropic noise, on which
+    # every graph index does badly (see docs/benchmarks.md). Defaults: M=64, ef_construction=200,
+    # ef = max(2 * n_docs, 128) = 200.
+    rng = np.random.default_rng(1)
+    centers = rng.standard_normal((40, 32)) * 2
+    vecs = (centers[rng.integers(0, 40, 4000)] + rng.standard_normal((4000, 32)) * 0.6) * rng.uniform(0.5, 2.0, (4000, 1))
+    vecs = vecs.astype(np.float32)
+    queries = (centers[rng.integers(0, 40, 200)] + rng.standard_normal((200, 32)) * 0.6).astype(np.float32)
+    exact = ExactIndex(load_shards(fake_shards(tmp_path, vecs, 3)))
+    hnsw = HNSWIndex(exact, m=64, ef_construction=200).build()
+    s_h, r_h = hnsw.search(queries, 100, ef=200)
+    s_e, r_e = exact.search(queries, 100)
+    rec = recall_at_k(r_h, r_e, ks=(1, 20, 100))
+    assert rec[1] >= 0.99 and rec[100] >= 0.99, rec
+    # scores are exact inner products of the returned passages, best first
+    np.testing.assert_allclose(s_h, np.einsum("nd,nkd->nk", queries, vecs[r_h]), rtol=1e-5)
+    assert (np.diff(s_h, axis=1) <= 0).all()
+    path = str(tmp_path / "index.hnsw")
+    hnsw.save(path)
+    again = HNSWIndex(exact, m=64, ef_construction=200)
+    assert again.load(path)
+    assert np.array_equal(again.search(queries, 100, ef=200)[1], r_h)
+    assert not HNSWIndex(exact, m=16, ef_construction=200).load(path)  # other parameters: rebuild
+
+
+def test_shard_errors(tmp_path):
+    vecs = np.ones((10, 4), dtype=np.float32)
+    with pytest.raises(EmbeddingError, match="no embedding shards match"):
+        load_shards(str(tmp_path / "nothing_*"))
+    pattern = fake_shards(tmp_path / "a", vecs, 3)
+    shutil.rmtree(tmp_path / "a" / "fake_1")
+    with pytest.raises(EmbeddingError, match=r"missing \[1\]"):
+        load_shards(pattern)
+    pattern = fake_shards(tmp_path / "b", vecs, 2)
+    meta = json.load(open(tmp_path / "b" / "fake_1" / "meta.json"))
+    meta["model_fingerprint"] = "other"
+    (tmp_path / "b" / "fake_1" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(EmbeddingError, match="disagree on model_fingerprint"):
+        load_shards(pattern)
+    pattern = fake_shards(tmp_path / "c", vecs, 2)
+    os.remove(tmp_path / "c" / "fake_0" / "meta.json")
+    with pytest.raises(EmbeddingError, match="incomplete shard"):
+        load_shards(pattern)

@@ -1,0 +1,134 @@
+"""Readers for DPR's formats: good files, and bad ones with errors naming file, line and field."""
+import csv
+import gzip
+import json
+import logging
+
+import pytest
+
+from conftest import shared_path
+from dpr_paddle.data import DataFormatError, count_passages, iter_passages, read_biencoder_records, read_qa
+
+REC = {"question": "q?", "answers": ["a"], "positive_ctxs": [{"title": "T", "text": "a text", "passage_id": "1"}],
+       "negative_ctxs": [], "hard_negative_ctxs": [{"title": "U", "text": "other"}]}
+
+
+def write(path, text, gz=False):
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_biencoder_json_jsonl_gz(tmp_path, caplog):
+    no_pos = dict(REC, positive_ctxs=[])
+    records = [REC, no_pos, REC]
+    for name, text, gz in [("a.json", json.dumps(records), False), ("a.json.gz", json.dumps(records), True),
+                           ("a.jsonl", "\n".join(json.dumps(r) for r in records) + "\n", False)]:
+        with caplog.at_level(logging.INFO):
+            out = read_biencoder_records(write(tmp_path / name, text, gz))
+        assert len(out) == 2
+        assert out[0].positives[0].title == "T" and out[0].positives[0].id == "1"
+        assert out[0].hard_negatives[0].text == "other"
+        assert "skipped 1 of 3 records with no positive" in caplog.text
+
+
+def test_real_dpr_nq_records():
+    out = read_biencoder_records(shared_path("data", "nq_dev_tiny", "dev.json"))
+    assert len(out) == 10
+    assert all(r.positives and r.hard_negatives for r in out)
+
+
+@pytest.mark.parametrize("name,text,where,what", [
+    ("bad.json", '[{"question": "q",\n "answers": [}]', "line 2", "invalid JSON"),
+    ("empty.json", "", "line 1", "empty"),
+    ("obj.json", '{"question": "q"}', "line 1", "expected a JSON list"),
+    ("noq.json", json.dumps([REC, {k: v for k, v in REC.items() if k != "question"}]), "record 1", "'question'"),
+    ("nopos.json", json.dumps([{k: v for k, v in REC.items() if k != "positive_ctxs"}]), "record 0", "positive_ctxs"),
+    ("notext.json", json.dumps([dict(REC, positive_ctxs=[{"title": "T"}])]), "record 0", "'text'"),
+    ("bad.jsonl", json.dumps(REC) + "\n{oops\n", "line 2", "invalid JSON"),
+    ("ans.jsonl", json.dumps(dict(REC, answers="a")) + "\n", "line 1", "'answers'"),
+])
+def test_biencoder_errors(tmp_path, name, text, where, what):
+    path = write(tmp_path / name, text)
+    with pytest.raises(DataFormatError) as e:
+        read_biencoder_records(path)
+    assert e.value.path == path and e.value.where == where and what in e.value.what
+    assert str(e.value).startswith(path)
+
+
+def test_passages_quoting_gz_and_streaming(tmp_path):
+    rows = [["1", 'He said "hi"\tthere', "A"], ["2", "plain", ""], ["3", "NA", "null"]]
+    text = "id\ttext\ttitle\n"
+    for r in rows:
+        import io
+
+        buf = io.StringIO()
+        csv.writer(buf, delimiter="\t", lineterminator="\n").writerow(r)
+        text += buf.getvalue()
+    for name, gz in (("p.tsv", False), ("p.tsv.gz", True)):
+        path = write(tmp_path / name, text, gz)
+        got = [(p.id, p.text, p.title) for p in iter_passages(path, chunksize=2)]
+        assert got == [tuple(r) for r in rows]
+        assert count_passages(path) == 3
+
+
+def test_passages_match_csv_module_on_real_data():
+    path = shared_path("data", "squad1_open", "passages.tsv")
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        next(reader)
+        expected = [(r[0], r[1], r[2]) for r in reader]
+    got = [(p.id, p.text, p.title) for p in iter_passages(path, chunksize=500)]
+    assert got == expected and len(got) == 2067
+
+
+@pytest.mark.parametrize("text,where,what", [
+    ("", "line 1", "empty"),
+    ("id\ttext\n1\tx\n", "line 1", "lacks column"),
+    ("id\ttext\ttitle\n1\tx\tT\n2\ty\tT\textra\n", "line 3", "wrong number of columns"),
+    ("id\ttext\ttitle\n1\tx\tT\n2\n", "line 3", "missing or empty field 'text'"),
+    ("id\ttext\ttitle\n1\tx\tT\n\ty\tT\n", "line 3", "missing or empty field 'id'"),
+])
+def test_passage_errors(tmp_path, text, where, what):
+    path = write(tmp_path / "bad.tsv", text)
+    with pytest.raises(DataFormatError) as e:
+        list(iter_passages(path))
+    assert e.value.where == where and what in e.value.what, str(e.value)
+
+
+def test_qa_file(tmp_path):
+    path = write(tmp_path / "qa.csv", 'who?\t["A", "B"]\nwhat?\t[\'it\\\'s\']\n"quoted ""q"""\t["x"]\n')
+    qa = read_qa(path)
+    assert [(q.question, q.answers) for q in qa] == [("who?", ["A", "B"]), ("what?", ["it's"]), ('quoted "q"', ["x"])]
+    real = read_qa(shared_path("data", "squad1_open", "qa_eval.csv"))
+    assert len(real) == 1500 and real[0].answers == ["Newton"]
+
+
+@pytest.mark.parametrize("text,where,what", [
+    ("", "line 1", "empty"),
+    ("q\n", "line 1", "expected 2"),
+    ('q1\t["a"]\nq2\t["a"]\textra\n', "line 2", "expected 2"),
+    ('q\t[unquoted]\n', "line 1", "not a list literal"),
+    ('q\t__import__("os").system("echo hacked")\n', "line 1", "not a list literal"),  # never evaluated
+    ("q\t'just a string'\n", "line 1", "not a list of strings"),
+    ('q\t[1, 2]\n', "line 1", "not a list of strings"),
+    ('\t["a"]\n', "line 1", "empty field 'question'"),
+])
+def test_qa_errors(tmp_path, text, where, what):
+    path = write(tmp_path / "qa.csv", text)
+    with pytest.raises(DataFormatError) as e:
+        read_qa(path)
+    assert e.value.where == where and what in e.value.what, str(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_qa(str(tmp_path / "nope.csv"))
+
+
+def test_missing_title_reads_as_empty(tmp_path):
+    path = write(tmp_path / "p.tsv", "id\ttext\ttitle\n1\tx\n2\ty\t\n")
+    assert [(p.id, p.text, p.title) for p in iter_passages(path)] == [("1", "x", ""), ("2", "y", "")]

@@ -1,0 +1,143 @@
+"""Training: optimizer settings, exact resume, VisualDL curves, and clear errors."""
+import glob
+import json
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from conftest import run_cli
+from dpr_paddle.model import BiEncoder
+from dpr_paddle.pretrained import load_encoder
+from dpr_paddle.train import build_optimizer, global_grad_norm, no_decay
+
+
+def tiny_args(sample_dir, save_dir, *extra):
+    return ["--model_name_or_path", "tiny", "--train_data_path", os.path.join(sample_dir, "train.json"),
+            "--batch_size", "8", "--chunk_size", "3", "--max_passage_length", "48", "--max_query_length", "16",
+            "--learning_rate", "1e-3", "--warmup_steps", "2", "--save_dir", str(save_dir), "--log_steps", "1", *extra]
+
+
+def params_of(checkpoint):
+    out = {}
+    for tower in ("question_encoder", "context_encoder"):
+        state = paddle.load(os.path.join(checkpoint, tower, "model_state.pdparams"))
+        out.update({f"{tower}/{k}": v.numpy() for k, v in state.items()})
+    return out
+
+
+def test_clipping_weight_decay_and_schedule():
+    model = BiEncoder(load_encoder("tiny")[0], load_encoder("tiny")[0])
+    opt, sched = build_optimizer(model, 1e-3, total_steps=10, warmup_steps=2, weight_decay=0.01, max_grad_norm=0.5)
+    # the clip the optimizer applies is a global-norm clip at max_grad_norm
+    assert isinstance(opt._grad_clip, paddle.nn.ClipGradByGlobalNorm) and opt._grad_clip.clip_norm == 0.5
+    ids = paddle.to_tensor(np.random.default_rng(0).integers(1000, 5000, (4, 12)))
+    loss = (model(ids) ** 2).sum() * 100
+    loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    before = global_grad_norm(params)
+    original = params[0].grad.numpy().copy()
+    assert before > 0.5
+    clipped = opt._grad_clip([(p, p.grad) for p in params])
+    after = float(paddle.sqrt(paddle.add_n([paddle.sum(g * g) for _, g in clipped])))
+    assert after <= 0.5 * (1 + 1e-5) and abs(after - 0.5) < 1e-3  # scaled down to the limit, not below
+    np.testing.assert_allclose(clipped[0][1].numpy(), original * (0.5 / before), rtol=1e-4, atol=1e-12)  # same direction
+    # no weight decay on bias and LayerNorm
+    decayed = {n for n, p in model.named_parameters() if opt._apply_decay_param_fun(p.name)}
+    assert any(n.endswith("linear1.weight") for n in decayed)
+    assert not any(n.endswith("bias") or "norm" in n for n in decayed)
+    assert no_decay("question_model.encoder.layers.0.norm1.weight") and not no_decay("x.linear1.weight")
+    # linear warmup over 2 steps, then linear decay to 0 at step 10
+    lrs = []
+    for _ in range(11):
+        lrs.append(opt.get_lr())
+        sched.step()
+    assert np.allclose(lrs, [0, 5e-4, 1e-3, 8.75e-4, 7.5e-4, 6.25e-4, 5e-4, 3.75e-4, 2.5e-4, 1.25e-4, 0], atol=1e-9)
+
+
+def test_resume_in_mid_epoch_is_exact(sample_dir, tmp_path):
+    # 1,400 records / batch 8 = 175 steps per epoch; stop at 3, go on to 6.
+    common = ["--max_steps", "6", "--epochs", "1", "--save_steps", "3", "--keep_last", "5"]
+    run_cli("train_dense_encoder.py", *tiny_args(sample_dir, tmp_path / "straight", *common))
+    run_cli("train_dense_encoder.py", *tiny_args(sample_dir, tmp_path / "first", "--max_steps", "3", "--epochs", "1",
+                                                 "--save_steps", "3"))
+    # the first run used max_steps 3 for its schedule; resume a copy of the straight run's step 3 instead,
+    # which is what an interrupted run leaves behind
+    import shutil
+
+    shutil.copytree(tmp_path / "straight" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")
+    proc = run_cli("train_dense_encoder.py", *tiny_args(sample_dir, tmp_path / "resumed", *common, "--resume", "auto"))
+    assert "resuming from" in proc.stderr and "at step 3 (epoch 0, batch 3)" in proc.stderr
+    state = json.load(open(tmp_path / "resumed" / "checkpoint-6" / "trainer_state.json"))
+    assert (state["global_step"], state["epoch"], state["batch_in_epoch"]) == (6, 0, 6)
+    a, b = params_of(tmp_path / "straight" / "checkpoint-6"), params_of(tmp_path / "resumed" / "checkpoint-6")
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-6
+    # and the resumed model did move away from step 3
+    c = params_of(tmp_path / "straight" / "checkpoint-3")
+    assert max(float(np.abs(a[k] - c[k]).max()) for k in a) > 1e-4
+
+
+def test_visualdl_curves_and_checkpoint_contents(sample_dir, tmp_path):
+    from visualdl import LogReader
+
+    proc = run_cli("train_dense_encoder.py", *tiny_args(sample_dir, tmp_path / "run", "--max_steps", "4", "--epochs", "1",
+                                                       "--dev_data_path", os.path.join(sample_dir, "dev.json"),
+                                                       "--eval_steps", "2"))
+    logged = {}
+    for line in proc.stderr.splitlines():
+        if "dpr_paddle.train: step " in line:
+            step = int(line.split("step ")[1].split("/")[0])
+            logged[step] = float(line.split("loss ")[1].split(",")[0])
+    assert sorted(logged) == [1, 2, 3, 4]
+    files = glob.glob(str(tmp_path / "run" / "vdl" / "vdlrecords.*.log"))
+    assert len(files) == 1
+    reader = LogReader(file_path=files[0])
+    tags = set(reader.get_tags()["scalar"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/accuracy", "train/examples_per_sec",
+            "dev/nll", "dev/avg_rank", "dev/accuracy"} <= tags
+    loss = {r.id: r.value for r in reader.get_data("scalar", "train/loss")}
+    assert sorted(loss) == [1, 2, 3, 4]
+    for step, value in logged.items():
+        assert abs(loss[step] - value) <= 1e-4 * max(1.0, abs(value))
+    assert sorted(r.id for r in reader.get_data("scalar", "dev/avg_rank")) == [2, 4]
+    # checkpoints carry encoders the other scripts take, plus the config and training state
+    best = tmp_path / "run" / "best"
+    cfg = json.load(open(best / "dpr_config.json"))
+    assert cfg["max_passage_length"] == 48 and cfg["max_query_length"] == 16
+    from paddlenlp.transformers import AutoModel, AutoTokenizer
+
+    AutoModel.from_pretrained(str(best / "context_encoder"))
+    assert AutoTokenizer.from_pretrained(str(best / "question_encoder"))("hi")["input_ids"] == [101, 7632, 102]
+    assert set(json.load(open(best / "trainer_state.json"))) >= {"global_step", "epoch", "batch_in_epoch", "scheduler"}
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--batch_size", "0"], "--batch_size must be >= 1"),
+    (["--chunk_size", "-1"], "--chunk_size must be >= 1"),
+    (["--model_name_or_path", "/nonexistent/model/dir"], "/nonexistent/model/dir: no such directory"),
+    (["--resume", "/nonexistent/ckpt"], "no such checkpoint directory"),
+])
+def test_bad_settings_fail_clearly(sample_dir, tmp_path, extra, message):
+    proc = run_cli("train_dense_encoder.py", *tiny_args(sample_dir, tmp_path / "x"), *extra, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_empty_training_file(tmp_path, sample_dir):
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    args = tiny_args(sample_dir, tmp_path / "x")
+    args[args.index("--train_data_path") + 1] = str(empty)
+    proc = run_cli("train_dense_encoder.py", *args, check=False)
+    assert proc.returncode == 2 and f"{empty}: line 1: file is empty" in proc.stderr
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(sample_dir, tmp_path):
+    args = tiny_args(sample_dir, tmp_path / "nan", "--max_steps", "5", "--epochs", "1", "--save_steps", "1",
+                     "--max_grad_norm", "0", "--warmup_steps", "0")
+    args[args.index("--learning_rate") + 1] = "1e38"  # the first update overflows the weights
+    proc = run_cli("train_dense_encoder.py", *args, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "loss is nan at step 1" in proc.stderr and "Last good checkpoint" in proc.stderr
+    assert [os.path.basename(p) for p in glob.glob(str(tmp_path / "nan" / "checkpoint-*"))] == ["checkpoint-1"]
