@@ -44,6 +44,7 @@ class TrainArgs(ModelArgs):
     q_chunk_size: int = _f(0, "chunk size for questions (default: --chunk_size)")
     p_chunk_size: int = _f(0, "chunk size for passages (default: --chunk_size)")
     hard_negatives: int = _f(1, "hard negatives per question (plus all in-batch negatives)")
+    dropout: Optional[float] = _f(None, "override the encoders' dropout probabilities (default: the model's config)")
     learning_rate: float = _f(2e-5, "peak learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay (never on bias/LayerNorm)")
     adam_epsilon: float = _f(1e-8, "AdamW epsilon")
@@ -77,6 +78,8 @@ class EmbedArgs(ModelArgs):
     overwrite: bool = _f(False, "re-encode shards that are already complete")
     sort_by_length: bool = _f(True, "batch passages of similar length together (output stays in corpus order)")
     read_chunk: int = _f(20000, "passages read and sorted per block")
+    backend: str = _f("auto", "inference (Paddle Inference + oneDNN, CPU default) | dygraph (GPU default) | auto",
+                      choices=("auto", "inference", "dygraph"))
 
 
 @dataclass
@@ -102,6 +105,8 @@ class RetrieverArgs(ModelArgs):
     metrics_file: Optional[str] = _f(None, "top-k accuracy JSON (default: OUT_FILE.metrics.json)")
     trec_file: Optional[str] = _f(None, "also write a TREC run file")
     fp16: bool = _f(False, "run the question encoder in float16 on GPU")
+    backend: str = _f("auto", "inference (Paddle Inference + oneDNN, CPU default) | dygraph (GPU default) | auto",
+                      choices=("auto", "inference", "dygraph"))
 
 
 def build_parser(cls, description: str = "") -> argparse.ArgumentParser:

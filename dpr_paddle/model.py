@@ -45,6 +45,15 @@ class BiEncoder(nn.Layer):
         return reps
 
 
+def set_dropout(layer: nn.Layer, p: float) -> None:
+    """Set every dropout probability inside `layer` (hidden, attention, activation) to `p`."""
+    for sub in layer.sublayers(include_self=True):
+        if isinstance(sub, nn.Dropout):
+            sub.p = p
+        if isinstance(sub, nn.MultiHeadAttention):
+            sub.dropout = p  # attention-probability dropout is a float attribute, not a layer
+
+
 def dot_scores(q_reps: paddle.Tensor, p_reps: paddle.Tensor) -> paddle.Tensor:
     """Question-passage dot products: [Q, D] x [P, D] -> [Q, P]."""
     return paddle.matmul(q_reps, p_reps, transpose_y=True)

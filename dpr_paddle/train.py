@@ -25,7 +25,7 @@ from . import checkpoint as ckpt
 from .data import BiEncoderCollator, BiEncoderDataset, epoch_batches, rank_slice, read_biencoder_records
 from .distributed import World
 from .grad_cache import cached_step, graph_reference_step
-from .model import CONTEXT, QUESTION, average_rank, nll_loss, positive_indices
+from .model import CONTEXT, QUESTION, average_rank, nll_loss, positive_indices, set_dropout
 from .tokenization import Tensorizer
 
 logger = logging.getLogger(__name__)
@@ -204,7 +204,10 @@ def train(args) -> Dict[str, float]:
     else:
         que = args.que_model_path or args.model_name_or_path
         con = args.con_model_path or args.model_name_or_path
+    paddle.seed(args.seed)  # a projection layer is initialised identically on every rank and run
     model, tokenizer = ckpt.build_biencoder(que, con, args.shared_encoder, args.projection_dim)
+    if args.dropout is not None:
+        set_dropout(model, args.dropout)
     tensorizer = Tensorizer(tokenizer, args.max_query_length, args.max_passage_length)
     collator = BiEncoderCollator(tensorizer)
     optimizer, scheduler = build_optimizer(model, args.learning_rate, total_steps, args.warmup_steps,

@@ -45,3 +45,14 @@ def run_cli(script, *args, check=True, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def checkpoint_params(checkpoint):
+    """{tower/name: array} of both encoders saved in a checkpoint directory."""
+    import paddle
+
+    out = {}
+    for tower in ("question_encoder", "context_encoder"):
+        state = paddle.load(os.path.join(str(checkpoint), tower, "model_state.pdparams"))
+        out.update({f"{tower}/{k}": v.numpy() for k, v in state.items()})
+    return out

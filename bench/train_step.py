@@ -1,0 +1,124 @@
+"""Training-step throughput and peak memory: gradient cache vs the plain step (MiniLM).
+
+    .venv/bin/python bench/train_step.py --batches 16 32 64 --chunks 8 16 --plain_up_to 64
+
+Each (batch, chunk) runs in a fresh process (peak RSS is a per-process high-water mark): one
+warm-up step, then --steps timed steps. Inputs: questions of --q_len tokens, 1 positive +
+1 hard negative passage per question of --p_len tokens, dropout on, AdamW + clipping.
+The machine's matmul peak is measured in the same run, so utilisation is a ratio of two
+numbers taken minutes apart on the same machine. Prints a markdown table; writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import dpr_paddle  # noqa: E402,F401  (CPU defaults before paddle loads)
+
+FWD_FLOP_PER_TOKEN = 22.4e6  # MiniLM-L6-H384: 6 x (4*384^2 + 2*384*1536) MACs x 2, plus attention at L=128
+
+
+def matmul_peak(n: int = 2048, reps: int = 10) -> float:
+    """GFLOP/s of a float32 n x n matmul in paddle (best of reps)."""
+    import paddle
+
+    a, b = paddle.randn([n, n]), paddle.randn([n, n])
+    (a @ b).numpy()
+    best = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        (a @ b).numpy()
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int) -> dict:
+    """Time `steps` training steps in this process; chunk 0 = plain step."""
+    import numpy as np
+    import paddle
+
+    from dpr_paddle.checkpoint import build_biencoder
+    from dpr_paddle.distributed import World
+    from dpr_paddle.train import build_optimizer, global_grad_norm, train_step
+
+    paddle.seed(0)
+    model, _ = build_biencoder("minilm", "minilm")
+    model.train()
+    opt, sched = build_optimizer(model, 2e-5, 1000, 10, max_grad_norm=2.0)
+    rng = np.random.default_rng(0)
+
+    def arrays(n, length):
+        ids = rng.integers(1000, 20000, (n, length))
+        ids[:, 0], ids[:, -1] = 101, 102
+        return {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": np.ones_like(ids)}
+
+    batch_arrays = {"question": arrays(batch, q_len), "context": arrays(2 * batch, p_len), "passages_per_question": 2}
+    world = World()
+    times = []
+    for i in range(steps + 1):
+        t = time.perf_counter()
+        train_step(model, batch_arrays, chunk, chunk, world)
+        global_grad_norm(model.parameters())
+        opt.step()
+        sched.step()
+        opt.clear_grad()
+        if i:  # the first step warms up allocators and kernels
+            times.append(time.perf_counter() - t)
+    step_s = float(np.median(times))
+    tokens = batch * q_len + 2 * batch * p_len
+    passes = 3 if chunk == 0 else 4  # forward + backward (2x); the cache adds a no-grad forward
+    return {"batch": batch, "chunk": chunk, "step_s": step_s, "examples_per_s": batch / step_s,
+            "step_tflop": tokens * FWD_FLOP_PER_TOKEN * passes / 1e12,
+            "gflops": tokens * FWD_FLOP_PER_TOKEN * passes / step_s / 1e9,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    ap.add_argument("--chunks", type=int, nargs="+", default=[4, 8, 16, 32])
+    ap.add_argument("--plain_up_to", type=int, default=64, help="also time the plain step for batches up to this")
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--q_len", type=int, default=32)
+    ap.add_argument("--p_len", type=int, default=128)
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "train_step.json"))
+    ap.add_argument("--one", type=int, nargs=2, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one(*args.one, args.steps, args.q_len, args.p_len)))
+        return
+    peak = matmul_peak()
+    rows = []
+    for b in args.batches:
+        configs = [c for c in args.chunks if c < b] + ([0] if b <= args.plain_up_to else [])
+        for c in configs:
+            out = subprocess.run([sys.executable, __file__, "--one", str(b), str(c), "--steps", str(args.steps),
+                                  "--q_len", str(args.q_len), "--p_len", str(args.p_len)],
+                                 capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row["utilisation"] = row["gflops"] / peak
+            rows.append(row)
+            print(f"batch {b} chunk {c or 'plain'}: {row['step_s']:.1f} s/step, {row['examples_per_s']:.2f} ex/s, "
+                  f"peak RSS {row['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    print(f"matmul peak (paddle, 2048^2 float32): {peak:.1f} GFLOP/s\n")
+    print("| batch | chunk | s/step | examples/s | peak RSS (MB) | step TFLOP | GFLOP/s | utilisation |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['batch']} | {r['chunk'] or 'plain'} | {r['step_s']:.2f} | {r['examples_per_s']:.2f} | "
+              f"{r['peak_rss_mb']:.0f} | {r['step_tflop']:.3f} | {r['gflops']:.1f} | {r['utilisation']:.2f} |")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    from dpr_paddle.utils import write_json_atomic
+
+    write_json_atomic(args.out, {"matmul_peak_gflops": peak, "rows": rows, "argv": sys.argv[1:]})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Data parallelism proven on CPU: `paddle.distributed.launch --nproc_per_node 2` (gloo)."""
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+from conftest import checkpoint_params, ROOT, run_cli
+from dpr_paddle.data import epoch_batches, rank_slice
+
+
+def launch(script, log_dir, *args, check=True):
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(log_dir),
+           os.path.join(ROOT, script), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    logs = "".join(open(f, encoding="utf-8", errors="replace").read() for f in sorted(glob.glob(str(log_dir / "workerlog.*"))))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"launch failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\n{logs[-4000:]}")
+    return proc, logs
+
+
+def train_args(sample_dir, save_dir, *extra):
+    return ["--model_name_or_path", "tiny", "--train_data_path", os.path.join(sample_dir, "train.json"),
+            "--chunk_size", "2", "--epochs", "1", "--max_passage_length", "32", "--max_query_length", "16",
+            "--save_dir", str(save_dir), "--log_steps", "1", *extra]
+
+
+def test_rank_slices_are_disjoint_and_in_single_process_order():
+    for epoch in range(3):
+        for batch in epoch_batches(101, 8, epoch, seed=5, world_size=2):
+            a, b = rank_slice(batch, 0, 2), rank_slice(batch, 1, 2)
+            assert a + b == batch and not set(a) & set(b) and len(a) == len(b)
+    # one process keeps the last partial batch; two ranks keep it only when it splits evenly
+    assert len(epoch_batches(101, 8, 0, seed=5, world_size=1)[-1]) == 5
+    assert len(epoch_batches(101, 8, 0, seed=5, world_size=2)) == 12
+    assert len(epoch_batches(102, 8, 0, seed=5, world_size=2)[-1]) == 6
+
+
+def test_two_ranks_equal_one_process_with_the_doubled_batch(sample_dir, tmp_path):
+    # Dropout off (each rank draws its own masks), gradient cache on (4 questions per rank, chunks of 2).
+    # epsilon=1 makes AdamW's step linear in the gradient: with the default 1e-8 a random-init
+    # encoder's ~0 gradients turn float32 summation-order noise into full +-lr steps.
+    common = ["--batch_size", "8", "--max_steps", "3", "--dropout", "0", "--learning_rate", "0.05",
+              "--adam_epsilon", "1", "--warmup_steps", "0"]
+    run_cli("train_dense_encoder.py", *train_args(sample_dir, tmp_path / "one", *common))
+    launch("train_dense_encoder.py", tmp_path / "log", *train_args(sample_dir, tmp_path / "two", *common))
+    a, b = checkpoint_params(tmp_path / "one" / "checkpoint-3"), checkpoint_params(tmp_path / "two" / "checkpoint-3")
+    init = params_from_dir(tmp_path)
+    diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    moved = max(float(np.abs(a[k] - init[k]).max()) for k in a)
+    assert moved > 1e-3, moved
+    assert diff <= 1e-5, diff
+    assert not os.path.exists(tmp_path / "two" / "checkpoint-3.tmp")
+
+
+def params_from_dir(tmp_path):
+    from dpr_paddle.pretrained import resolve_model
+
+    state = paddle.load(os.path.join(resolve_model("tiny"), "model_state.pdparams"))
+    return {f"{t}/{k}": v.numpy() for t in ("question_encoder", "context_encoder") for k, v in state.items()}
+
+
+def test_dropout_on_two_ranks_train_and_resume(sample_dir, tmp_path):
+    from visualdl import LogReader
+
+    common = ["--batch_size", "16", "--learning_rate", "5e-3", "--warmup_steps", "2", "--hard_negatives", "1"]
+    launch("train_dense_encoder.py", tmp_path / "log", *train_args(sample_dir, tmp_path / "run", *common,
+                                                                   "--max_steps", "40", "--save_steps", "20",
+                                                                   "--keep_last", "5"))
+    (vdl,) = glob.glob(str(tmp_path / "run" / "vdl" / "vdlrecords.*.log"))
+    loss = [r.value for r in LogReader(file_path=vdl).get_data("scalar", "train/loss")]
+    assert len(loss) == 40
+    assert np.mean(loss[-10:]) < np.mean(loss[:10]) - 0.3, loss  # it learns
+    # only rank 0 wrote checkpoints and curves
+    assert sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "run" / "checkpoint-*"))) == \
+        ["checkpoint-20", "checkpoint-40"]
+    # resume under launch from step 20 reaches the same step 40 (dropout is seeded per step and rank)
+    import shutil
+
+    shutil.copytree(tmp_path / "run" / "checkpoint-20", tmp_path / "again" / "checkpoint-20")
+    _, logs = launch("train_dense_encoder.py", tmp_path / "log2", *train_args(sample_dir, tmp_path / "again", *common,
+                                                                              "--max_steps", "40", "--save_steps", "20",
+                                                                              "--resume", "auto"))
+    assert "resuming from" in logs
+    a, b = checkpoint_params(tmp_path / "run" / "checkpoint-40"), checkpoint_params(tmp_path / "again" / "checkpoint-40")
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-6
+
+
+def test_batch_not_divisible_by_world_size_is_a_clear_error(sample_dir, tmp_path):
+    proc, logs = launch("train_dense_encoder.py", tmp_path / "log", *train_args(sample_dir, tmp_path / "x", "--batch_size", "7"),
+                        check=False)
+    assert proc.returncode != 0
+    assert "--batch_size 7 is the global batch and must be divisible by the number of processes (2)" in logs
+    assert "Traceback" not in logs
+    assert not glob.glob(str(tmp_path / "x" / "checkpoint-*"))
+
+
+def test_embedding_shard_follows_rank(sample_dir, tmp_path):
+    ctx = tmp_path / "p.tsv"
+    with open(os.path.join(sample_dir, "passages.tsv"), encoding="utf-8") as f:
+        ctx.write_text("".join(f.readlines()[:31]), encoding="utf-8")
+    launch("generate_dense_embedding.py", tmp_path / "log", "--model_name_or_path", "tiny", "--ctx_file", ctx,
+           "--out_file", tmp_path / "emb", "--max_passage_length", "32")
+    from dpr_paddle.index import load_shards
+
+    shards = load_shards(str(tmp_path / "emb"))
+    assert [(s.meta["shard_id"], s.meta["num_shards"], len(s.ids)) for s in shards] == [(0, 2, 15), (1, 2, 15)]
+    assert [i for s in shards for i in s.ids] == [str(i) for i in range(1, 31)]
