@@ -96,7 +96,7 @@ class RetrieverArgs(ModelArgs):
     index_path: Optional[str] = _f(None, "save/load the hnsw index here (a second run skips the build)")
     hnsw_m: int = _f(64, "hnswlib M")
     ef_construction: int = _f(200, "hnswlib ef_construction")
-    ef_search: int = _f(0, "hnswlib ef at query time (default: max(2 * n_docs, 128))")
+    ef_search: int = _f(0, "hnswlib ef at query time (default: max(4 * n_docs, 256))")
     n_docs: int = _f(100, "passages retrieved per question", aliases=("--n-docs",))
     validation_workers: int = _f(1, "processes for answer matching")
     match: str = _f("string", "answer matching: string | regex", choices=("string", "regex"))

@@ -139,8 +139,8 @@ def test_merge_topk_keeps_best():
 
 def test_hnsw_mips_transform_recall_and_reload(tmp_path):
     # Encoder outputs are clustered (topics) with norms that vary, unlike isotropic noise, on which
-    # every graph index does badly (see docs/benchmarks.md). Defaults: M=64, ef_construction=200,
-    # ef = max(2 * n_docs, 128) = 200.
+    # every graph index does badly. M=64 and ef_construction=200 are the defaults; ef=200 is half
+    # the default ef_search (max(4 * n_docs, 256) = 400), so this is a conservative check.
     rng = np.random.default_rng(1)
     centers = rng.standard_normal((40, 32)) * 2
     vecs = (centers[rng.integers(0, 40, 4000)] + rng.standard_normal((4000, 32)) * 0.6) * rng.uniform(0.5, 2.0, (4000, 1))

@@ -1,0 +1,77 @@
+"""dense_retriever.py end to end on a small corpus with the tiny encoder."""
+import json
+import os
+
+import pytest
+
+from conftest import run_cli
+from dpr_paddle.evaluation import has_answer
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, sample_dir):
+    d = tmp_path_factory.mktemp("retr")
+    with open(os.path.join(sample_dir, "passages.tsv"), encoding="utf-8") as f:
+        lines = f.readlines()[:61]  # 60 passages
+    (d / "p.tsv").write_text("".join(lines), encoding="utf-8")
+    titles = [line.split("\t")[2].strip() for line in lines[1:]]
+    qa = "".join(f"What is known about {t}?\t{json.dumps([t])}\n" for t in titles[:20:2])
+    (d / "qa.csv").write_text(qa, encoding="utf-8")
+    run_cli("generate_dense_embedding.py", "--model_name_or_path", "tiny", "--ctx_file", d / "p.tsv", "--out_file",
+            d / "emb", "--shard_id", 0, "--num_shards", 2, "--max_passage_length", "48")
+    run_cli("generate_dense_embedding.py", "--model_name_or_path", "tiny", "--ctx_file", d / "p.tsv", "--out_file",
+            d / "emb", "--shard_id", 1, "--num_shards", 2, "--max_passage_length", "48")
+    return d
+
+
+def retrieve(d, *extra, check=True):
+    return run_cli("dense_retriever.py", "--que_model_path", "tiny", "--con_model_path", "tiny", "--ctx_file", d / "p.tsv",
+                   "--qa_file", d / "qa.csv", "--n_docs", "10", *extra, check=check)
+
+
+def test_exact_and_hnsw_results_in_dpr_format(corpus, tmp_path):
+    proc = retrieve(corpus, "--encoded_ctx_file", str(corpus / "emb_*"), "--out_file", tmp_path / "exact.json",
+                    "--trec_file", tmp_path / "run.trec")
+    assert "| top-1 | top-5 |" in proc.stdout
+    results = json.load(open(tmp_path / "exact.json"))
+    assert len(results) == 10 and all(len(r["ctxs"]) == 10 for r in results)
+    first = results[0]["ctxs"][0]
+    assert set(first) == {"id", "title", "text", "score", "has_answer"}
+    for r in results:
+        scores = [float(c["score"]) for c in r["ctxs"]]
+        assert scores == sorted(scores, reverse=True)
+        for c in r["ctxs"]:
+            assert c["has_answer"] == has_answer(r["answers"], c["text"])
+    metrics = json.load(open(str(tmp_path / "exact.json") + ".metrics.json"))
+    hits = [any(c["has_answer"] for c in r["ctxs"][:5]) for r in results]
+    assert metrics["top_k_accuracy"]["5"] == sum(hits) / len(hits)
+    assert metrics["index"] == "exact" and metrics["passages"] == 60
+    trec = open(tmp_path / "run.trec").read().splitlines()
+    assert len(trec) == 100 and trec[0].split()[:4] == ["1", "Q0", first["id"], "1"]
+    # hnsw over the same shards (named by the --out_file prefix, as in the original README) agrees here
+    retrieve(corpus, "--hnsw_index", "--encoded_ctx_file", str(corpus / "emb"), "--out_file", tmp_path / "hnsw.json",
+             "--index_path", tmp_path / "g.hnsw", "--validate_index", "10")
+    hnsw = json.load(open(tmp_path / "hnsw.json"))
+    # same passages; near-tied scores of the random-init encoder may swap places (last-ULP differences)
+    assert [{c["id"] for c in r["ctxs"]} for r in hnsw] == [{c["id"] for c in r["ctxs"]} for r in results]
+    m = json.load(open(str(tmp_path / "hnsw.json") + ".metrics.json"))
+    assert m["hnsw_recall"]["1"] == 1.0 and os.path.exists(tmp_path / "g.hnsw")
+
+
+def test_bad_inputs_fail_clearly(corpus, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    proc = run_cli("dense_retriever.py", "--model_name_or_path", "tiny", "--ctx_file", corpus / "p.tsv", "--qa_file", empty,
+                   "--encoded_ctx_file", str(corpus / "emb_*"), check=False)
+    assert proc.returncode == 2 and f"{empty}: line 1: no questions (file is empty)" in proc.stderr
+    # a ctx file that lacks the retrieved ids
+    other = tmp_path / "other.tsv"
+    other.write_text("id\ttext\ttitle\n999\tnothing\tNone\n")
+    proc = run_cli("dense_retriever.py", "--model_name_or_path", "tiny", "--ctx_file", other, "--qa_file", corpus / "qa.csv",
+                   "--encoded_ctx_file", str(corpus / "emb_*"), check=False)
+    assert proc.returncode == 2 and "retrieved passage ids are not in the ctx file" in proc.stderr
+    # question encoder of another size than the passage vectors
+    proc = run_cli("dense_retriever.py", "--model_name_or_path", "tiny", "--que_model_path", "minilm", "--ctx_file",
+                   corpus / "p.tsv", "--qa_file", corpus / "qa.csv", "--encoded_ctx_file", str(corpus / "emb_*"), check=False)
+    assert proc.returncode == 2 and "question vectors have dim 384 but the shards have dim 32" in proc.stderr
+    assert "Traceback" not in proc.stderr
