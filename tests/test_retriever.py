@@ -52,8 +52,10 @@ def test_exact_and_hnsw_results_in_dpr_format(corpus, tmp_path):
     retrieve(corpus, "--hnsw_index", "--encoded_ctx_file", str(corpus / "emb"), "--out_file", tmp_path / "hnsw.json",
              "--index_path", tmp_path / "g.hnsw", "--validate_index", "10")
     hnsw = json.load(open(tmp_path / "hnsw.json"))
-    # same passages; near-tied scores of the random-init encoder may swap places (last-ULP differences)
-    assert [{c["id"] for c in r["ctxs"]} for r in hnsw] == [{c["id"] for c in r["ctxs"]} for r in results]
+    # the same top-10 scores as exact search: the same passages up to ties, which the random-init
+    # encoder's near-identical vectors produce at the last ULP
+    for h, e in zip(hnsw, results):
+        assert [float(c["score"]) for c in h["ctxs"]] == pytest.approx([float(c["score"]) for c in e["ctxs"]], rel=1e-5)
     m = json.load(open(str(tmp_path / "hnsw.json") + ".metrics.json"))
     assert m["hnsw_recall"]["1"] == 1.0 and os.path.exists(tmp_path / "g.hnsw")
 
