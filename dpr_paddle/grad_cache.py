@@ -93,7 +93,9 @@ def build_cache(loss_fn: Callable[..., Any], reps_per_group: Sequence[List[paddl
     """
     leaves = []
     for chunks in reps_per_group:
-        full = paddle.concat([r.detach() for r in chunks], axis=0)
+        # float32 leaves: under AMP the loss and the cached gradients stay in float32; step 3
+        # casts each chunk's gradient to its representation's dtype.
+        full = paddle.concat([r.detach().astype("float32") for r in chunks], axis=0)
         full.stop_gradient = False
         leaves.append(full)
     out = loss_fn(*leaves)

@@ -138,3 +138,16 @@ def test_scale_loss_scales_gradients(tiny_dir):
 def test_split_chunks_rejects_bad_size():
     with pytest.raises(ValueError, match="chunk_size"):
         split_chunks({"x": paddle.zeros([3, 2])}, 0)
+
+
+def test_cached_gradients_are_float32_for_half_precision_reps():
+    # What AMP hands build_cache: float16 representations. The loss and the cache stay float32.
+    from dpr_paddle.grad_cache import build_cache
+
+    rng = np.random.default_rng(0)
+    q = [paddle.to_tensor(rng.standard_normal((2, 8)).astype("float16")) for _ in range(2)]
+    p = [paddle.to_tensor(rng.standard_normal((4, 8)).astype("float16")) for _ in range(2)]
+    (loss, _), grads = build_cache(lambda qr, pr: nll_loss(qr, pr, positive_indices(4, 2)), [q, p])
+    assert loss.dtype == paddle.float32
+    assert [g.dtype for group in grads for g in group] == [paddle.float32] * 4
+    assert [g.shape for g in grads[1]] == [[4, 8], [4, 8]]

@@ -1,0 +1,79 @@
+"""Passage encoding throughput (MiniLM): backends x length-sorted batching, on real passages.
+
+    .venv/bin/python bench/encode.py --ctx ../shared/data/squad1_open/passages.tsv --limit 512
+
+Each configuration encodes the same first --limit passages ("title" + "text" pairs, max length
+--max_length, batch --batch_size) once after a warm-up batch; tokenization is timed separately
+(it is the same for every configuration). Prints a markdown table and writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from types import SimpleNamespace
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import dpr_paddle  # noqa: E402,F401
+
+FWD_FLOP_PER_TOKEN = 22.4e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ctx", required=True, help="passages TSV")
+    ap.add_argument("--limit", type=int, default=512)
+    ap.add_argument("--max_length", type=int, default=256)
+    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "encode.json"))
+    args = ap.parse_args()
+
+    import numpy as np
+
+    from dpr_paddle.data import iter_passages
+    from dpr_paddle.embeddings import encode_passages
+    from dpr_paddle.inference import load_tower
+    from dpr_paddle.model import CONTEXT
+    from dpr_paddle.utils import write_json_atomic
+
+    passages = list(itertools.islice(iter_passages(args.ctx), args.limit))
+    rows = []
+    for backend in ("inference", "dygraph"):
+        ns = SimpleNamespace(model_file=None, que_model_path=None, con_model_path=None, model_name_or_path="minilm",
+                             projection_dim=0, max_query_length=32, max_passage_length=args.max_length, fp16=False,
+                             backend=backend)
+        encode, tensorizer, _ = load_tower(ns, CONTEXT)
+        t = time.perf_counter()
+        ids = tensorizer.encode_passages_ids([(p.title, p.text) for p in passages])
+        tokenize_s = time.perf_counter() - t
+        encode_passages(encode, tensorizer, passages[: args.batch_size], args.batch_size)  # warm-up
+        for sort in (True, False):
+            t = time.perf_counter()
+            vecs = encode_passages(encode, tensorizer, passages, args.batch_size, sort_by_length=sort)
+            seconds = time.perf_counter() - t
+            real_tokens = sum(len(i) for i, _ in ids)
+            order = np.argsort([len(i) for i, _ in ids]) if sort else np.arange(len(ids))
+            padded = sum(max(len(ids[j][0]) for j in order[k : k + args.batch_size]) * len(order[k : k + args.batch_size])
+                         for k in range(0, len(order), args.batch_size))
+            rows.append({"backend": backend, "sorted": sort, "passages_per_s": len(passages) / seconds,
+                         "seconds": seconds, "tokenize_s": tokenize_s, "real_tokens": real_tokens,
+                         "padded_tokens": padded, "useful_gflops": real_tokens * FWD_FLOP_PER_TOKEN / seconds / 1e9,
+                         "dim": int(vecs.shape[1])})
+            print(f"{backend} sorted={sort}: {len(passages) / seconds:.1f} passages/s", file=sys.stderr)
+    print(f"{len(passages)} passages of {args.ctx}, max length {args.max_length}, batch {args.batch_size}; "
+          f"tokenization {rows[0]['tokenize_s']:.2f} s ({len(passages) / rows[0]['tokenize_s']:.0f} passages/s)\n")
+    print("| backend | length-sorted | passages/s (incl. tokenization) | padded / real tokens | useful GFLOP/s |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['backend']} | {'yes' if r['sorted'] else 'no'} | {r['passages_per_s']:.1f} | "
+              f"{r['padded_tokens'] / r['real_tokens']:.2f} | {r['useful_gflops']:.1f} |")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    write_json_atomic(args.out, {"rows": rows, "argv": sys.argv[1:]})
+
+
+if __name__ == "__main__":
+    main()
