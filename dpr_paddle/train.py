@@ -286,8 +286,18 @@ def train(args) -> Dict[str, float]:
             paddle.seed(step_seed(args.seed, state["global_step"], world.rank))
             examples = [dataset.example(i, epoch) for i in rank_slice(batches[b], world.rank, world.size)]
             batch = collator(examples)
-            loss, correct = train_step(model, batch, q_chunk, p_chunk, world, amp,
-                                       scale_loss=scaler.scale if scaler else None)
+            try:
+                loss, correct = train_step(model, batch, q_chunk, p_chunk, world, amp,
+                                           scale_loss=scaler.scale if scaler else None)
+            except RuntimeError as e:
+                if world.size == 1:
+                    raise
+                # gloo/NCCL report a dead peer as a RuntimeError deep inside a collective
+                good = ckpt.latest_checkpoint(args.save_dir)
+                raise TrainingError(f"rank {world.rank} lost the other ranks at step {state['global_step']} "
+                                    f"({str(e).strip().splitlines()[-1][:200]}); did another rank fail? "
+                                    f"Checkpoints are only written whole; resume with --resume auto from "
+                                    f"{good or 'the start'}.") from None
             if not math.isfinite(loss):
                 good = ckpt.latest_checkpoint(args.save_dir)
                 raise TrainingError(f"loss is {loss} at step {state['global_step']} (epoch {epoch}); stopped without "

@@ -109,3 +109,37 @@ def test_embedding_shard_follows_rank(sample_dir, tmp_path):
     shards = load_shards(str(tmp_path / "emb"))
     assert [(s.meta["shard_id"], s.meta["num_shards"], len(s.ids)) for s in shards] == [(0, 2, 15), (1, 2, 15)]
     assert [i for s in shards for i in s.ids] == [str(i) for i in range(1, 31)]
+
+
+def test_a_failing_rank_stops_the_job_cleanly(sample_dir, tmp_path):
+    import time
+
+    import psutil
+
+    save = tmp_path / "run"
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(tmp_path / "log"),
+           os.path.join(ROOT, "train_dense_encoder.py"),
+           *train_args(sample_dir, save, "--batch_size", "8", "--max_steps", "100000", "--save_steps", "20")]
+    launcher = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (save / "checkpoint-20").exists():
+            assert time.time() < deadline and launcher.poll() is None, "training did not reach step 20"
+            time.sleep(0.5)
+        victims = [p for p in psutil.process_iter(["cmdline"])
+                   if str(save) in " ".join(p.info["cmdline"] or []) and "paddle.distributed.launch" not in
+                   " ".join(p.info["cmdline"] or []) and p.environ().get("PADDLE_TRAINER_ID") == "1"]
+        assert len(victims) == 1
+        victims[0].kill()  # rank 1 dies without warning
+        assert launcher.wait(timeout=120) != 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    log0 = open(tmp_path / "log" / "workerlog.0", encoding="utf-8", errors="replace").read()
+    assert "rank 0 lost the other ranks" in log0 and "--resume auto" in log0
+    leftovers = [p.name for p in save.iterdir() if p.name.endswith((".tmp", ".old"))]
+    assert not leftovers  # no half-written checkpoint
+    from dpr_paddle.checkpoint import list_checkpoints
+
+    for _, path in list_checkpoints(str(save)):  # every checkpoint on disk is complete and loadable
+        assert checkpoint_params(path)
