@@ -1,0 +1,76 @@
+"""Retrieval quality on real data: zero-shot MiniLM vs fine-tuned, through the three CLIs.
+
+    .venv/bin/python bench/quality.py --data ../shared/data/squad1_open --steps 40 --batch_size 16 --chunk_size 8
+
+Zero-shot: all-MiniLM-L6-v2's [CLS] vector for questions and passages. Fine-tuned: DPR training on
+the dataset's train.json (1 positive + 1 hard negative per question, gradient cache) for --steps
+steps from MiniLM. Both: exact search over all passages, DPR string match, top-1/5/20/100 on the
+QA file. Writes bench/results/quality_<dataset>.json and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args) -> float:
+    t = time.perf_counter()
+    subprocess.run([sys.executable, *map(str, args)], check=True, cwd=ROOT)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="a dir with passages.tsv, train.json and a *.csv QA file")
+    ap.add_argument("--work", default=os.path.join(ROOT, "runs", "quality"))
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--batch_size", type=int, default=16)
+    ap.add_argument("--chunk_size", type=int, default=8)
+    ap.add_argument("--learning_rate", type=float, default=3e-5)
+    ap.add_argument("--train_length", type=int, default=192)
+    ap.add_argument("--max_passage_length", type=int, default=256)
+    args = ap.parse_args()
+
+    name = os.path.basename(os.path.normpath(args.data))
+    work = os.path.join(args.work, name)
+    ctx = os.path.join(args.data, "passages.tsv")
+    qa = next(os.path.join(args.data, f) for f in sorted(os.listdir(args.data)) if f.endswith(".csv"))
+    seconds = {}
+    seconds["encode_zero_shot"] = run("generate_dense_embedding.py", "--model_name_or_path", "minilm", "--ctx_file", ctx,
+                                      "--out_file", f"{work}/emb_zs", "--max_passage_length", args.max_passage_length)
+    run("dense_retriever.py", "--model_name_or_path", "minilm", "--encoded_ctx_file", f"{work}/emb_zs", "--ctx_file", ctx,
+        "--qa_file", qa, "--out_file", f"{work}/zero_shot.json", "--max_passage_length", args.max_passage_length)
+    seconds["train"] = run("train_dense_encoder.py", "--model_name_or_path", "minilm", "--train_data_path",
+                           os.path.join(args.data, "train.json"), "--batch_size", args.batch_size, "--chunk_size",
+                           args.chunk_size, "--max_steps", args.steps, "--epochs", 1, "--learning_rate", args.learning_rate,
+                           "--warmup_steps", max(1, args.steps // 10), "--max_passage_length", args.train_length,
+                           "--save_dir", f"{work}/biencoder", "--log_steps", 5)
+    seconds["encode_fine_tuned"] = run("generate_dense_embedding.py", "--model_file", f"{work}/biencoder/latest",
+                                       "--ctx_file", ctx, "--out_file", f"{work}/emb_ft", "--overwrite",
+                                       "--max_passage_length", args.max_passage_length)
+    run("dense_retriever.py", "--model_file", f"{work}/biencoder/latest", "--encoded_ctx_file", f"{work}/emb_ft",
+        "--ctx_file", ctx, "--qa_file", qa, "--out_file", f"{work}/fine_tuned.json")
+    rows = {}
+    for label, f in (("zero-shot", "zero_shot"), (f"fine-tuned ({args.steps} steps x {args.batch_size})", "fine_tuned")):
+        with open(f"{work}/{f}.json.metrics.json", encoding="utf-8") as fh:
+            rows[label] = json.load(fh)["top_k_accuracy"]
+    print(f"\n{name}: {qa} against {ctx}; train {os.path.join(args.data, 'train.json')}, steps {args.steps}, "
+          f"batch {args.batch_size}, chunk {args.chunk_size}, lr {args.learning_rate}, train length {args.train_length}\n")
+    print("| system | top-1 | top-5 | top-20 | top-100 |\n|---|---|---|---|---|")
+    for label, acc in rows.items():
+        print(f"| {label} | " + " | ".join(f"{acc[k]:.3f}" for k in ("1", "5", "20", "100")) + " |")
+    out = os.path.join(ROOT, "bench", "results", f"quality_{name}.json")
+    sys.path.insert(0, ROOT)
+    from dpr_paddle.utils import write_json_atomic
+
+    write_json_atomic(out, {"rows": rows, "seconds": seconds, "argv": sys.argv[1:]})
+
+
+if __name__ == "__main__":
+    main()
