@@ -84,9 +84,8 @@ def load_tower(args, tower: str) -> Tuple[Callable[[Dict[str, np.ndarray]], np.n
                                                args.model_name_or_path)
     projection_dim = int(cfg.get("projection_dim", args.projection_dim))
     path = que if tower == QUESTION else con
+    # a shared build of one tower: its projection (if any) is loaded from `path` into q_proj
     model, tokenizer = ckpt.build_biencoder(path, path, shared=True, projection_dim=projection_dim)
-    if projection_dim > 0 and tower == CONTEXT:
-        model.q_proj = model.p_proj  # a shared build loads the file next to `path` into q_proj
     model.eval()
     max_q = int(cfg.get("max_query_length", args.max_query_length))
     max_p = int(cfg.get("max_passage_length", args.max_passage_length))

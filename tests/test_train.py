@@ -130,3 +130,29 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(sample_dir, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "loss is nan at step 1" in proc.stderr and "Last good checkpoint" in proc.stderr
     assert [os.path.basename(p) for p in glob.glob(str(tmp_path / "nan" / "checkpoint-*"))] == ["checkpoint-1"]
+
+
+def test_projection_checkpoint_round_trip(sample_dir, tmp_path):
+    run_cli("train_dense_encoder.py", *tiny_args(sample_dir, tmp_path / "proj", "--max_steps", "2", "--epochs", "1",
+                                                 "--projection_dim", "16"))
+    ckpt = tmp_path / "proj" / "latest"
+    assert json.load(open(ckpt / "dpr_config.json"))["projection_dim"] == 16
+    assert (ckpt / "context_encoder" / "dpr_projection.npz").exists()
+    ctx = tmp_path / "p.tsv"
+    with open(os.path.join(sample_dir, "passages.tsv"), encoding="utf-8") as f:
+        ctx.write_text("".join(f.readlines()[:11]), encoding="utf-8")
+    run_cli("generate_dense_embedding.py", "--model_file", ckpt, "--ctx_file", ctx, "--out_file", tmp_path / "emb")
+    vecs = np.load(tmp_path / "emb_0" / "vectors.npy")
+    assert vecs.shape == (10, 16)
+    # the same vectors from the dygraph backend, which applies the saved projection eagerly
+    run_cli("generate_dense_embedding.py", "--model_file", ckpt, "--ctx_file", ctx, "--out_file", tmp_path / "eager",
+            "--backend", "dygraph")
+    np.testing.assert_allclose(np.load(tmp_path / "eager_0" / "vectors.npy"), vecs, atol=1e-5)
+    # and what is applied is the trained projection saved next to the encoder, not a fresh one
+    from dpr_paddle.checkpoint import build_biencoder
+
+    model, _ = build_biencoder(str(ckpt / "context_encoder"), str(ckpt / "context_encoder"), shared=True,
+                               projection_dim=16)
+    saved = np.load(ckpt / "context_encoder" / "dpr_projection.npz")
+    np.testing.assert_array_equal(model.q_proj.weight.numpy(), saved["weight"])
+    np.testing.assert_array_equal(model.q_proj.bias.numpy(), saved["bias"])
