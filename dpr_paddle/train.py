@@ -188,6 +188,7 @@ def train(args) -> Dict[str, float]:
     total_steps = batches_per_epoch * args.epochs
     if args.max_steps > 0:
         total_steps = min(total_steps, args.max_steps) if args.epochs > 0 else args.max_steps
+    n_epochs = math.ceil(total_steps / batches_per_epoch)  # --epochs 0 --max_steps N: as many epochs as N needs
     dev = None
     if args.dev_data_path:
         dev = BiEncoderDataset(read_biencoder_records(args.dev_data_path), args.hard_negatives, seed=args.seed,
@@ -272,7 +273,7 @@ def train(args) -> Dict[str, float]:
     model.train()
     last = {}
     start_epoch = state["epoch"]
-    for epoch in range(start_epoch, max(args.epochs, 1)):
+    for epoch in range(start_epoch, n_epochs):
         if state["global_step"] >= total_steps:
             break
         batches = epoch_batches(len(dataset), args.batch_size, epoch, args.seed, world_size=world.size)

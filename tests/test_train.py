@@ -156,3 +156,13 @@ def test_projection_checkpoint_round_trip(sample_dir, tmp_path):
     saved = np.load(ckpt / "context_encoder" / "dpr_projection.npz")
     np.testing.assert_array_equal(model.q_proj.weight.numpy(), saved["weight"])
     np.testing.assert_array_equal(model.q_proj.bias.numpy(), saved["bias"])
+
+
+def test_max_steps_alone_runs_as_many_epochs_as_needed(sample_dir, tmp_path):
+    # dev.json: 200 records / batch 64 = 4 batches an epoch (the last one partial); 6 steps cross into epoch 1
+    args = tiny_args(sample_dir, tmp_path / "ms", "--epochs", "0", "--max_steps", "6")
+    args[args.index("--train_data_path") + 1] = os.path.join(sample_dir, "dev.json")
+    args[args.index("--batch_size") + 1] = "64"
+    run_cli("train_dense_encoder.py", *args)
+    state = json.load(open(tmp_path / "ms" / "latest" / "trainer_state.json"))
+    assert (state["global_step"], state["epoch"], state["batch_in_epoch"]) == (6, 1, 2)
