@@ -1,7 +1,6 @@
 """What the three CLIs share: logging setup and turning expected errors into one clear line."""
 from __future__ import annotations
 
-import logging
 import sys
 import warnings
 

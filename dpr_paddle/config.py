@@ -18,6 +18,11 @@ def _f(default, help: str, aliases: Sequence[str] = (), **kw):
     return field(default=default, metadata={"help": help, "aliases": tuple(aliases), **kw})
 
 
+def _backend_field():
+    return _f("auto", "inference (Paddle Inference + oneDNN, CPU default) | dygraph (GPU default) | auto",
+              choices=("auto", "inference", "dygraph"))
+
+
 @dataclass
 class ModelArgs:
     """Which encoders to start from and how to tokenize for them."""
@@ -78,8 +83,7 @@ class EmbedArgs(ModelArgs):
     overwrite: bool = _f(False, "re-encode shards that are already complete")
     sort_by_length: bool = _f(True, "batch passages of similar length together (output stays in corpus order)")
     read_chunk: int = _f(20000, "passages read and sorted per block")
-    backend: str = _f("auto", "inference (Paddle Inference + oneDNN, CPU default) | dygraph (GPU default) | auto",
-                      choices=("auto", "inference", "dygraph"))
+    backend: str = _backend_field()
 
 
 @dataclass
@@ -105,8 +109,7 @@ class RetrieverArgs(ModelArgs):
     metrics_file: Optional[str] = _f(None, "top-k accuracy JSON (default: OUT_FILE.metrics.json)")
     trec_file: Optional[str] = _f(None, "also write a TREC run file")
     fp16: bool = _f(False, "run the question encoder in float16 on GPU")
-    backend: str = _f("auto", "inference (Paddle Inference + oneDNN, CPU default) | dygraph (GPU default) | auto",
-                      choices=("auto", "inference", "dygraph"))
+    backend: str = _backend_field()
 
 
 def build_parser(cls, description: str = "") -> argparse.ArgumentParser:

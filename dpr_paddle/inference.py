@@ -22,23 +22,9 @@ from .pretrained import cache_root
 from .tokenization import Tensorizer
 from .utils import atomic_dir
 
+logger = logging.getLogger(__name__)
+
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
-
-
-class _ClsTower(paddle.nn.Layer):
-    """One tower as a static-friendly layer: backbone -> [CLS] (-> projection)."""
-
-    def __init__(self, backbone, projection=None):
-        super().__init__()
-        self.backbone = backbone
-        self.projection = projection
-
-    def forward(self, input_ids, token_type_ids, attention_mask):
-        out = self.backbone(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask, return_dict=True)
-        reps = out.last_hidden_state[:, 0]  # [B, H]
-        if self.projection is not None:
-            reps = self.projection(reps)  # [B, D]
-        return reps
 
 
 def export_static(model, fingerprint: str) -> str:
@@ -49,11 +35,10 @@ def export_static(model, fingerprint: str) -> str:
         return prefix
     from paddle.static import InputSpec
 
-    layer = _ClsTower(model.question_model, model.q_proj if model.projection_dim > 0 else None)
-    layer.eval()
-    spec = [InputSpec([None, None], "int64", name) for name in INPUTS]
+    model.eval()
+    spec = [InputSpec([None, None], "int64", name) for name in INPUTS]  # `tower` keeps its default: question
     with atomic_dir(directory) as tmp:
-        static = paddle.jit.to_static(layer, input_spec=spec, full_graph=True)
+        static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
         paddle.jit.save(static, os.path.join(tmp, "tower"))
     logger.info("exported the encoder for Paddle Inference to %s", directory)
     return prefix
@@ -69,8 +54,6 @@ def make_predictor(prefix: str, threads: Optional[int] = None):
     config.switch_ir_optim(True)
     config.disable_glog_info()
     return paddle.inference.create_predictor(config)
-
-logger = logging.getLogger(__name__)
 
 
 def load_tower(args, tower: str) -> Tuple[Callable[[Dict[str, np.ndarray]], np.ndarray], Tensorizer, dict]:

@@ -35,8 +35,12 @@ class BiEncoder(nn.Layer):
             return self.question_model
         return self.ctx_model
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, tower: str = QUESTION):
-        """Encode one batch with one tower: returns [B, D] representations."""
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, tower: str = "question"):
+        """Encode one batch with one tower: returns [B, D] representations.
+
+        The default is the literal value of QUESTION: paddle.jit.to_static cannot resolve a
+        module-level name in a default argument, and inference.export_static converts this method.
+        """
         out = self.tower(tower)(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
                                 return_dict=True)
         reps = out.last_hidden_state[:, 0]  # [B, H], DPR's [CLS] pooling

@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import paddle
-import pytest
 
 from conftest import checkpoint_params, ROOT, run_cli
 from dpr_paddle.data import epoch_batches, rank_slice
