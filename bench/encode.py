@@ -15,12 +15,9 @@ import sys
 import time
 from types import SimpleNamespace
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from common import FWD_FLOP_PER_TOKEN, ROOT, markdown_table, save_results  # also puts the repo on sys.path
 
 import dpr_paddle  # noqa: E402,F401
-
-FWD_FLOP_PER_TOKEN = 22.4e6
 
 
 def main() -> None:
@@ -38,8 +35,6 @@ def main() -> None:
     from dpr_paddle.embeddings import encode_passages
     from dpr_paddle.inference import load_tower
     from dpr_paddle.model import CONTEXT
-    from dpr_paddle.utils import write_json_atomic
-
     passages = list(itertools.islice(iter_passages(args.ctx), args.limit))
     rows = []
     for backend in ("inference", "dygraph"):
@@ -66,13 +61,11 @@ def main() -> None:
             print(f"{backend} sorted={sort}: {len(passages) / seconds:.1f} passages/s", file=sys.stderr)
     print(f"{len(passages)} passages of {args.ctx}, max length {args.max_length}, batch {args.batch_size}; "
           f"tokenization {rows[0]['tokenize_s']:.2f} s ({len(passages) / rows[0]['tokenize_s']:.0f} passages/s)\n")
-    print("| backend | length-sorted | passages/s (incl. tokenization) | padded / real tokens | useful GFLOP/s |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['backend']} | {'yes' if r['sorted'] else 'no'} | {r['passages_per_s']:.1f} | "
-              f"{r['padded_tokens'] / r['real_tokens']:.2f} | {r['useful_gflops']:.1f} |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    write_json_atomic(args.out, {"rows": rows, "argv": sys.argv[1:]})
+    print(markdown_table(
+        ["backend", "length-sorted", "passages/s (incl. tokenization)", "padded / real tokens", "useful GFLOP/s"],
+        [[r["backend"], "yes" if r["sorted"] else "no", f"{r['passages_per_s']:.1f}",
+          f"{r['padded_tokens'] / r['real_tokens']:.2f}", f"{r['useful_gflops']:.1f}"] for r in rows]))
+    save_results(args.out, rows)
 
 
 if __name__ == "__main__":

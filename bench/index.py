@@ -16,8 +16,7 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from common import ROOT, markdown_table, save_results  # also puts the repo on sys.path
 
 
 def vectors(kind: str, n: int, dim: int, seed: int):
@@ -34,10 +33,7 @@ def vectors(kind: str, n: int, dim: int, seed: int):
 
 
 def main() -> None:
-    import numpy as np
-
     from dpr_paddle.index import ExactIndex, HNSWIndex, Shard, recall_at_k
-    from dpr_paddle.utils import write_json_atomic
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
@@ -77,15 +73,13 @@ def main() -> None:
                     rows.append(row)
                     print(row, file=sys.stderr)
                 del hnsw
-    print("| vectors | N | M | ef | build (s) | index size (MB) | queries/s | exact queries/s | speed-up | "
-          "recall@1 | recall@20 | recall@100 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['kind']} | {r['n']:,} | {r['M']} | {r['ef']} | {r['build_s']:.1f} | {r['index_mb']:.0f} | "
-              f"{r['qps']:.0f} | {r['exact_qps']:.0f} | {r['qps'] / r['exact_qps']:.1f}x | {r['recall@1']:.3f} | "
-              f"{r['recall@20']:.3f} | {r['recall@100']:.4f} |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    write_json_atomic(args.out, {"rows": rows, "argv": sys.argv[1:]})
+    print(markdown_table(
+        ["vectors", "N", "M", "ef", "build (s)", "index size (MB)", "queries/s", "exact queries/s", "speed-up",
+         "recall@1", "recall@20", "recall@100"],
+        [[r["kind"], f"{r['n']:,}", str(r["M"]), str(r["ef"]), f"{r['build_s']:.1f}", f"{r['index_mb']:.0f}",
+          f"{r['qps']:.0f}", f"{r['exact_qps']:.0f}", f"{r['qps'] / r['exact_qps']:.1f}x", f"{r['recall@1']:.3f}",
+          f"{r['recall@20']:.3f}", f"{r['recall@100']:.4f}"] for r in rows]))
+    save_results(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, markdown_table, save_results  # also puts the repo on sys.path
 
 
 def run(*args) -> float:
@@ -62,14 +62,10 @@ def main() -> None:
             rows[label] = json.load(fh)["top_k_accuracy"]
     print(f"\n{name}: {qa} against {ctx}; train {os.path.join(args.data, 'train.json')}, steps {args.steps}, "
           f"batch {args.batch_size}, chunk {args.chunk_size}, lr {args.learning_rate}, train length {args.train_length}\n")
-    print("| system | top-1 | top-5 | top-20 | top-100 |\n|---|---|---|---|---|")
-    for label, acc in rows.items():
-        print(f"| {label} | " + " | ".join(f"{acc[k]:.3f}" for k in ("1", "5", "20", "100")) + " |")
-    out = os.path.join(ROOT, "bench", "results", f"quality_{name}.json")
-    sys.path.insert(0, ROOT)
-    from dpr_paddle.utils import write_json_atomic
-
-    write_json_atomic(out, {"rows": rows, "seconds": seconds, "argv": sys.argv[1:]})
+    ks = ("1", "5", "20", "100")
+    print(markdown_table(["system"] + [f"top-{k}" for k in ks],
+                         [[label] + [f"{acc[k]:.3f}" for k in ks] for label, acc in rows.items()]))
+    save_results(os.path.join(ROOT, "bench", "results", f"quality_{name}.json"), rows, seconds=seconds)
 
 
 if __name__ == "__main__":

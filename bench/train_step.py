@@ -18,12 +18,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from common import FWD_FLOP_PER_TOKEN, ROOT, markdown_table, save_results  # also puts the repo on sys.path
 
 import dpr_paddle  # noqa: E402,F401  (CPU defaults before paddle loads)
-
-FWD_FLOP_PER_TOKEN = 22.4e6  # MiniLM-L6-H384: 6 x (4*384^2 + 2*384*1536) MACs x 2, plus attention at L=128
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
@@ -109,15 +106,12 @@ def main() -> None:
             print(f"batch {b} chunk {c or 'plain'}: {row['step_s']:.1f} s/step, {row['examples_per_s']:.2f} ex/s, "
                   f"peak RSS {row['peak_rss_mb']:.0f} MB", file=sys.stderr)
     print(f"matmul peak (paddle, 2048^2 float32): {peak:.1f} GFLOP/s\n")
-    print("| batch | chunk | s/step | examples/s | peak RSS (MB) | step TFLOP | GFLOP/s | utilisation |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['batch']} | {r['chunk'] or 'plain'} | {r['step_s']:.2f} | {r['examples_per_s']:.2f} | "
-              f"{r['peak_rss_mb']:.0f} | {r['step_tflop']:.3f} | {r['gflops']:.1f} | {r['utilisation']:.2f} |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    from dpr_paddle.utils import write_json_atomic
-
-    write_json_atomic(args.out, {"matmul_peak_gflops": peak, "rows": rows, "argv": sys.argv[1:]})
+    print(markdown_table(
+        ["batch", "chunk", "s/step", "examples/s", "peak RSS (MB)", "step TFLOP", "GFLOP/s", "utilisation"],
+        [[str(r["batch"]), str(r["chunk"] or "plain"), f"{r['step_s']:.2f}", f"{r['examples_per_s']:.2f}",
+          f"{r['peak_rss_mb']:.0f}", f"{r['step_tflop']:.3f}", f"{r['gflops']:.1f}", f"{r['utilisation']:.2f}"]
+         for r in rows]))
+    save_results(args.out, rows, matmul_peak_gflops=peak)
 
 
 if __name__ == "__main__":

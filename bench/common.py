@@ -1,0 +1,26 @@
+"""What the bench scripts share: the FLOP count, markdown tables, and the results file."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Iterable, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# MiniLM-L6-H384 forward per token: 6 x (4*384^2 + 2*384*1536) MACs x 2, plus attention at L=128
+FWD_FLOP_PER_TOKEN = 22.4e6
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A markdown table from a header and rows of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save_results(path: str, rows: list, **extra) -> None:
+    """Write the rows, the command line and any extra fields to `path` as JSON, atomically."""
+    from dpr_paddle.utils import write_json_atomic
+
+    write_json_atomic(path, {**extra, "rows": rows, "argv": sys.argv[1:]})
