@@ -40,7 +40,7 @@ demo: install sample
 	@echo "== 3/5 train the bi-encoder (gradient cache: chunks of 8)"
 	$(PY) train_dense_encoder.py --batch_size 16 --learning_rate 5e-05 --save_dir $(DEMO)/biencoder --warmup_steps 3 \
 		--epoches 1 --max_steps $(DEMO_STEPS) --max_grad_norm 2 --train_data_path $(SAMPLE)/train.json --chunk_size 8 \
-		--model_name_or_path minilm --max_passage_length $(DEMO_PLEN) --log_steps 5
+		--model_name_or_path minilm --max_passage_length $(DEMO_PLEN) --log_steps 5 --overwrite_save_dir
 	@echo "== 4/5 encode the corpus with the fine-tuned context encoder"
 	$(PY) generate_dense_embedding.py --model_file $(DEMO)/biencoder/latest --ctx_file $(SAMPLE)/passages.tsv \
 		--shard_id 0 --num_shards 1 --out_file $(DEMO)/emb_finetuned --batch_size 32 --overwrite

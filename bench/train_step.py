@@ -3,8 +3,13 @@
     .venv/bin/python bench/train_step.py --batches 16 32 64 --chunks 8 16 --plain_up_to 64
 
 Each (batch, chunk) runs in a fresh process (peak RSS is a per-process high-water mark): one
-warm-up step, then --steps timed steps. Inputs: questions of --q_len tokens, 1 positive +
-1 hard negative passage per question of --p_len tokens, dropout on, AdamW + clipping.
+warm-up step on 2 chunks of questions, then --steps timed steps. Inputs: questions of --q_len tokens, 1 positive +
+--hard_negatives passages per question of --p_len tokens, dropout on, AdamW + clipping.
+`--compare_fast_cpu` also runs each configuration with DPR_PADDLE_FAST_CPU=0 (before/after).
+
+The peer's setting (sentence-transformers' CachedMultipleNegativesRankingLoss, issue #6):
+    .venv/bin/python bench/train_step.py --batches 64 --chunks 16 --plain_up_to 0 \
+        --q_len 128 --hard_negatives 0 --compare_fast_cpu
 The machine's matmul peak is measured in the same run, so utilisation is a ratio of two
 numbers taken minutes apart on the same machine. Prints a markdown table; writes JSON.
 """
@@ -37,7 +42,7 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
     return best
 
 
-def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int) -> dict:
+def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int) -> dict:
     """Time `steps` training steps in this process; chunk 0 = plain step."""
     import numpy as np
     import paddle
@@ -57,25 +62,34 @@ def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int) -> dict:
         ids[:, 0], ids[:, -1] = 101, 102
         return {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": np.ones_like(ids)}
 
-    batch_arrays = {"question": arrays(batch, q_len), "context": arrays(2 * batch, p_len), "passages_per_question": 2}
+    n_pass = 1 + hard
+    batch_arrays = {"question": arrays(batch, q_len), "context": arrays(n_pass * batch, p_len),
+                    "passages_per_question": n_pass}
+    # warm-up (allocators, kernels) on two chunks' worth of questions: a full warm-up step at
+    # batch 256 would cost minutes and warms nothing more
+    warm = min(batch, 2 * chunk) if chunk else batch
+    warm_arrays = {"question": {k: v[:warm] for k, v in batch_arrays["question"].items()},
+                   "context": {k: v[: n_pass * warm] for k, v in batch_arrays["context"].items()},
+                   "passages_per_question": n_pass}
     world = World()
     times = []
     for i in range(steps + 1):
         t = time.perf_counter()
-        train_step(model, batch_arrays, chunk, chunk, world)
+        train_step(model, warm_arrays if i == 0 else batch_arrays, chunk, chunk, world)
         global_grad_norm(model.parameters())
         opt.step()
         sched.step()
         opt.clear_grad()
-        if i:  # the first step warms up allocators and kernels
+        if i:
             times.append(time.perf_counter() - t)
     step_s = float(np.median(times))
-    tokens = batch * q_len + 2 * batch * p_len
+    tokens = batch * q_len + n_pass * batch * p_len
     passes = 3 if chunk == 0 else 4  # forward + backward (2x); the cache adds a no-grad forward
     return {"batch": batch, "chunk": chunk, "step_s": step_s, "examples_per_s": batch / step_s,
             "step_tflop": tokens * FWD_FLOP_PER_TOKEN * passes / 1e12,
             "gflops": tokens * FWD_FLOP_PER_TOKEN * passes / step_s / 1e9,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "fast_cpu": os.environ.get("DPR_PADDLE_FAST_CPU") != "0"}
 
 
 def main() -> None:
@@ -86,29 +100,34 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--q_len", type=int, default=32)
     ap.add_argument("--p_len", type=int, default=128)
+    ap.add_argument("--hard_negatives", type=int, default=1)
+    ap.add_argument("--compare_fast_cpu", action="store_true", help="also run with DPR_PADDLE_FAST_CPU=0")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "train_step.json"))
     ap.add_argument("--one", type=int, nargs=2, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(*args.one, args.steps, args.q_len, args.p_len)))
+        print(json.dumps(one(*args.one, args.steps, args.q_len, args.p_len, args.hard_negatives)))
         return
     peak = matmul_peak()
     rows = []
     for b in args.batches:
         configs = [c for c in args.chunks if c < b] + ([0] if b <= args.plain_up_to else [])
         for c in configs:
-            out = subprocess.run([sys.executable, __file__, "--one", str(b), str(c), "--steps", str(args.steps),
-                                  "--q_len", str(args.q_len), "--p_len", str(args.p_len)],
-                                 capture_output=True, text=True, check=True)
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            row["utilisation"] = row["gflops"] / peak
-            rows.append(row)
-            print(f"batch {b} chunk {c or 'plain'}: {row['step_s']:.1f} s/step, {row['examples_per_s']:.2f} ex/s, "
-                  f"peak RSS {row['peak_rss_mb']:.0f} MB", file=sys.stderr)
+            for fast in ([True, False] if args.compare_fast_cpu else [True]):
+                env = dict(os.environ, DPR_PADDLE_FAST_CPU="1" if fast else "0")
+                out = subprocess.run([sys.executable, __file__, "--one", str(b), str(c), "--steps", str(args.steps),
+                                      "--q_len", str(args.q_len), "--p_len", str(args.p_len),
+                                      "--hard_negatives", str(args.hard_negatives)],
+                                     capture_output=True, text=True, check=True, env=env)
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                row["utilisation"] = row["gflops"] / peak
+                rows.append(row)
+                print(f"batch {b} chunk {c or 'plain'} fast_cpu {fast}: {row['step_s']:.1f} s/step, "
+                      f"{row['examples_per_s']:.2f} ex/s, peak RSS {row['peak_rss_mb']:.0f} MB", file=sys.stderr)
     print(f"matmul peak (paddle, 2048^2 float32): {peak:.1f} GFLOP/s\n")
     print(markdown_table(
-        ["batch", "chunk", "s/step", "examples/s", "peak RSS (MB)", "step TFLOP", "GFLOP/s", "utilisation"],
-        [[str(r["batch"]), str(r["chunk"] or "plain"), f"{r['step_s']:.2f}", f"{r['examples_per_s']:.2f}",
+        ["batch", "chunk", "fast_cpu", "s/step", "examples/s", "peak RSS (MB)", "step TFLOP", "GFLOP/s", "utilisation"],
+        [[str(r["batch"]), str(r["chunk"] or "plain"), "on" if r["fast_cpu"] else "off", f"{r['step_s']:.2f}", f"{r['examples_per_s']:.2f}",
           f"{r['peak_rss_mb']:.0f}", f"{r['step_tflop']:.3f}", f"{r['gflops']:.1f}", f"{r['utilisation']:.2f}"]
          for r in rows]))
     save_results(args.out, rows, matmul_peak_gflops=peak)

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import shutil
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -202,6 +202,19 @@ def prune_checkpoints(save_dir: str, keep_last: int) -> None:
         return
     for _, p in list_checkpoints(save_dir)[:-keep_last]:
         shutil.rmtree(p, ignore_errors=True)
+
+
+def remove_checkpoints(save_dir: str) -> List[str]:
+    """Delete every checkpoint-* (complete or not), best/ and latest in `save_dir`; returns what went."""
+    gone = [p for p in glob.glob(os.path.join(save_dir, "checkpoint-*"))
+            if re.fullmatch(r"checkpoint-\d+", os.path.basename(p))]
+    gone += [p for p in (os.path.join(save_dir, "best"), os.path.join(save_dir, "latest")) if os.path.lexists(p)]
+    for p in gone:
+        if os.path.islink(p) or not os.path.isdir(p):
+            os.remove(p)
+        else:
+            shutil.rmtree(p)
+    return gone
 
 
 def point_latest(save_dir: str, checkpoint: str) -> str:

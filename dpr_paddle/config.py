@@ -64,6 +64,8 @@ class TrainArgs(ModelArgs):
     save_steps: int = _f(0, "save a checkpoint every N steps (0 = per epoch only)")
     keep_last: int = _f(3, "keep the last N step checkpoints (the best is kept apart)")
     resume: Optional[str] = _f(None, "resume from a checkpoint dir, or 'auto' for the latest in SAVE_DIR")
+    overwrite_save_dir: bool = _f(False, "start afresh in a SAVE_DIR that holds another run's checkpoints "
+                                         "(deletes its checkpoint-*, best and latest)")
     fp16: bool = _f(False, "mixed precision on GPU (float16 with loss scaling)")
     amp_dtype: str = _f("float16", "AMP dtype on GPU: float16 | bfloat16")
     dev_batch_size: int = _f(64, "questions per dev batch")
@@ -98,9 +100,12 @@ class RetrieverArgs(ModelArgs):
     model_file: Optional[str] = _f(None, "a training checkpoint dir (alternative to the model paths)")
     hnsw_index: bool = _f(False, "search with hnswlib instead of exact inner product")
     index_path: Optional[str] = _f(None, "save/load the hnsw index here (a second run skips the build)")
-    hnsw_m: int = _f(64, "hnswlib M")
+    hnsw_m: int = _f(32, "hnswlib M")
+    hnsw_space: str = _f("auto", "hnswlib space: ip (hnswlib's inner product) | l2 (DPR's inner-product-to-L2 "
+                                 "transform) | auto (ip when passage norms spread <= 2x, else l2)",
+                         choices=("auto", "ip", "l2"))
     ef_construction: int = _f(200, "hnswlib ef_construction")
-    ef_search: int = _f(0, "hnswlib ef at query time (default: max(4 * n_docs, 256))")
+    ef_search: int = _f(0, "hnswlib ef at query time (default: max(8 * n_docs, 256))")
     n_docs: int = _f(100, "passages retrieved per question", aliases=("--n-docs",))
     validation_workers: int = _f(1, "processes for answer matching")
     match: str = _f("string", "answer matching: string | regex", choices=("string", "regex"))

@@ -25,11 +25,14 @@ from .utils import atomic_dir
 logger = logging.getLogger(__name__)
 
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+# Part of the export cache key: bump it when BiEncoder.forward changes what is exported
+# (2: PaddleNLP's key/value cache turned off), so older exports are not reused.
+EXPORT_VERSION = 2
 
 
 def export_static(model, fingerprint: str) -> str:
     """jit.save the question tower of a (shared) BiEncoder once per fingerprint; returns the path prefix."""
-    directory = os.path.join(cache_root(), "inference", fingerprint)
+    directory = os.path.join(cache_root(), "inference", f"{fingerprint}-v{EXPORT_VERSION}")
     prefix = os.path.join(directory, "tower")
     if os.path.isfile(prefix + ".pdiparams"):
         return prefix

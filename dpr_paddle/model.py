@@ -1,11 +1,14 @@
 """The bi-encoder and DPR's in-batch negative log-likelihood loss (no data imports)."""
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+
+from . import fast_cpu
 
 QUESTION, CONTEXT = "question", "context"
 
@@ -14,15 +17,19 @@ class BiEncoder(nn.Layer):
     """A question encoder and a context encoder; a representation is the [CLS] vector.
 
     `shared=True` uses one encoder for both towers. `projection_dim > 0` adds a linear layer
-    per tower on top of [CLS] (DPR's `projection_dim`).
+    per tower on top of [CLS] (DPR's `projection_dim`). The encoders get `fast_cpu.speed_up`
+    (faster CPU training, same computation).
     """
 
     def __init__(self, question_model: nn.Layer, ctx_model: Optional[nn.Layer] = None, projection_dim: int = 0):
         super().__init__()
-        self.question_model = question_model
+        self.question_model = fast_cpu.speed_up(question_model)
         self.shared = ctx_model is None or ctx_model is question_model
         if not self.shared:
-            self.ctx_model = ctx_model
+            self.ctx_model = fast_cpu.speed_up(ctx_model)
+        # PaddleNLP encoders build a key/value cache when config.use_cache is set (HF configs such
+        # as MiniLM's set it): 12 useless concats per forward for an encoder; turn it off.
+        self._encoder_kwargs = {"use_cache": False} if _accepts(question_model, "use_cache") else {}
         self.projection_dim = projection_dim
         if projection_dim > 0:
             hidden = question_model.config.hidden_size
@@ -42,11 +49,15 @@ class BiEncoder(nn.Layer):
         module-level name in a default argument, and inference.export_static converts this method.
         """
         out = self.tower(tower)(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
-                                return_dict=True)
+                                return_dict=True, **self._encoder_kwargs)
         reps = out.last_hidden_state[:, 0]  # [B, H], DPR's [CLS] pooling
         if self.projection_dim > 0:
             reps = (self.q_proj if tower == QUESTION else self.p_proj)(reps)  # [B, D]
         return reps
+
+
+def _accepts(layer: nn.Layer, name: str) -> bool:
+    return name in inspect.signature(layer.forward).parameters
 
 
 def set_dropout(layer: nn.Layer, p: float) -> None:

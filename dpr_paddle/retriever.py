@@ -81,11 +81,12 @@ def retrieve(args, encode_fn, tensorizer) -> Dict[str, float]:
                              "the question and context encoders do not belong together")
     t_encode = time.perf_counter() - t0
     k = min(args.n_docs, n_passages)
-    ef = args.ef_search or max(4 * k, 256)  # measured on the sample: recall@100 0.989 at ef=200, 0.998 at 400
+    # measured at 1M vectors (docs/benchmarks.md, ip, M 32): recall@100 0.945 at ef 400, 0.979 at 800
+    ef = args.ef_search or max(8 * k, 256)
 
     t0 = time.perf_counter()
     if args.hnsw_index:
-        hnsw = HNSWIndex(exact, m=args.hnsw_m, ef_construction=args.ef_construction)
+        hnsw = HNSWIndex(exact, m=args.hnsw_m, ef_construction=args.ef_construction, space=args.hnsw_space)
         if not (args.index_path and hnsw.load(args.index_path)):
             hnsw.build()
             if args.index_path:
@@ -119,7 +120,8 @@ def retrieve(args, encode_fn, tensorizer) -> Dict[str, float]:
                "seconds": {"encode_questions": round(t_encode, 3), "build_index": round(t_build, 3),
                            "search": round(t_search, 3)}}
     if args.hnsw_index:
-        metrics["hnsw"] = {"M": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": max(ef, k)}
+        metrics["hnsw"] = {"M": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": max(ef, k),
+                           "space": hnsw.space}
     if recall is not None:
         metrics["hnsw_recall"] = {str(a): b for a, b in recall.items()}
     if args.out_file:

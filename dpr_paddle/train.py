@@ -200,6 +200,19 @@ def train(args) -> Dict[str, float]:
         resume_from = ckpt.latest_checkpoint(args.save_dir) if args.resume == "auto" else args.resume
         if args.resume != "auto" and not os.path.isdir(args.resume):
             raise TrainingError(f"--resume {args.resume}: no such checkpoint directory")
+    world.barrier()  # every rank looks before rank 0 may delete
+    stale = not resume_from and ckpt.list_checkpoints(args.save_dir)
+    world.barrier()
+    if stale:
+        # A fresh run must not mix its checkpoints with another run's (a stale checkpoint-N could
+        # be taken for this run's, or be resumed later by --resume auto).
+        if not args.overwrite_save_dir:
+            raise TrainingError(f"{args.save_dir} already holds checkpoints of another run "
+                                f"({os.path.basename(ckpt.latest_checkpoint(args.save_dir))}); pass --resume auto "
+                                "to continue it, or --overwrite_save_dir to delete them and start afresh")
+        if world.is_main:
+            logger.info("--overwrite_save_dir: removed %s", ", ".join(ckpt.remove_checkpoints(args.save_dir)))
+        world.barrier()
     if resume_from:
         que, con = (os.path.join(resume_from, ckpt.TOWER_DIRS[t]) for t in (QUESTION, CONTEXT))
     else:
@@ -244,12 +257,15 @@ def train(args) -> Dict[str, float]:
     logger.info("training: %d records, global batch %d (%d ranks), chunks q=%s p=%s, %d steps",
                 len(dataset), args.batch_size, world.size, q_chunk or "none", p_chunk or "none", total_steps)
 
+    saved = {}  # global step -> checkpoint written by this run
+
     def save(name: str) -> str:
         world.barrier()
         path = os.path.join(args.save_dir, name)
         if world.is_main:
             ckpt.save_checkpoint(path, raw_model, tokenizer, optimizer, scheduler, state, cfg, run_config)
         world.barrier()
+        saved[state["global_step"]] = path
         return path
 
     def run_dev(step: int) -> Optional[Dict[str, float]]:
@@ -343,8 +359,10 @@ def train(args) -> Dict[str, float]:
             save(f"checkpoint-{state['global_step']}")
             if world.is_main:
                 ckpt.prune_checkpoints(args.save_dir, args.keep_last)
-    final = ckpt.latest_checkpoint(args.save_dir)
-    if final is None or ckpt.load_trainer_state(final)["global_step"] != state["global_step"]:
+    final = saved.get(state["global_step"])
+    if final is None and resume_from and ckpt.load_trainer_state(resume_from)["global_step"] == state["global_step"]:
+        final = resume_from  # resumed at the end: nothing left to train
+    if final is None:
         final = save(f"checkpoint-{state['global_step']}")
     if world.is_main:
         ckpt.point_latest(args.save_dir, final)

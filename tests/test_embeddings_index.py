@@ -137,18 +137,19 @@ def test_merge_topk_keeps_best():
     assert s.tolist() == [[5.0, 3.0, 2.0]] and r.tolist() == [[10, 20, 21]]
 
 
-def test_hnsw_mips_transform_recall_and_reload(tmp_path):
-    # Encoder outputs are clustered (topics) with norms that vary, unlike isotropic noise, on which
-    # every graph index does badly. M=64 and ef_construction=200 are the defaults; ef=200 is half
-    # the default ef_search (max(4 * n_docs, 256) = 400), so this is a conservative check.
+@pytest.mark.parametrize("space", ["l2", "auto"])
+def test_hnsw_mips_recall_and_reload(tmp_path, space):
+    # "l2" is DPR's transform, "ip" hnswlib's inner-product space. Encoder outputs are clustered
+    # (topics) with norms that vary, unlike isotropic noise, on which every graph index does badly.
+    # The defaults: M=32, ef_construction=200, ef_search = max(8 * n_docs, 256) = 800.
     rng = np.random.default_rng(1)
     centers = rng.standard_normal((40, 32)) * 2
     vecs = (centers[rng.integers(0, 40, 4000)] + rng.standard_normal((4000, 32)) * 0.6) * rng.uniform(0.5, 2.0, (4000, 1))
     vecs = vecs.astype(np.float32)
     queries = (centers[rng.integers(0, 40, 200)] + rng.standard_normal((200, 32)) * 0.6).astype(np.float32)
     exact = ExactIndex(load_shards(fake_shards(tmp_path, vecs, 3)))
-    hnsw = HNSWIndex(exact, m=64, ef_construction=200).build()
-    s_h, r_h = hnsw.search(queries, 100, ef=200)
+    hnsw = HNSWIndex(exact, m=32, ef_construction=200, space=space).build()
+    s_h, r_h = hnsw.search(queries, 100, ef=800)
     s_e, r_e = exact.search(queries, 100)
     rec = recall_at_k(r_h, r_e, ks=(1, 20, 100))
     assert rec[1] >= 0.99 and rec[100] >= 0.99, rec
@@ -157,10 +158,30 @@ def test_hnsw_mips_transform_recall_and_reload(tmp_path):
     assert (np.diff(s_h, axis=1) <= 0).all()
     path = str(tmp_path / "index.hnsw")
     hnsw.save(path)
-    again = HNSWIndex(exact, m=64, ef_construction=200)
+    again = HNSWIndex(exact, m=32, ef_construction=200, space=space)
     assert again.load(path)
-    assert np.array_equal(again.search(queries, 100, ef=200)[1], r_h)
-    assert not HNSWIndex(exact, m=16, ef_construction=200).load(path)  # other parameters: rebuild
+    assert np.array_equal(again.search(queries, 100, ef=800)[1], r_h)
+    assert not HNSWIndex(exact, m=16, ef_construction=200, space=space).load(path)  # other parameters: rebuild
+    assert again.space == "l2"  # auto: these norms spread ~4x, so DPR's transform
+    assert not HNSWIndex(exact, m=32, ef_construction=200, space="ip").load(path)
+    with pytest.raises(ValueError, match="space"):
+        HNSWIndex(exact, space="cosine")
+
+
+def test_hnsw_auto_space_follows_norm_spread(tmp_path):
+    # narrow norms (real encoders: 1.15-1.38x) -> hnswlib's inner-product space; wide -> DPR's transform.
+    # Measured on norms spread 4x (the test above): recall@100 "ip" 0.965 against "l2" 1.000.
+    rng = np.random.default_rng(2)
+    unit = rng.standard_normal((3000, 16)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    for (low, high), want in (((0.9, 1.3), "ip"), ((0.5, 2.0), "l2")):
+        vecs = (unit * rng.uniform(low, high, (3000, 1))).astype(np.float32)
+        exact = ExactIndex(load_shards(fake_shards(tmp_path / want, vecs, 2)))
+        hnsw = HNSWIndex(exact).build()
+        assert hnsw.space == want
+        queries = rng.standard_normal((50, 16)).astype(np.float32)
+        rec = recall_at_k(hnsw.search(queries, 10, ef=200)[1], exact.search(queries, 10)[1], ks=(10,))
+        assert rec[10] >= 0.99, (want, rec)
 
 
 def test_shard_errors(tmp_path):

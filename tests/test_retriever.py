@@ -58,6 +58,12 @@ def test_exact_and_hnsw_results_in_dpr_format(corpus, tmp_path):
         assert [float(c["score"]) for c in h["ctxs"]] == pytest.approx([float(c["score"]) for c in e["ctxs"]], rel=1e-5)
     m = json.load(open(str(tmp_path / "hnsw.json") + ".metrics.json"))
     assert m["hnsw_recall"]["1"] == 1.0 and os.path.exists(tmp_path / "g.hnsw")
+    assert m["hnsw"]["space"] in ("ip", "l2") and m["hnsw"]["ef_search"] == 256  # max(8 * 10, 256)
+    # DPR's inner-product-to-L2 transform (the default is hnswlib's inner-product space) agrees too
+    retrieve(corpus, "--hnsw_index", "--hnsw_space", "l2", "--encoded_ctx_file", str(corpus / "emb"),
+             "--out_file", tmp_path / "l2.json")
+    for h, e in zip(json.load(open(tmp_path / "l2.json")), results):
+        assert [float(c["score"]) for c in h["ctxs"]] == pytest.approx([float(c["score"]) for c in e["ctxs"]], rel=1e-5)
 
 
 def test_bad_inputs_fail_clearly(corpus, tmp_path):

@@ -166,3 +166,28 @@ def test_max_steps_alone_runs_as_many_epochs_as_needed(sample_dir, tmp_path):
     run_cli("train_dense_encoder.py", *args)
     state = json.load(open(tmp_path / "ms" / "latest" / "trainer_state.json"))
     assert (state["global_step"], state["epoch"], state["batch_in_epoch"]) == (6, 1, 2)
+
+
+def test_a_fresh_run_never_reports_another_runs_checkpoint(sample_dir, tmp_path):
+    # Training twice into one save_dir used to keep the first run's checkpoint-N and point
+    # `latest` at it when the second run ended at the same step: the new model was lost.
+    save = tmp_path / "run"
+    run_cli("train_dense_encoder.py", *tiny_args(sample_dir, save, "--max_steps", "3", "--epochs", "1",
+                                                 "--save_steps", "2"))
+    first = checkpoint_params(save / "checkpoint-3")
+    proc = run_cli("train_dense_encoder.py", *tiny_args(sample_dir, save, "--max_steps", "3", "--epochs", "1",
+                                                        "--learning_rate", "5e-3"), check=False)
+    assert proc.returncode == 2
+    assert f"error: {save} already holds checkpoints of another run (checkpoint-3)" in proc.stderr
+    assert "--resume auto" in proc.stderr and "--overwrite_save_dir" in proc.stderr
+    run_cli("train_dense_encoder.py", *tiny_args(sample_dir, save, "--max_steps", "3", "--epochs", "1",
+                                                 "--learning_rate", "5e-3", "--overwrite_save_dir"))
+    assert sorted(os.listdir(save)) == ["checkpoint-3", "latest", "vdl"]  # the old checkpoint-2 went too
+    second = checkpoint_params(save / "latest")
+    assert max(float(np.abs(first[k] - second[k]).max()) for k in first) > 1e-4  # the new run's model
+    # resuming a finished run trains nothing and keeps its checkpoint
+    proc = run_cli("train_dense_encoder.py", *tiny_args(sample_dir, save, "--max_steps", "3", "--epochs", "1",
+                                                        "--resume", "auto"))
+    assert os.path.realpath(save / "latest") == os.path.realpath(save / "checkpoint-3")
+    again = checkpoint_params(save / "latest")
+    assert all(np.array_equal(second[k], again[k]) for k in second)
