@@ -180,14 +180,19 @@ def restore_optimizer(path: str, optimizer, scheduler, model) -> None:
         scheduler.set_state_dict(sched)
 
 
-def list_checkpoints(save_dir: str):
-    """Complete step checkpoints in `save_dir`, oldest first, as (step, path)."""
+def _checkpoint_dirs(save_dir: str) -> List[Tuple[int, str]]:
+    """Every checkpoint-STEP entry in `save_dir` (complete or not), oldest first, as (step, path)."""
     out = []
     for p in glob.glob(os.path.join(save_dir, "checkpoint-*")):
         m = re.fullmatch(r"checkpoint-(\d+)", os.path.basename(p))
-        if m and os.path.isfile(os.path.join(p, TRAINER_STATE)):
+        if m:
             out.append((int(m.group(1)), p))
     return sorted(out)
+
+
+def list_checkpoints(save_dir: str):
+    """Complete step checkpoints in `save_dir`, oldest first, as (step, path)."""
+    return [(step, p) for step, p in _checkpoint_dirs(save_dir) if os.path.isfile(os.path.join(p, TRAINER_STATE))]
 
 
 def latest_checkpoint(save_dir: str) -> Optional[str]:
@@ -206,8 +211,7 @@ def prune_checkpoints(save_dir: str, keep_last: int) -> None:
 
 def remove_checkpoints(save_dir: str) -> List[str]:
     """Delete every checkpoint-* (complete or not), best/ and latest in `save_dir`; returns what went."""
-    gone = [p for p in glob.glob(os.path.join(save_dir, "checkpoint-*"))
-            if re.fullmatch(r"checkpoint-\d+", os.path.basename(p))]
+    gone = [p for _, p in _checkpoint_dirs(save_dir)]
     gone += [p for p in (os.path.join(save_dir, "best"), os.path.join(save_dir, "latest")) if os.path.lexists(p)]
     for p in gone:
         if os.path.islink(p) or not os.path.isdir(p):

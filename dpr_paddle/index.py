@@ -189,7 +189,6 @@ class HNSWIndex:
     def build(self, batch: int = 50_000) -> "HNSWIndex":
         """Stream the vectors into the graph, after a first pass for the squared norms' range
         (phi = the largest, for "l2"; the spread, for "auto")."""
-        import hnswlib
         from tqdm import tqdm
 
         dim = self.exact.shards[0].meta["dim"]
@@ -205,7 +204,7 @@ class HNSWIndex:
             self.space = "ip" if ratio <= self.AUTO_IP_MAX_NORM_RATIO else "l2"
             logger.info("passage norms spread %.2fx: hnsw space %s", ratio, self.space)
         self.phi = phi
-        index = hnswlib.Index(space=self.space, dim=dim + 1 if self.space == "l2" else dim)
+        index = self._hnswlib_index(dim)
         index.init_index(max_elements=max(n, 1), ef_construction=self.ef_construction, M=self.m, random_seed=100)
         t0 = time.perf_counter()
         with tqdm(total=n, desc="hnsw build", unit="vec", dynamic_ncols=True) as bar:
@@ -228,8 +227,6 @@ class HNSWIndex:
 
     def load(self, path: str) -> bool:
         """Load a saved graph if it was built from these shards with these parameters."""
-        import hnswlib
-
         meta_file = path + ".json"
         if not (os.path.isfile(path) and os.path.isfile(meta_file)):
             return False
@@ -239,11 +236,17 @@ class HNSWIndex:
             logger.info("%s was built from other shards or parameters; rebuilding", path)
             return False
         self.space = meta.get("resolved_space") or self.requested_space
-        index = hnswlib.Index(space=self.space, dim=meta["dim"] + 1 if self.space == "l2" else meta["dim"])
+        index = self._hnswlib_index(meta["dim"])
         index.load_index(path, max_elements=meta["count"])
         self.index, self.phi = index, meta["phi"]
         logger.info("loaded hnsw index %s (%d vectors)", path, meta["count"])
         return True
+
+    def _hnswlib_index(self, dim: int):
+        """An empty hnswlib index for vectors of `dim` in the resolved space ("l2" adds a coordinate)."""
+        import hnswlib
+
+        return hnswlib.Index(space=self.space, dim=dim + 1 if self.space == "l2" else dim)
 
     def _augment(self, v: np.ndarray, phi: Optional[float]) -> np.ndarray:
         """The vectors hnswlib stores (phi given: passages) or searches with (phi None: queries)."""

@@ -208,7 +208,7 @@ def train(args) -> Dict[str, float]:
         # be taken for this run's, or be resumed later by --resume auto).
         if not args.overwrite_save_dir:
             raise TrainingError(f"{args.save_dir} already holds checkpoints of another run "
-                                f"({os.path.basename(ckpt.latest_checkpoint(args.save_dir))}); pass --resume auto "
+                                f"({os.path.basename(stale[-1][1])}); pass --resume auto "
                                 "to continue it, or --overwrite_save_dir to delete them and start afresh")
         if world.is_main:
             logger.info("--overwrite_save_dir: removed %s", ", ".join(ckpt.remove_checkpoints(args.save_dir)))
@@ -232,10 +232,12 @@ def train(args) -> Dict[str, float]:
     run_config = dataclasses.asdict(args)
 
     state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "total_steps": total_steps}
+    resumed_step = None
     if resume_from:
         ckpt.restore_optimizer(resume_from, optimizer, scheduler, raw_model)
         saved = ckpt.load_trainer_state(resume_from)
         state.update({k: saved[k] for k in ("global_step", "epoch", "batch_in_epoch", "best")})
+        resumed_step = state["global_step"]
         logger.info("resuming from %s at step %d (epoch %d, batch %d)", resume_from, state["global_step"],
                     state["epoch"], state["batch_in_epoch"])
 
@@ -257,7 +259,7 @@ def train(args) -> Dict[str, float]:
     logger.info("training: %d records, global batch %d (%d ranks), chunks q=%s p=%s, %d steps",
                 len(dataset), args.batch_size, world.size, q_chunk or "none", p_chunk or "none", total_steps)
 
-    saved = {}  # global step -> checkpoint written by this run
+    written = {}  # global step -> checkpoint written by this run
 
     def save(name: str) -> str:
         world.barrier()
@@ -265,7 +267,7 @@ def train(args) -> Dict[str, float]:
         if world.is_main:
             ckpt.save_checkpoint(path, raw_model, tokenizer, optimizer, scheduler, state, cfg, run_config)
         world.barrier()
-        saved[state["global_step"]] = path
+        written[state["global_step"]] = path
         return path
 
     def run_dev(step: int) -> Optional[Dict[str, float]]:
@@ -359,8 +361,8 @@ def train(args) -> Dict[str, float]:
             save(f"checkpoint-{state['global_step']}")
             if world.is_main:
                 ckpt.prune_checkpoints(args.save_dir, args.keep_last)
-    final = saved.get(state["global_step"])
-    if final is None and resume_from and ckpt.load_trainer_state(resume_from)["global_step"] == state["global_step"]:
+    final = written.get(state["global_step"])
+    if final is None and resume_from and resumed_step == state["global_step"]:
         final = resume_from  # resumed at the end: nothing left to train
     if final is None:
         final = save(f"checkpoint-{state['global_step']}")
