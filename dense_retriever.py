@@ -5,6 +5,7 @@
         --que_model_path save_biencoder/best/question_encoder --con_model_path save_biencoder/best/context_encoder
 
 Exact inner-product search is the default; --hnsw_index uses hnswlib (--index_path keeps the graph).
+--bm25 retrieves with BM25 alone (bm25s); --hybrid fuses dense and BM25 (--fusion weighted|rrf).
 """
 import dpr_paddle  # noqa: F401  (sets CPU thread defaults before paddle loads)
 
@@ -20,8 +21,11 @@ def main(argv=None) -> None:
         from dpr_paddle.model import QUESTION
         from dpr_paddle.retriever import retrieve
 
-        encode, tensorizer, _ = load_tower(args, QUESTION)
-        retrieve(args, encode, tensorizer)
+        if args.bm25:
+            retrieve(args)  # sparse only: no model
+            return
+        encode, tensorizer, info = load_tower(args, QUESTION)
+        retrieve(args, encode, tensorizer, info)
 
     run_main(body)
 

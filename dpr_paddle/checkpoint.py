@@ -21,8 +21,10 @@ import numpy as np
 import paddle
 
 from .model import CONTEXT, QUESTION, BiEncoder
-from .pretrained import load_encoder
+from .pooling import native_recipe, resolve_recipe
+from .pretrained import load_encoder, resolve_model
 from .utils import atomic_dir, write_json_atomic
+from .errors import DprError
 
 logger = logging.getLogger(__name__)
 
@@ -33,19 +35,30 @@ OPTIMIZER = "optimizer.npz"
 TOWER_DIRS = {QUESTION: "question_encoder", CONTEXT: "context_encoder"}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(DprError, RuntimeError):
     """A checkpoint is missing or incomplete."""
 
 
-def model_config(args) -> dict:
-    """The part of a run's arguments that rebuilds the model and its tokenization."""
+def model_config(max_query_length: int, max_passage_length: int, projection_dim: int, shared_encoder: bool,
+                 recipe: dict) -> dict:
+    """What rebuilds the model and its tokenization: lengths, projection, sharing, and the recipe
+    (pooling, similarity, temperature; pooling.py)."""
     return {
-        "max_query_length": args.max_query_length,
-        "max_passage_length": args.max_passage_length,
-        "projection_dim": args.projection_dim,
-        "shared_encoder": bool(args.shared_encoder),
-        "pooling": "cls",
+        "max_query_length": max_query_length,
+        "max_passage_length": max_passage_length,
+        "projection_dim": projection_dim,
+        "shared_encoder": bool(shared_encoder),
+        "pooling": recipe["pooling"],
+        "similarity": recipe["similarity"],
+        "temperature": recipe["temperature"],
     }
+
+
+def encoder_recipe(name_or_path: str, pooling: str = "auto", similarity: str = "auto",
+                   temperature: float = 0.0) -> dict:
+    """{pooling, similarity, temperature} for an encoder: explicit choices win, `auto` takes what
+    the encoder was trained with (its dpr_config.json, its sentence-transformers modules, else DPR's)."""
+    return resolve_recipe(pooling, similarity, temperature, native_recipe(resolve_model(name_or_path)))
 
 
 def read_model_config(path: str) -> Optional[dict]:
@@ -67,14 +80,15 @@ def _save_tower(model: BiEncoder, tower: str, tokenizer, directory: str, cfg: di
     write_json_atomic(os.path.join(directory, DPR_CONFIG), cfg)
 
 
-def build_biencoder(que_path: str, con_path: str, shared: bool = False, projection_dim: int = 0):
+def build_biencoder(que_path: str, con_path: str, shared: bool = False, projection_dim: int = 0,
+                    pooling: str = "cls", normalize: bool = False):
     """A BiEncoder (and the question tokenizer) from two encoder names/dirs.
 
     Projection weights saved next to an encoder (`dpr_projection.npz`) are loaded too.
     """
     q_model, tokenizer = load_encoder(que_path)
     p_model = None if shared else load_encoder(con_path)[0]
-    model = BiEncoder(q_model, p_model, projection_dim=projection_dim)
+    model = BiEncoder(q_model, p_model, projection_dim=projection_dim, pooling=pooling, normalize=normalize)
     if projection_dim > 0:
         for tower, path, layer in ((QUESTION, que_path, model.q_proj), (CONTEXT, con_path, model.p_proj)):
             f = os.path.join(path, PROJECTION) if os.path.isdir(path) else ""

@@ -9,17 +9,9 @@ from .utils import setup_logging
 
 def expected_errors() -> tuple:
     """Error types whose message is meant for the user: printed as one line, no traceback."""
-    from .checkpoint import CheckpointError
-    from .data.readers import DataFormatError
-    from .pretrained import ModelNotFoundError
+    from .errors import DprError
 
-    errors = [DataFormatError, ModelNotFoundError, CheckpointError, FileNotFoundError]
-    # only modules the CLI imported: the readers' CLIs never load the training stack
-    for mod, name in (("dpr_paddle.train", "TrainingError"), ("dpr_paddle.embeddings", "EmbeddingError")):
-        module = sys.modules.get(mod)
-        if module is not None and hasattr(module, name):
-            errors.append(getattr(module, name))
-    return tuple(errors)
+    return (DprError, FileNotFoundError)
 
 
 def run_main(body) -> None:

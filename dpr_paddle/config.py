@@ -31,7 +31,12 @@ class ModelArgs:
     que_model_path: Optional[str] = _f(None, "question encoder (overrides --model_name_or_path for questions)")
     con_model_path: Optional[str] = _f(None, "context encoder (overrides --model_name_or_path for passages)")
     shared_encoder: bool = _f(False, "one encoder for questions and passages (DPR: separate)")
-    projection_dim: int = _f(0, "linear projection on top of [CLS] (0 = none, DPR's default)")
+    projection_dim: int = _f(0, "linear projection on top of the pooled vector (0 = none, DPR's default)")
+    pooling: str = _f("auto", "cls | mean | pooler | auto (what the encoder was trained with: a checkpoint's "
+                              "dpr_config.json, a sentence-transformers model's pooling, else cls as DPR)",
+                      choices=("auto", "cls", "mean", "pooler"))
+    similarity: str = _f("auto", "dot | cosine (unit-length vectors) | auto (a checkpoint's, a sentence-transformers "
+                                 "model's Normalize = cosine, else dot as DPR)", choices=("auto", "dot", "cosine"))
     max_query_length: int = _f(DEFAULT_MAX_QUERY_LENGTH, "max question length in tokens")
     max_passage_length: int = _f(DEFAULT_MAX_PASSAGE_LENGTH, "max passage (title + text) length in tokens")
 
@@ -49,6 +54,8 @@ class TrainArgs(ModelArgs):
     q_chunk_size: int = _f(0, "chunk size for questions (default: --chunk_size)")
     p_chunk_size: int = _f(0, "chunk size for passages (default: --chunk_size)")
     hard_negatives: int = _f(1, "hard negatives per question (plus all in-batch negatives)")
+    temperature: float = _f(0.0, "softmax temperature: scores / T (0 = auto: 0.05 for cosine, as sentence-transformers' "
+                                 "scale 20; 1 for dot, as DPR)")
     dropout: Optional[float] = _f(None, "override the encoders' dropout probabilities (default: the model's config)")
     learning_rate: float = _f(2e-5, "peak learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay (never on bias/LayerNorm)")
@@ -94,10 +101,18 @@ class RetrieverArgs(ModelArgs):
 
     qa_file: str = _f(None, "questions and answers (question<TAB>[answers])", required=True)
     ctx_file: str = _f(None, "passages TSV, for titles/texts and answer matching", required=True)
-    encoded_ctx_file: str = _f(None, "embedding shards: a glob ('emb/wiki_*') or the --out_file prefix ('emb/wiki')",
-                               required=True)
+    encoded_ctx_file: Optional[str] = _f(None, "embedding shards: a glob ('emb/wiki_*') or the --out_file prefix "
+                                         "('emb/wiki'); needed except with --bm25")
     out_file: Optional[str] = _f(None, "retrieval results JSON (DPR format)")
     model_file: Optional[str] = _f(None, "a training checkpoint dir (alternative to the model paths)")
+    bm25: bool = _f(False, "BM25 alone (bm25s over --ctx_file; no model or shards needed)")
+    hybrid: bool = _f(False, "dense and BM25 fused (--fusion); outputs as for dense")
+    bm25_index: Optional[str] = _f(None, "where the BM25 index of --ctx_file is saved and reused "
+                                         "(default: a cache dir keyed by the corpus)")
+    fusion: str = _f("weighted", "hybrid fusion: weighted (pyserini's normalised alpha * bm25 + dense) | rrf "
+                                 "(reciprocal rank, k = 60)", choices=("weighted", "rrf"))
+    hybrid_alpha: float = _f(0.5, "weight of BM25 in --fusion weighted (chosen on squad1_open's dev questions)")
+    hybrid_depth: int = _f(1000, "passages taken from each retriever before fusing")
     hnsw_index: bool = _f(False, "search with hnswlib instead of exact inner product")
     index_path: Optional[str] = _f(None, "save/load the hnsw index here (a second run skips the build)")
     hnsw_m: int = _f(32, "hnswlib M")
@@ -117,6 +132,29 @@ class RetrieverArgs(ModelArgs):
     backend: str = _backend_field()
 
 
+@dataclass
+class MineArgs(ModelArgs):
+    """mine_hard_negatives.py / python -m dpr_paddle.mine."""
+
+    train_data_path: str = _f(None, "biencoder records whose hard negatives are mined (.json, .jsonl, .gz)", required=True)
+    ctx_file: str = _f(None, "the passages TSV the records' gold passage ids come from", required=True)
+    output: str = _f(None, "output biencoder file (.json: a list, .jsonl: one record a line)", required=True)
+    retriever: str = _f("bm25", "bm25 (bm25s over --ctx_file) | dense (a bi-encoder over --encoded_ctx_file)",
+                        choices=("bm25", "dense"))
+    bm25_index: Optional[str] = _f(None, "where the BM25 index of --ctx_file is kept (default: a cache dir)")
+    encoded_ctx_file: Optional[str] = _f(None, "embedding shards of --ctx_file, for --retriever dense")
+    model_file: Optional[str] = _f(None, "a training checkpoint dir, for --retriever dense")
+    rank_range: tuple = _f((0, 50), "take negatives from ranks [LO, HI) of the retrieved list", nargs=2, type=int)
+    num_negatives: int = _f(10, "hard negatives kept per question")
+    sample: str = _f("top", "top: the best-ranked non-answers | random: a seeded draw from the range",
+                     choices=("top", "random"))
+    seed: int = _f(0, "seed of --sample random (per record: seed, record index)")
+    batch_size: int = _f(5000, "questions retrieved per batch (a resumable unit)")
+    match: str = _f("string", "answer matching that disqualifies a passage: string | regex", choices=("string", "regex"))
+    fp16: bool = _f(False, "run the question encoder in float16 on GPU")
+    backend: str = _backend_field()
+
+
 def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
     """An ArgumentParser with one flag per dataclass field (plus its aliases)."""
     p = argparse.ArgumentParser(description=description or cls.__doc__)
@@ -129,12 +167,12 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
         if kind is bool or kind == Optional[bool]:
             p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
             continue
-        base = {Optional[str]: str, Optional[int]: int, Optional[float]: float}.get(kind, kind)
+        base = meta.pop("type", None) or {Optional[str]: str, Optional[int]: int, Optional[float]: float}.get(kind, kind)
         if meta.get("required"):
             p.add_argument(*names, dest=f.name, type=base, help=help_, required=True)
         else:
             p.add_argument(*names, dest=f.name, type=base, default=f.default, help=f"{help_} (default: {f.default})",
-                           **{k: v for k, v in meta.items() if k == "choices"})
+                           **{k: v for k, v in meta.items() if k in ("choices", "nargs")})
     return p
 
 

@@ -28,13 +28,14 @@ import numpy as np
 
 from .data.readers import Passage, count_passages, iter_passage_chunks
 from .utils import atomic_dir, atomic_path, write_json_atomic
+from .errors import DprError
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "dpr_paddle.embeddings/1"
 
 
-class EmbeddingError(RuntimeError):
+class EmbeddingError(DprError, RuntimeError):
     """Embedding shards are missing, incomplete or inconsistent."""
 
 

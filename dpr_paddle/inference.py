@@ -26,13 +26,14 @@ logger = logging.getLogger(__name__)
 
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 # Part of the export cache key: bump it when BiEncoder.forward changes what is exported
-# (2: PaddleNLP's key/value cache turned off), so older exports are not reused.
-EXPORT_VERSION = 2
+# (2: PaddleNLP's key/value cache turned off; 3: pooling and normalisation in the key).
+EXPORT_VERSION = 3
 
 
 def export_static(model, fingerprint: str) -> str:
-    """jit.save the question tower of a (shared) BiEncoder once per fingerprint; returns the path prefix."""
-    directory = os.path.join(cache_root(), "inference", f"{fingerprint}-v{EXPORT_VERSION}")
+    """jit.save the question tower of a (shared) BiEncoder once per fingerprint and recipe; returns the path prefix."""
+    recipe = f"{model.pooling}-{'cos' if model.normalize else 'dot'}"
+    directory = os.path.join(cache_root(), "inference", f"{fingerprint}-{recipe}-v{EXPORT_VERSION}")
     prefix = os.path.join(directory, "tower")
     if os.path.isfile(prefix + ".pdiparams"):
         return prefix
@@ -70,8 +71,10 @@ def load_tower(args, tower: str) -> Tuple[Callable[[Dict[str, np.ndarray]], np.n
                                                args.model_name_or_path)
     projection_dim = int(cfg.get("projection_dim", args.projection_dim))
     path = que if tower == QUESTION else con
+    recipe = ckpt.encoder_recipe(path, getattr(args, "pooling", "auto"), getattr(args, "similarity", "auto"))
     # a shared build of one tower: its projection (if any) is loaded from `path` into q_proj
-    model, tokenizer = ckpt.build_biencoder(path, path, shared=True, projection_dim=projection_dim)
+    model, tokenizer = ckpt.build_biencoder(path, path, shared=True, projection_dim=projection_dim,
+                                            pooling=recipe["pooling"], normalize=recipe["similarity"] == "cosine")
     model.eval()
     max_q = int(cfg.get("max_query_length", args.max_query_length))
     max_p = int(cfg.get("max_passage_length", args.max_passage_length))
@@ -83,7 +86,8 @@ def load_tower(args, tower: str) -> Tuple[Callable[[Dict[str, np.ndarray]], np.n
 
     info = {"model": os.path.abspath(path) if os.path.isdir(path) else path,
             "model_fingerprint": model_fingerprint(model), "tower": tower,
-            "max_length": max_p if tower == CONTEXT else max_q}
+            "max_length": max_p if tower == CONTEXT else max_q,
+            "pooling": recipe["pooling"], "similarity": recipe["similarity"]}
 
     backend = getattr(args, "backend", "auto")
     if backend == "auto":

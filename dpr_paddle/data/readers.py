@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple
 
 from ..utils import open_text
+from ..errors import DprError
 
 logger = logging.getLogger(__name__)
 
 
-class DataFormatError(ValueError):
+class DataFormatError(DprError, ValueError):
     """Malformed input: the message names the file, the line or record, and what is wrong."""
 
     def __init__(self, path: str, where: str, what: str):

@@ -1,0 +1,122 @@
+"""BM25 over a passage TSV, with bm25s (sparse-matrix BM25): built by streaming, saved, reused.
+
+A passage is indexed as "title text" (as DPR's and pyserini's BM25 baselines do), lowercased,
+split on words of two or more characters, English stopwords removed, no stemming; k1 = 1.5,
+b = 0.75 (bm25s' Lucene defaults). The index directory holds bm25s' own files (numpy arrays
+and JSON, no pickle), `ids.txt` (row -> passage id) and `meta.json`, which records the corpus
+it was built from (path, size, a hash of its head and tail, row count): an index built from
+another corpus is refused.
+
+Memory: bm25s keeps every passage's token ids as Python lists while building, about 1 GB per
+million 100-word passages here; past a few million passages build it on a larger machine (or
+use pyserini's prebuilt Wikipedia index) and pass it with --bm25_index.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .data.readers import iter_passage_chunks
+from .utils import atomic_dir, file_fingerprint, write_json_atomic
+from .errors import DprError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "dpr_paddle.bm25/1"
+PARAMS = {"k1": 1.5, "b": 0.75, "method": "lucene", "stopwords": "en"}
+
+
+class BM25Error(DprError, RuntimeError):
+    """A BM25 index is missing, incomplete or from another corpus."""
+
+
+def _tokenizer():
+    import bm25s
+
+    return bm25s.tokenization.Tokenizer(lower=True, stopwords=PARAMS["stopwords"])
+
+
+def default_index_path(ctx_file: str) -> str:
+    """Where the index of `ctx_file` is kept when --bm25_index is not given: the user's cache,
+    because corpora often sit in read-only directories."""
+    from .pretrained import cache_root
+
+    return os.path.join(cache_root(), "bm25", file_fingerprint(ctx_file)["sha1_ends"][:16])
+
+
+class BM25Index:
+    """A bm25s retriever with the passage ids of its rows; `build`, `load`, `search`."""
+
+    def __init__(self, retriever, ids: List[str], meta: dict):
+        self.retriever, self.ids, self.meta = retriever, ids, meta
+        self._tokenizer = _tokenizer()
+
+    @classmethod
+    def build(cls, ctx_file: str, path: str, chunksize: int = 100_000) -> "BM25Index":
+        """Tokenize `ctx_file` chunk by chunk into one vocabulary, index it, save it to `path`."""
+        import bm25s
+        from tqdm import tqdm
+
+        tokenizer = _tokenizer()
+        ids, token_ids = [], []
+        with tqdm(desc="bm25 tokenize", unit="psg", dynamic_ncols=True) as bar:
+            for chunk_ids, texts, titles in iter_passage_chunks(ctx_file, chunksize):
+                docs = [f"{title} {text}" if title else text for text, title in zip(texts, titles)]
+                token_ids += tokenizer.tokenize(docs, update_vocab=True, return_as="ids", show_progress=False)
+                ids += chunk_ids
+                bar.update(len(chunk_ids))
+        retriever = bm25s.BM25(k1=PARAMS["k1"], b=PARAMS["b"], method=PARAMS["method"])
+        retriever.index(bm25s.tokenization.Tokenized(ids=token_ids, vocab=tokenizer.get_vocab_dict()),
+                        show_progress=False)
+        meta = {"format": FORMAT, "corpus": file_fingerprint(ctx_file), "count": len(ids), "params": PARAMS}
+        with atomic_dir(path) as tmp:
+            retriever.save(tmp, show_progress=False)
+            with open(os.path.join(tmp, "ids.txt"), "w", encoding="utf-8") as f:
+                f.write("".join(i + "\n" for i in ids))
+            write_json_atomic(os.path.join(tmp, "meta.json"), meta)
+        logger.info("bm25 index of %d passages saved to %s", len(ids), path)
+        return cls(retriever, ids, meta)
+
+    @classmethod
+    def load(cls, path: str, ctx_file: Optional[str] = None) -> "BM25Index":
+        """Open a saved index; with `ctx_file`, refuse one that was built from another corpus."""
+        import bm25s
+
+        meta_file = os.path.join(path, "meta.json")
+        if not os.path.isfile(meta_file):
+            raise BM25Error(f"{path}: not a BM25 index (no meta.json); build it with dense_retriever.py --bm25")
+        with open(meta_file, encoding="utf-8") as f:
+            meta = json.load(f)
+        if ctx_file is not None:
+            have, want = meta.get("corpus", {}), file_fingerprint(ctx_file)
+            if have != want:
+                raise BM25Error(f"{path}: this BM25 index was built from {have.get('path')} "
+                                f"({have.get('size')} bytes), not from {want['path']} ({want['size']} bytes); "
+                                "pass another --bm25_index or delete it to rebuild")
+        retriever = bm25s.BM25.load(path, mmap=True, show_progress=False, verbosity=0)
+        with open(os.path.join(path, "ids.txt"), encoding="utf-8") as f:
+            ids = f.read().splitlines()
+        if len(ids) != meta["count"]:
+            raise BM25Error(f"{path}: {len(ids)} ids for {meta['count']} passages; delete it to rebuild")
+        return cls(retriever, ids, meta)
+
+    @classmethod
+    def open(cls, ctx_file: str, path: Optional[str] = None) -> "BM25Index":
+        """The index of `ctx_file` at `path` (default: the cache), built first if it is not there."""
+        path = path or default_index_path(ctx_file)
+        if os.path.isfile(os.path.join(path, "meta.json")):
+            index = cls.load(path, ctx_file)
+            logger.info("loaded bm25 index %s (%d passages)", path, len(index.ids))
+            return index
+        return cls.build(ctx_file, path)
+
+    def search(self, questions: Sequence[str], k: int) -> Tuple[np.ndarray, List[List[str]]]:
+        """Top k passages per question: (BM25 scores [n, k], passage ids [n][k]), best first."""
+        k = min(k, len(self.ids))
+        tokens = self._tokenizer.tokenize(list(questions), update_vocab=True, return_as="string", show_progress=False)
+        rows, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=0)
+        return np.asarray(scores, dtype=np.float32), [[self.ids[r] for r in row] for row in rows]
