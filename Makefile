@@ -30,27 +30,35 @@ $(SAMPLE)/passages.tsv: data/make_sample.py
 
 demo: install sample
 	@mkdir -p $(DEMO)
-	@echo "== 1/5 zero-shot all-MiniLM-L6-v2: encode the sample corpus"
+	@echo "== 1/7 BM25 baseline (bm25s): index the sample corpus and retrieve"
+	$(PY) dense_retriever.py --bm25 --out_file $(DEMO)/bm25.json --ctx_file $(SAMPLE)/passages.tsv \
+		--qa_file $(SAMPLE)/qa_test.csv --bm25_index $(DEMO)/bm25_index
+	@echo "== 2/7 zero-shot all-MiniLM-L6-v2 (its own mean pooling + cosine): encode the sample corpus"
 	$(PY) generate_dense_embedding.py --model_name_or_path minilm --ctx_file $(SAMPLE)/passages.tsv \
 		--out_file $(DEMO)/emb_zeroshot --max_passage_length $(DEMO_PLEN) --batch_size 32
-	@echo "== 2/5 zero-shot retrieval (hnswlib) and top-k accuracy"
+	@echo "== 3/7 zero-shot retrieval (hnswlib) and top-k accuracy"
 	$(PY) dense_retriever.py --hnsw_index --out_file $(DEMO)/zeroshot.json --encoded_ctx_file '$(DEMO)/emb_zeroshot_*' \
 		--ctx_file $(SAMPLE)/passages.tsv --qa_file $(SAMPLE)/qa_test.csv \
 		--que_model_path minilm --con_model_path minilm --validate_index 300
-	@echo "== 3/5 train the bi-encoder (gradient cache: chunks of 8)"
+	@echo "== 4/7 train the bi-encoder (gradient cache: chunks of 8)"
 	$(PY) train_dense_encoder.py --batch_size 16 --learning_rate 5e-05 --save_dir $(DEMO)/biencoder --warmup_steps 3 \
 		--epoches 1 --max_steps $(DEMO_STEPS) --max_grad_norm 2 --train_data_path $(SAMPLE)/train.json --chunk_size 8 \
 		--model_name_or_path minilm --max_passage_length $(DEMO_PLEN) --log_steps 5 --overwrite_save_dir
-	@echo "== 4/5 encode the corpus with the fine-tuned context encoder"
+	@echo "== 5/7 encode the corpus with the fine-tuned context encoder"
 	$(PY) generate_dense_embedding.py --model_file $(DEMO)/biencoder/latest --ctx_file $(SAMPLE)/passages.tsv \
 		--shard_id 0 --num_shards 1 --out_file $(DEMO)/emb_finetuned --batch_size 32 --overwrite
-	@echo "== 5/5 fine-tuned retrieval"
+	@echo "== 6/7 fine-tuned retrieval"
 	$(PY) dense_retriever.py --hnsw_index --out_file $(DEMO)/finetuned.json --encoded_ctx_file '$(DEMO)/emb_finetuned_*' \
 		--ctx_file $(SAMPLE)/passages.tsv --qa_file $(SAMPLE)/qa_test.csv \
 		--que_model_path $(DEMO)/biencoder/latest/question_encoder --con_model_path $(DEMO)/biencoder/latest/context_encoder \
 		--validate_index 300
+	@echo "== 7/7 hybrid: the fine-tuned retriever fused with BM25"
+	$(PY) dense_retriever.py --hybrid --hnsw_index --out_file $(DEMO)/hybrid.json --encoded_ctx_file '$(DEMO)/emb_finetuned_*' \
+		--ctx_file $(SAMPLE)/passages.tsv --qa_file $(SAMPLE)/qa_test.csv --model_file $(DEMO)/biencoder/latest \
+		--bm25_index $(DEMO)/bm25_index
 	@echo "== top-k accuracy on $(SAMPLE)/qa_test.csv (300 held-out questions, 2,200 passages)"
-	@$(PY) -m dpr_paddle.evaluation zero-shot=$(DEMO)/zeroshot.json.metrics.json fine-tuned=$(DEMO)/finetuned.json.metrics.json
+	@$(PY) -m dpr_paddle.evaluation BM25=$(DEMO)/bm25.json.metrics.json zero-shot=$(DEMO)/zeroshot.json.metrics.json \
+		fine-tuned=$(DEMO)/finetuned.json.metrics.json hybrid=$(DEMO)/hybrid.json.metrics.json
 
 test: install
 	$(PY) -m pytest -q tests

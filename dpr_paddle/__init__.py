@@ -39,7 +39,40 @@ def cpu_defaults() -> dict:
         if key not in os.environ:
             os.environ[key] = value
             applied[key] = value
+    if "OMP_NUM_THREADS" in applied and applied["OMP_NUM_THREADS"] != "1":
+        _silence_paddle_omp_warning()
     return applied
+
+
+class _DropLines:
+    """A stderr wrapper that drops whole lines starting with given prefixes (and the newline
+    `print` writes after them); everything else passes through unchanged."""
+
+    def __init__(self, stream, prefixes):
+        self._stream, self._prefixes, self._dropped = stream, tuple(prefixes), False
+
+    def write(self, text):
+        if text.startswith(self._prefixes):
+            self._dropped = True
+            return len(text)
+        if self._dropped and text == "\n":
+            self._dropped = False
+            return len(text)
+        self._dropped = False
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _silence_paddle_omp_warning() -> None:
+    """Paddle prints "WARNING: OMP_NUM_THREADS set to N, not 1 ... PLEASE USE OMP_NUM_THREADS WISELY."
+    on import whenever OMP_NUM_THREADS > 1. We set it on purpose (one thread per core is what makes
+    CPU encoding and training fast), so the warning would only alarm; a user's own setting still
+    gets Paddle's warning."""
+    import sys
+
+    sys.stderr = _DropLines(sys.stderr, ("WARNING: OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_THREADS WISELY"))
 
 
 cpu_defaults()

@@ -156,6 +156,10 @@ def retrieve(args, encode_fn=None, tensorizer=None, question_info: Optional[dict
         raise RetrieverError("--encoded_ctx_file is needed for dense and --hybrid retrieval (or pass --bm25)")
     qa = read_qa(args.qa_file)
     questions = [x.question for x in qa]
+    no_answer = sum(1 for x in qa if not x.answers)
+    if no_answer:
+        logger.warning("%s: %d of %d questions have an empty answers list; they count as misses", args.qa_file,
+                       no_answer, len(qa))
     k = args.n_docs
     depth = max(k, args.hybrid_depth) if mode == "hybrid" else k
     metrics = {"mode": mode, "questions": len(qa), "n_docs": k, "match": args.match, "seconds": {}}

@@ -303,7 +303,9 @@ def train(args) -> Dict[str, float]:
             break
         batches = epoch_batches(len(dataset), args.batch_size, epoch, args.seed, world_size=world.size)
         first = state["batch_in_epoch"] if epoch == start_epoch else 0
-        bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch}", disable=not world.is_main,
+        # with --max_steps the run may end inside this epoch: the bar counts what will really run
+        last_batch = min(len(batches), first + total_steps - state["global_step"])
+        bar = tqdm(total=last_batch, initial=first, desc=f"epoch {epoch}", disable=not world.is_main,
                    dynamic_ncols=True, unit="step")
         for b in range(first, len(batches)):
             if state["global_step"] >= total_steps:

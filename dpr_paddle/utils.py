@@ -28,10 +28,12 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def open_text(path: str, mode: str = "rt") -> IO[str]:
-    """Open a text file for reading, transparently un-gzipping `.gz` files."""
+    """Open a text file for reading, transparently un-gzipping `.gz` files; a UTF-8 byte-order
+    mark (as Windows editors write it) is dropped instead of becoming part of the first field."""
+    encoding = "utf-8-sig" if "r" in mode else "utf-8"
     if path.endswith(".gz"):
-        return gzip.open(path, mode, encoding="utf-8", newline="")
-    return open(path, mode, encoding="utf-8", newline="")
+        return gzip.open(path, mode, encoding=encoding, newline="")
+    return open(path, mode, encoding=encoding, newline="")
 
 
 @contextlib.contextmanager

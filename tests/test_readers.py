@@ -132,3 +132,19 @@ def test_missing_file(tmp_path):
 def test_missing_title_reads_as_empty(tmp_path):
     path = write(tmp_path / "p.tsv", "id\ttext\ttitle\n1\tx\n2\ty\t\n")
     assert [(p.id, p.text, p.title) for p in iter_passages(path)] == [("1", "x", ""), ("2", "y", "")]
+
+
+def test_a_byte_order_mark_is_dropped_everywhere(tmp_path):
+    bom = "\ufeff"
+    qa = read_qa(write(tmp_path / "q.csv", bom + 'who wrote it?\t["x"]\n'))
+    assert qa[0].question == "who wrote it?"
+    assert [p.id for p in iter_passages(write(tmp_path / "p.tsv", bom + "id\ttext\ttitle\n7\thello\tT\n"))] == ["7"]
+    for name, text in (("r.json", json.dumps([REC])), ("r.jsonl", json.dumps(REC) + "\n")):
+        assert read_biencoder_records(write(tmp_path / name, bom + text))[0].question == "q?"
+    gz = read_qa(write(tmp_path / "q.csv.gz", bom + 'who?\t["x"]\n', gz=True))
+    assert gz[0].question == "who?"
+
+
+def test_json_errors_read_well(tmp_path):
+    with pytest.raises(DataFormatError, match=r"line 1: invalid JSON: Unterminated string starting at \(column 2\)"):
+        read_biencoder_records(write(tmp_path / "bad.json", '["abc'))

@@ -79,7 +79,14 @@ def test_bad_inputs_fail_clearly(corpus, tmp_path):
                    "--encoded_ctx_file", str(corpus / "emb_*"), check=False)
     assert proc.returncode == 2 and "retrieved passage ids are not in the ctx file" in proc.stderr
     # question encoder of another size than the passage vectors
+    # (MiniLM pools by mean + cosine on its own; asked for the shards' cls + dot, only the size differs)
     proc = run_cli("dense_retriever.py", "--model_name_or_path", "tiny", "--que_model_path", "minilm", "--ctx_file",
-                   corpus / "p.tsv", "--qa_file", corpus / "qa.csv", "--encoded_ctx_file", str(corpus / "emb_*"), check=False)
+                   corpus / "p.tsv", "--qa_file", corpus / "qa.csv", "--encoded_ctx_file", str(corpus / "emb_*"),
+                   "--pooling", "cls", "--similarity", "dot", check=False)
     assert proc.returncode == 2 and "question vectors have dim 384 but the shards have dim 32" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # questions pooled or compared otherwise than the shards' passages
+    proc = run_cli("dense_retriever.py", "--model_name_or_path", "tiny", "--ctx_file", corpus / "p.tsv", "--qa_file",
+                   corpus / "qa.csv", "--encoded_ctx_file", str(corpus / "emb_*"), "--pooling", "mean", check=False)
+    assert proc.returncode == 2 and "encoded with pooling cls, but the question encoder uses mean" in proc.stderr
     assert "Traceback" not in proc.stderr

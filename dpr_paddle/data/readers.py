@@ -122,7 +122,7 @@ def read_biencoder_records(path: str) -> List[BiEncoderRecord]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataFormatError(path, f"line {lineno}", f"invalid JSON ({e.msg} at column {e.colno})") from None
+                    raise DataFormatError(path, f"line {lineno}", f"invalid JSON: {e.msg} (column {e.colno})") from None
                 records.append(_parse_record(obj, path, f"line {lineno}"))
         else:
             text = f.read()
@@ -131,7 +131,7 @@ def read_biencoder_records(path: str) -> List[BiEncoderRecord]:
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as e:
-                raise DataFormatError(path, f"line {e.lineno}", f"invalid JSON ({e.msg} at column {e.colno})") from None
+                raise DataFormatError(path, f"line {e.lineno}", f"invalid JSON: {e.msg} (column {e.colno})") from None
             if not isinstance(data, list):
                 raise DataFormatError(path, "line 1", f"expected a JSON list of records, found {type(data).__name__}")
             # Record positions in the list are what a user can find; lines are not known after json.loads.
@@ -176,7 +176,7 @@ def iter_passage_chunks(path: str, chunksize: int = 100_000) -> Iterator[Tuple[L
             # Only empty fields are NA ("NA" or "null" are real titles); a short row's missing fields are NA too.
             path, sep="\t", dtype=str, keep_default_na=False, na_filter=True, na_values=[""],
             chunksize=chunksize, compression=compression, engine="c", on_bad_lines="error",
-            encoding="utf-8",
+            encoding="utf-8-sig",  # a byte-order mark is not part of the header
         )
         row0 = 0
         for chunk in reader:
