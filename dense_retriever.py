@@ -17,14 +17,14 @@ def main(argv=None) -> None:
     args = parse(RetrieverArgs, argv, description=__doc__)
 
     def body():
-        from dpr_paddle.inference import load_tower
+        from dpr_paddle.inference import load_tower, tower_options
         from dpr_paddle.model import QUESTION
         from dpr_paddle.retriever import retrieve
 
         if args.bm25:
             retrieve(args)  # sparse only: no model
             return
-        encode, tensorizer, info = load_tower(args, QUESTION)
+        encode, tensorizer, info = load_tower(QUESTION, **tower_options(args))
         retrieve(args, encode, tensorizer, info)
 
     run_main(body)

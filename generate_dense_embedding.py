@@ -21,14 +21,14 @@ def main(argv=None) -> None:
         import os
 
         from dpr_paddle.embeddings import generate_shard
-        from dpr_paddle.inference import load_tower
+        from dpr_paddle.inference import load_tower, tower_options
         from dpr_paddle.model import CONTEXT
 
         rank = int(os.environ.get("PADDLE_TRAINER_ID", "0"))
         world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
         shard_id = args.shard_id if args.shard_id is not None else rank
         num_shards = args.num_shards if args.num_shards is not None else world
-        encode, tensorizer, info = load_tower(args, CONTEXT)
+        encode, tensorizer, info = load_tower(CONTEXT, **tower_options(args))
         generate_shard(encode, tensorizer, args.ctx_file, args.out_file, shard_id, num_shards, info,
                        batch_size=args.batch_size, dtype="float16" if args.fp16 else "float32",
                        block=args.read_chunk, overwrite=args.overwrite, sort_by_length=args.sort_by_length)

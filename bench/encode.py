@@ -15,7 +15,6 @@ import itertools
 import os
 import sys
 import time
-from types import SimpleNamespace
 
 from common import FWD_FLOP_PER_TOKEN, ROOT, markdown_table, save_results  # also puts the repo on sys.path
 
@@ -40,10 +39,8 @@ def main() -> None:
     passages = list(itertools.islice(iter_passages(args.ctx), args.limit))
     rows = []
     for backend in ("inference", "dygraph"):
-        ns = SimpleNamespace(model_file=None, que_model_path=None, con_model_path=None, model_name_or_path="minilm",
-                             projection_dim=0, max_query_length=32, max_passage_length=args.max_length, fp16=False,
-                             backend=backend)
-        encode, tensorizer, _ = load_tower(ns, CONTEXT)
+        encode, tensorizer, _ = load_tower(CONTEXT, model_name_or_path="minilm", max_passage_length=args.max_length,
+                                           backend=backend)
         t = time.perf_counter()
         ids = tensorizer.encode_passages_ids([(p.title, p.text) for p in passages])
         tokenize_s = time.perf_counter() - t

@@ -41,7 +41,6 @@ def vectors(kind: str, n: int, dim: int, seed: int):
 def real_vectors(data_dir: str, limit_questions: int):
     """MiniLM [CLS] vectors ([P, D] passages, [Q, D] questions) of a DPR-format dataset directory."""
     import itertools
-    from types import SimpleNamespace
 
     from dpr_paddle.data import iter_passages, read_qa
     from dpr_paddle.embeddings import encode_passages
@@ -49,13 +48,13 @@ def real_vectors(data_dir: str, limit_questions: int):
     from dpr_paddle.model import CONTEXT, QUESTION
     from dpr_paddle.retriever import encode_questions
 
-    ns = SimpleNamespace(model_file=None, que_model_path=None, con_model_path=None, model_name_or_path="minilm",
-                         projection_dim=0, max_query_length=32, max_passage_length=256, fp16=False, backend="auto")
+    # [CLS] + dot, as the tables in docs/benchmarks.md §3 were measured
+    opts = dict(model_name_or_path="minilm", max_passage_length=256, pooling="cls", similarity="dot")
     passages = list(iter_passages(os.path.join(data_dir, "passages.tsv")))
-    encode, tensorizer, _ = load_tower(ns, CONTEXT)
+    encode, tensorizer, _ = load_tower(CONTEXT, **opts)
     p_reps = encode_passages(encode, tensorizer, passages, 32)
     questions = [qa.question for qa in itertools.islice(read_qa(os.path.join(data_dir, "qa_eval.csv")), limit_questions)]
-    encode, tensorizer, _ = load_tower(ns, QUESTION)
+    encode, tensorizer, _ = load_tower(QUESTION, **opts)
     return p_reps, encode_questions(encode, tensorizer, questions, 64)
 
 

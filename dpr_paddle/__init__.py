@@ -76,3 +76,12 @@ def _silence_paddle_omp_warning() -> None:
 
 
 cpu_defaults()
+
+
+def __getattr__(name):
+    # `from dpr_paddle import Retriever` without importing paddle for every `import dpr_paddle`
+    if name == "Retriever":
+        from .api import Retriever
+
+        return Retriever
+    raise AttributeError(f"module 'dpr_paddle' has no attribute {name!r}")

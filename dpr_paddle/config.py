@@ -96,15 +96,15 @@ class EmbedArgs(ModelArgs):
 
 
 @dataclass
-class RetrieverArgs(ModelArgs):
-    """dense_retriever.py."""
+class SearchArgs(ModelArgs):
+    """What a retriever is made of (dense_retriever.py, python -m dpr_paddle.search / serve)."""
 
-    qa_file: str = _f(None, "questions and answers (question<TAB>[answers])", required=True)
-    ctx_file: str = _f(None, "passages TSV, for titles/texts and answer matching", required=True)
+    ctx_file: str = _f(None, "passages TSV, for titles/texts (and BM25)", required=True)
     encoded_ctx_file: Optional[str] = _f(None, "embedding shards: a glob ('emb/wiki_*') or the --out_file prefix "
                                          "('emb/wiki'); needed except with --bm25")
-    out_file: Optional[str] = _f(None, "retrieval results JSON (DPR format)")
     model_file: Optional[str] = _f(None, "a training checkpoint dir (alternative to the model paths)")
+    passage_store: Optional[str] = _f(None, "SQLite passage store (python -m dpr_paddle.passage_store); default: "
+                                            "passages.sqlite beside the shards, used when it exists")
     bm25: bool = _f(False, "BM25 alone (bm25s over --ctx_file; no model or shards needed)")
     hybrid: bool = _f(False, "dense and BM25 fused (--fusion); outputs as for dense")
     bm25_index: Optional[str] = _f(None, "where the BM25 index of --ctx_file is saved and reused "
@@ -122,14 +122,42 @@ class RetrieverArgs(ModelArgs):
     ef_construction: int = _f(200, "hnswlib ef_construction")
     ef_search: int = _f(0, "hnswlib ef at query time (default: max(8 * n_docs, 256))")
     n_docs: int = _f(100, "passages retrieved per question", aliases=("--n-docs",))
+    batch_size: int = _f(64, "questions per encoder forward")
+    fp16: bool = _f(False, "run the question encoder in float16 on GPU")
+    backend: str = _backend_field()
+
+
+@dataclass
+class RetrieverArgs(SearchArgs):
+    """dense_retriever.py."""
+
+    qa_file: str = _f(None, "questions and answers (question<TAB>[answers])", required=True)
+    out_file: Optional[str] = _f(None, "retrieval results JSON (DPR format)")
     validation_workers: int = _f(1, "processes for answer matching")
     match: str = _f("string", "answer matching: string | regex", choices=("string", "regex"))
-    batch_size: int = _f(64, "questions per encoder forward")
     validate_index: int = _f(0, "report hnsw recall@k against exact search on this many questions")
     metrics_file: Optional[str] = _f(None, "top-k accuracy JSON (default: OUT_FILE.metrics.json)")
     trec_file: Optional[str] = _f(None, "also write a TREC run file")
-    fp16: bool = _f(False, "run the question encoder in float16 on GPU")
-    backend: str = _backend_field()
+
+
+@dataclass
+class AskArgs(SearchArgs):
+    """python -m dpr_paddle.search: ask the retriever questions, print ranked passages."""
+
+    questions: list = _f(None, "questions (none: read them line by line from standard input)", positional=True,
+                         nargs="*")
+    answers: list = _f(None, "answers to mark in the snippets", nargs="*")
+    snippet_chars: int = _f(240, "characters of passage text shown per hit")
+
+
+@dataclass
+class ServeArgs(SearchArgs):
+    """python -m dpr_paddle.serve: the retriever over HTTP (FastAPI + uvicorn)."""
+
+    host: str = _f("127.0.0.1", "address to listen on")
+    port: int = _f(8080, "port to listen on")
+    max_k: int = _f(1000, "largest k a request may ask for")
+    max_queries: int = _f(256, "most queries in one request")
 
 
 @dataclass
@@ -161,14 +189,18 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
-        names = ["--" + f.name, *meta.pop("aliases", ())]
+        names = [f.name] if meta.pop("positional", False) else ["--" + f.name, *meta.pop("aliases", ())]
         help_ = meta.pop("help", "")
         kind = hints[f.name]
         if kind is bool or kind == Optional[bool]:
             p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
             continue
         base = meta.pop("type", None) or {Optional[str]: str, Optional[int]: int, Optional[float]: float}.get(kind, kind)
-        if meta.get("required"):
+        if names == [f.name]:
+            p.add_argument(f.name, type=str, help=help_, **{k: v for k, v in meta.items() if k == "nargs"})
+        elif kind is list:
+            p.add_argument(*names, dest=f.name, type=str, default=f.default, help=help_, nargs=meta.get("nargs", "*"))
+        elif meta.get("required"):
             p.add_argument(*names, dest=f.name, type=base, help=help_, required=True)
         else:
             p.add_argument(*names, dest=f.name, type=base, default=f.default, help=f"{help_} (default: {f.default})",

@@ -45,9 +45,9 @@ def _shard_sort_key(path: str):
     return (int(m.group(1)) if m else -1, path)
 
 
-def load_shards(pattern: str) -> List[Shard]:
-    """Open every complete shard matching `pattern` (a glob, a shard dir, or the OUT_FILE prefix
-    given to generate_dense_embedding.py) and check they belong together."""
+def shard_paths(pattern: str) -> List[str]:
+    """The shard directories `pattern` names (a glob, a shard dir, or the OUT_FILE prefix given to
+    generate_dense_embedding.py), in shard order."""
     def find(pat):
         return sorted((p for p in glob.glob(pat) if os.path.isdir(p) and not p.endswith(".partial")), key=_shard_sort_key)
 
@@ -58,6 +58,12 @@ def load_shards(pattern: str) -> List[Shard]:
         paths = find(glob.escape(pattern) + "_*")  # the --out_file prefix of generate_dense_embedding.py
     if not paths:
         raise EmbeddingError(f"no embedding shards match {pattern!r}")
+    return paths
+
+
+def load_shards(pattern: str) -> List[Shard]:
+    """Open every complete shard matching `pattern` (see `shard_paths`) and check they belong together."""
+    paths = shard_paths(pattern)
     shards = []
     for p in paths:
         meta = read_meta(p)
@@ -81,13 +87,6 @@ def load_shards(pattern: str) -> List[Shard]:
         missing = sorted(set(want) - set(have))
         raise EmbeddingError(f"{pattern!r}: found shards {have} of {first['num_shards']}; missing {missing}")
     return shards
-
-
-def check_query_model(shards: List[Shard], question_info: dict) -> None:
-    """The question encoder must output vectors of the shards' dimension."""
-    dim = shards[0].meta["dim"]
-    if question_info.get("dim") not in (None, dim):
-        raise EmbeddingError(f"question vectors have dim {question_info['dim']} but the shards have {dim}")
 
 
 def _topk(scores: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:

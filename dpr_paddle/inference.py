@@ -19,7 +19,7 @@ import paddle
 from . import checkpoint as ckpt
 from .model import CONTEXT, QUESTION
 from .pretrained import cache_root
-from .tokenization import Tensorizer
+from .tokenization import DEFAULT_MAX_PASSAGE_LENGTH, DEFAULT_MAX_QUERY_LENGTH, Tensorizer
 from .utils import atomic_dir
 
 logger = logging.getLogger(__name__)
@@ -60,27 +60,40 @@ def make_predictor(prefix: str, threads: Optional[int] = None):
     return paddle.inference.create_predictor(config)
 
 
-def load_tower(args, tower: str) -> Tuple[Callable[[Dict[str, np.ndarray]], np.ndarray], Tensorizer, dict]:
-    """(encode_fn, tensorizer, info) for the `question` or `context` tower named by `args`.
+TOWER_OPTIONS = ("model_file", "que_model_path", "con_model_path", "model_name_or_path", "projection_dim",
+                 "max_query_length", "max_passage_length", "pooling", "similarity", "fp16", "backend")
 
-    `args` has model_file / que_model_path / con_model_path / model_name_or_path, the max
-    lengths and projection settings (a checkpoint's dpr_config.json overrides the defaults),
-    fp16 (float16 autocast on GPU only) and backend (`auto`, `inference` or `dygraph`).
+
+def tower_options(args) -> dict:
+    """The `load_tower` keyword arguments that a CLI's argument dataclass carries."""
+    return {k: getattr(args, k) for k in TOWER_OPTIONS if hasattr(args, k)}
+
+
+def load_tower(tower: str, model_file: Optional[str] = None, que_model_path: Optional[str] = None,
+               con_model_path: Optional[str] = None, model_name_or_path: str = "minilm", projection_dim: int = 0,
+               max_query_length: int = DEFAULT_MAX_QUERY_LENGTH, max_passage_length: int = DEFAULT_MAX_PASSAGE_LENGTH,
+               pooling: str = "auto", similarity: str = "auto", fp16: bool = False,
+               backend: str = "auto") -> Tuple[Callable[[Dict[str, np.ndarray]], np.ndarray], Tensorizer, dict]:
+    """(encode_fn, tensorizer, info) for the `question` or `context` tower.
+
+    The encoders come from `model_file` (a checkpoint) or the path flags; a checkpoint's
+    dpr_config.json overrides the lengths and projection given here, and `auto` pooling and
+    similarity take the encoder's own. `fp16` runs float16 autocast on GPU only; `backend` is
+    `auto`, `inference` or `dygraph`.
     """
-    que, con, cfg = ckpt.resolve_encoder_paths(args.model_file, args.que_model_path, args.con_model_path,
-                                               args.model_name_or_path)
-    projection_dim = int(cfg.get("projection_dim", args.projection_dim))
+    que, con, cfg = ckpt.resolve_encoder_paths(model_file, que_model_path, con_model_path, model_name_or_path)
+    projection_dim = int(cfg.get("projection_dim", projection_dim))
     path = que if tower == QUESTION else con
-    recipe = ckpt.encoder_recipe(path, getattr(args, "pooling", "auto"), getattr(args, "similarity", "auto"))
+    recipe = ckpt.encoder_recipe(path, pooling, similarity)
     # a shared build of one tower: its projection (if any) is loaded from `path` into q_proj
     model, tokenizer = ckpt.build_biencoder(path, path, shared=True, projection_dim=projection_dim,
                                             pooling=recipe["pooling"], normalize=recipe["similarity"] == "cosine")
     model.eval()
-    max_q = int(cfg.get("max_query_length", args.max_query_length))
-    max_p = int(cfg.get("max_passage_length", args.max_passage_length))
+    max_q = int(cfg.get("max_query_length", max_query_length))
+    max_p = int(cfg.get("max_passage_length", max_passage_length))
     tensorizer = Tensorizer(tokenizer, max_q, max_p)
     on_gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device()
-    use_fp16 = bool(getattr(args, "fp16", False)) and on_gpu
+    use_fp16 = bool(fp16) and on_gpu
 
     from .embeddings import model_fingerprint
 
@@ -89,7 +102,6 @@ def load_tower(args, tower: str) -> Tuple[Callable[[Dict[str, np.ndarray]], np.n
             "max_length": max_p if tower == CONTEXT else max_q,
             "pooling": recipe["pooling"], "similarity": recipe["similarity"]}
 
-    backend = getattr(args, "backend", "auto")
     if backend == "auto":
         backend = "dygraph" if on_gpu else "inference"
     info["backend"] = backend

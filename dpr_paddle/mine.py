@@ -200,13 +200,13 @@ def main(argv=None) -> None:
 def _dense_searcher(args):
     """(search fn, corpus ids, model fingerprint) for dense mining over --encoded_ctx_file."""
     from .index import ExactIndex, load_shards
-    from .inference import load_tower
+    from .inference import load_tower, tower_options
     from .model import QUESTION
     from .retriever import check_recipe, encode_questions
 
     if not args.encoded_ctx_file:
         raise MiningError("--retriever dense needs --encoded_ctx_file (shards of the corpus) and the model flags")
-    encode_fn, tensorizer, info = load_tower(args, QUESTION)
+    encode_fn, tensorizer, info = load_tower(QUESTION, **tower_options(args))
     shards = load_shards(args.encoded_ctx_file)
     check_recipe(shards, info)
     exact = ExactIndex(shards)

@@ -44,6 +44,27 @@ def fetch_passages(ctx_file: str, wanted: set) -> Dict[str, tuple]:
     return found
 
 
+def passage_texts(ctx_file: str, wanted: set, store: Optional[str], shards_pattern: Optional[str]) -> Dict[str, tuple]:
+    """{id: (text, title)}: from the passage store (`store`, or passages.sqlite beside the shards)
+    when there is one, else by streaming the TSV."""
+    from .index import shard_paths
+    from .passage_store import PassageStore, default_store_path
+
+    path = store or (default_store_path(shard_paths(shards_pattern)[0]) if shards_pattern else None)
+    if not (path and os.path.isfile(path)):
+        if store:
+            raise RetrieverError(f"--passage_store {store}: no such file; build it with "
+                                 f"python -m dpr_paddle.passage_store {ctx_file} --output {store}")
+        return fetch_passages(ctx_file, wanted)
+    found = PassageStore.open(path, ctx_file).get(wanted)
+    missing = wanted - found.keys()
+    if missing:
+        raise EmbeddingError(f"{path}: {len(missing)} retrieved passage ids are not in the passage store "
+                             f"(e.g. {sorted(missing)[:5]}); were the embeddings made from another corpus?")
+    logger.info("passage texts from %s", path)
+    return found
+
+
 def _match_one(job):
     (answers, texts), match = job
     return [has_answer(answers, text, match) for text in texts]
@@ -72,51 +93,91 @@ class RetrieverError(DprError, RuntimeError):
     """The retriever's flags do not make a run (a missing input, a dense run without shards)."""
 
 
+class DenseIndex:
+    """Embedding shards and how they are searched: exact inner product, or hnswlib (built once,
+    or loaded from `index_path` when it was built from these shards with these settings)."""
+
+    def __init__(self, pattern: str, hnsw: bool = False, m: int = 32, ef_construction: int = 200, space: str = "auto",
+                 index_path: Optional[str] = None, ef_search: int = 0):
+        self.shards = load_shards(pattern)
+        self.exact = ExactIndex(self.shards)
+        self.ef_search = ef_search
+        self.hnsw = None
+        self.build_seconds = 0.0
+        if hnsw:
+            t0 = time.perf_counter()
+            self.hnsw = HNSWIndex(self.exact, m=m, ef_construction=ef_construction, space=space)
+            if not (index_path and self.hnsw.load(index_path)):
+                self.hnsw.build()
+                if index_path:
+                    self.hnsw.save(index_path)
+            self.build_seconds = time.perf_counter() - t0
+
+    def __len__(self) -> int:
+        return int(self.exact.offsets[-1])
+
+    def ef_for(self, k: int, n_docs: int) -> int:
+        """hnswlib's ef: --ef_search, else max(8 * n_docs, 256) (docs/benchmarks.md: at 1M vectors, ip,
+        M 32, recall@100 0.945 at ef 400 and 0.979 at 800); never below k."""
+        return max(self.ef_search or max(8 * min(k, n_docs), 256), k)
+
+    def search(self, q: np.ndarray, k: int, n_docs: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Top k of [n, D] question vectors: (exact scores [n, k], global rows [n, k]), best first."""
+        k = min(k, len(self))
+        if self.hnsw is None:
+            return self.exact.search(q, k)
+        return self.hnsw.search(q, k, ef=self.ef_for(k, n_docs or k))
+
+    def ids(self, rows: np.ndarray) -> List[List[str]]:
+        """Passage ids of [n, k] global rows."""
+        return [[self.exact.row_id(int(r)) for r in row] for row in rows]
+
+    def describe(self) -> dict:
+        """What a metrics file records about the index."""
+        out = {"index": "hnsw" if self.hnsw else "exact", "passages": len(self),
+               "model_fingerprint": self.shards[0].meta.get("model_fingerprint")}
+        if self.hnsw:
+            out["hnsw"] = {"M": self.hnsw.m, "ef_construction": self.hnsw.ef_construction, "space": self.hnsw.space}
+        return out
+
+
 def dense_search(args, encode_fn, tensorizer, questions: List[str], depth: int, question_info: Optional[dict],
                  metrics: dict) -> Tuple[np.ndarray, List[List[str]]]:
     """Encode `questions` and search the shards (exact or hnsw): (scores [n, depth], ids [n][depth]).
 
     Adds what it measured (passages, index settings, hnsw recall, seconds) to `metrics`."""
-    shards = load_shards(args.encoded_ctx_file)
-    check_recipe(shards, question_info)
-    exact = ExactIndex(shards)
-    n_passages = int(exact.offsets[-1])
-    logger.info("%d questions, %d passages in %d shard(s)", len(questions), n_passages, len(shards))
+    index = DenseIndex(args.encoded_ctx_file, args.hnsw_index, args.hnsw_m, args.ef_construction, args.hnsw_space,
+                       args.index_path, args.ef_search)
+    check_recipe(index.shards, question_info)
+    logger.info("%d questions, %d passages in %d shard(s)", len(questions), len(index), len(index.shards))
     t0 = time.perf_counter()
     q = encode_questions(encode_fn, tensorizer, questions, args.batch_size)
-    if q.shape[1] != shards[0].meta["dim"]:
-        raise EmbeddingError(f"question vectors have dim {q.shape[1]} but the shards have dim {shards[0].meta['dim']}: "
-                             "the question and context encoders do not belong together")
+    check_dim(q, index.shards)
     metrics["seconds"]["encode_questions"] = round(time.perf_counter() - t0, 3)
-    k = min(depth, n_passages)
-    # measured at 1M vectors (docs/benchmarks.md, ip, M 32): recall@100 0.945 at ef 400, 0.979 at 800
-    ef = args.ef_search or max(8 * min(k, args.n_docs), 256)
-
+    metrics["seconds"]["build_index"] = round(index.build_seconds, 3)
+    k = min(depth, len(index))
     t0 = time.perf_counter()
-    if args.hnsw_index:
-        hnsw = HNSWIndex(exact, m=args.hnsw_m, ef_construction=args.ef_construction, space=args.hnsw_space)
-        if not (args.index_path and hnsw.load(args.index_path)):
-            hnsw.build()
-            if args.index_path:
-                hnsw.save(args.index_path)
-        metrics["seconds"]["build_index"] = round(time.perf_counter() - t0, 3)
-        t0 = time.perf_counter()
-        scores, rows = hnsw.search(q, k, ef=ef)
-        metrics["hnsw"] = {"M": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": max(ef, k),
-                           "space": hnsw.space}
-    else:
-        scores, rows = exact.search(q, k)
+    scores, rows = index.search(q, k, args.n_docs)
     metrics["seconds"]["search"] = round(time.perf_counter() - t0, 3)
-    metrics.update({"passages": n_passages, "index": "hnsw" if args.hnsw_index else "exact"})
-
-    if args.hnsw_index and args.validate_index:
+    described = index.describe()
+    metrics.update({"passages": described["passages"], "index": described["index"]})
+    if index.hnsw:
+        metrics["hnsw"] = {**described["hnsw"], "ef_search": index.ef_for(k, args.n_docs)}
+    if index.hnsw and args.validate_index:
         n = min(args.validate_index, len(q))
-        _, exact_rows = exact.search(q[:n], k)
+        _, exact_rows = index.exact.search(q[:n], k)
         recall = recall_at_k(rows[:n], exact_rows, ks=[x for x in (1, 5, 20, 100) if x <= k])
         logger.info("hnsw recall against exact search on %d questions: %s", n,
                     ", ".join(f"@{a}={b:.4f}" for a, b in recall.items()))
         metrics["hnsw_recall"] = {str(a): b for a, b in recall.items()}
-    return scores, [[exact.row_id(int(r)) for r in row] for row in rows]
+    return scores, index.ids(rows)
+
+
+def check_dim(q: np.ndarray, shards) -> None:
+    """Question vectors must have the passages' dimension."""
+    if q.shape[1] != shards[0].meta["dim"]:
+        raise EmbeddingError(f"question vectors have dim {q.shape[1]} but the shards have dim {shards[0].meta['dim']}: "
+                             "the question and context encoders do not belong together")
 
 
 def check_recipe(shards, question_info: Optional[dict]) -> None:
@@ -175,7 +236,8 @@ def retrieve(args, encode_fn=None, tensorizer=None, question_info: Optional[dict
     metrics["n_docs"] = k
     scores, ids = scores[:, :k], [row[:k] for row in ids]
 
-    passages = fetch_passages(args.ctx_file, {i for row in ids for i in row})
+    passages = passage_texts(args.ctx_file, {i for row in ids for i in row}, args.passage_store,
+                             args.encoded_ctx_file if mode != "bm25" else None)
     hits = match_answers([(item.answers, [passages[pid][0] for pid in row]) for item, row in zip(qa, ids)],
                          args.match, args.validation_workers)
     ks = [x for x in DEFAULT_TOP_K if x <= k] or [k]

@@ -8,7 +8,6 @@ from .readers import (  # noqa: F401
     iter_passage_chunks,
     iter_passages,
     read_biencoder_records,
-    read_passages,
     read_qa,
 )
 from .dataset import BiEncoderCollator, BiEncoderDataset, TrainExample, epoch_batches, rank_slice  # noqa: F401,E402

@@ -212,15 +212,6 @@ def count_passages(path: str) -> int:
     return sum(len(ids) for ids, _, _ in iter_passage_chunks(path))
 
 
-def read_passages(path: str) -> dict:
-    """Load a whole passage TSV as {id: Passage} (for evaluation on corpora that fit in memory)."""
-    out = {}
-    for ids, texts, titles in iter_passage_chunks(path):
-        for pid, text, title in zip(ids, texts, titles):
-            out[pid] = Passage(text=text, title=title, id=pid)
-    return out
-
-
 # --------------------------------------------------------------------------- QA CSV
 
 def parse_answers(field: str) -> List[str]:

@@ -1,0 +1,71 @@
+"""Ask the retriever from the command line: a ranked table per question.
+
+    python -m dpr_paddle.search --model_file save_biencoder/latest --encoded_ctx_file 'emb/wiki_*' \
+        --ctx_file psgs.tsv "who wrote hamlet" --answers Shakespeare
+    python -m dpr_paddle.search --bm25 --ctx_file psgs.tsv          # no question: one per line from stdin
+
+Takes dense_retriever.py's model and index flags (--hybrid, --bm25, --hnsw_index, ...); `--n_docs`
+hits per question (default here 10). Words of `--answers` are marked **like this** in the snippets.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from typing import Dict, List, Sequence
+
+DEFAULT_K = 10
+
+
+def snippet(text: str, answers: Sequence[str], chars: int) -> str:
+    """Up to `chars` characters of `text`, centred on the first answer found, answers marked **so**."""
+    pattern = re.compile("|".join(re.escape(a) for a in answers if a.strip()), re.IGNORECASE) if answers else None
+    m = pattern.search(text) if pattern else None
+    start = max(0, min(m.start() - chars // 3, len(text) - chars)) if m else 0
+    cut = text[start : start + chars]
+    cut = ("…" if start else "") + cut + ("…" if start + chars < len(text) else "")
+    return pattern.sub(lambda x: f"**{x.group(0)}**", cut) if pattern else cut
+
+
+def format_hits(question: str, hits: List[Dict], answers: Sequence[str] = (), chars: int = 240) -> str:
+    """A plain-text ranked table of one question's hits."""
+    lines = [f"Q: {question}", f"{'rank':>4}  {'score':>9}  {'id':<10}  title | snippet"]
+    for rank, h in enumerate(hits, start=1):
+        text = snippet(" ".join(h["text"].split()), answers, chars)
+        lines.append(f"{rank:>4}  {h['score']:>9.4f}  {h['id']:<10}  {h['title']} | {text}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    """CLI entry point."""
+    import dpr_paddle  # noqa: F401  (CPU thread defaults before paddle loads)
+
+    from .api import from_args
+    from .cli import run_main
+    from .config import AskArgs, build_parser
+
+    parser = build_parser(AskArgs, __doc__)
+    parser.set_defaults(n_docs=DEFAULT_K)
+    args = AskArgs(**vars(parser.parse_args(argv)))
+
+    def body():
+        retriever = from_args(args)
+        questions = args.questions or None
+        interactive = questions is None and sys.stdin.isatty()
+        if questions is None:
+            questions = iter(lambda: input("question> ") if interactive else sys.stdin.readline(), "")
+        for q in questions:
+            q = q.strip()
+            if not q:
+                continue
+            hits = retriever.search([q], k=args.n_docs)[0]
+            print(format_hits(q, hits, args.answers or (), args.snippet_chars), flush=True)
+            print(flush=True)
+
+    try:
+        run_main(body)
+    except (EOFError, KeyboardInterrupt):
+        print()
+
+
+if __name__ == "__main__":
+    main()
