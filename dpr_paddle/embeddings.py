@@ -27,7 +27,7 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 
 from .data.readers import Passage, count_passages, iter_passage_chunks
-from .utils import atomic_dir, atomic_path, write_json_atomic
+from .utils import atomic_dir, atomic_path, file_fingerprint, write_json_atomic
 from .errors import DprError
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,23 @@ def iter_range(ctx_file: str, start: int, end: int, block: int) -> Iterator[Tupl
         yield b, buf
 
 
+# what makes two shards the same work; the backend is not among them (inference and dygraph
+# give the same vectors within 2e-6)
+SHARD_IDENTITY = ("model_fingerprint", "pooling", "similarity", "max_length", "dtype", "ctx_file", "corpus",
+                  "shard_id", "num_shards")
+
+
+def check_same_job(path: str, meta: dict, identity: dict) -> None:
+    """A complete shard is reused only when it was made by this job; anything else is refused."""
+    for key in SHARD_IDENTITY:
+        if meta.get(key) != identity.get(key):
+            have, want = meta.get(key), identity.get(key)
+            if key == "corpus":
+                have, want = (f"{d.get('size')} bytes" if isinstance(d, dict) else d for d in (have, want))
+            raise EmbeddingError(f"{path} holds vectors of another job ({key} {have!r} there, {want!r} now); "
+                                 "pass --overwrite to re-encode it, or another --out_file")
+
+
 def read_meta(path: str) -> Optional[dict]:
     """meta.json of a complete shard directory, or None."""
     f = os.path.join(path, "meta.json")
@@ -122,13 +139,16 @@ def generate_shard(encode_fn, tensorizer, ctx_file: str, out_file: str, shard_id
     from tqdm import tqdm
 
     final = shard_path(out_file, shard_id)
-    if read_meta(final) is not None and not overwrite:
+    identity = {"format": FORMAT, **model_info, "dtype": dtype, "shard_id": shard_id, "num_shards": num_shards,
+                "ctx_file": os.path.abspath(ctx_file), "corpus": file_fingerprint(ctx_file)}
+    done_meta = read_meta(final)
+    if done_meta is not None and not overwrite:
+        check_same_job(final, done_meta, identity)
         logger.info("%s is complete; skipped (use --overwrite to redo it)", final)
         return final
     n = count_passages(ctx_file) if total is None else total
     start, end = shard_range(n, shard_id, num_shards)
-    job = {"format": FORMAT, **model_info, "dtype": dtype, "shard_id": shard_id, "num_shards": num_shards,
-           "start": start, "end": end, "ctx_file": os.path.abspath(ctx_file), "block": block}
+    job = {**identity, "start": start, "end": end, "block": block}
     partial = final + ".partial"
     job_file = os.path.join(partial, "job.json")
     if os.path.isdir(partial):
@@ -163,7 +183,7 @@ def generate_shard(encode_fn, tensorizer, ctx_file: str, out_file: str, shard_id
     bar.close()
 
     blocks = sorted(f[:-4] for f in os.listdir(partial) if f.endswith(".npy"))
-    dim = model_info.get("dim")
+    dim = None
     with atomic_dir(final) as tmp:
         mats = [np.load(os.path.join(partial, b + ".npy"), mmap_mode="r") for b in blocks]
         count = sum(m.shape[0] for m in mats)

@@ -202,3 +202,24 @@ def test_shard_errors(tmp_path):
     os.remove(tmp_path / "c" / "fake_0" / "meta.json")
     with pytest.raises(EmbeddingError, match="incomplete shard"):
         load_shards(pattern)
+
+
+def test_a_complete_shard_of_another_job_is_refused_not_reused(small_corpus, tmp_path):
+    out = tmp_path / "e"
+    embed(small_corpus, out)
+    before = np.load(tmp_path / "e_0" / "vectors.npy")
+    for extra, says in ((["--pooling", "mean"], "pooling 'cls' there, 'mean' now"),
+                        (["--max_passage_length", "40"], "max_length 48 there, 40 now"),
+                        (["--fp16"], "dtype 'float32' there, 'float16' now")):
+        proc = embed(small_corpus, out, *extra, check=False)
+        assert proc.returncode == 2 and says in proc.stderr and "--overwrite" in proc.stderr, proc.stderr[-500:]
+        assert "Traceback" not in proc.stderr
+    # the same corpus edited in place (another size) is another job too
+    edited = tmp_path / "edited.tsv"
+    edited.write_text(open(small_corpus).read().replace("\t", "\t ", 1), encoding="utf-8")
+    np.testing.assert_array_equal(np.load(tmp_path / "e_0" / "vectors.npy"), before)  # nothing was touched
+    proc = embed(str(edited), out, check=False)
+    assert proc.returncode == 2 and "ctx_file" in proc.stderr
+    # --overwrite is the way to re-encode
+    proc = embed(small_corpus, out, "--overwrite")
+    assert proc.returncode == 0
