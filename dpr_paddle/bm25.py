@@ -21,8 +21,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .data.readers import iter_passage_chunks
-from .utils import atomic_dir, file_fingerprint, write_json_atomic
 from .errors import DprError
+from .utils import atomic_dir, file_fingerprint, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ class BM25Error(DprError, RuntimeError):
 
 def _tokenizer():
     import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # its DEBUG lines say nothing a user can act on
 
     return bm25s.tokenization.Tokenizer(lower=True, stopwords=PARAMS["stopwords"])
 

@@ -20,11 +20,11 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import paddle
 
+from .errors import DprError
 from .model import CONTEXT, QUESTION, BiEncoder
 from .pooling import native_recipe, resolve_recipe
 from .pretrained import load_encoder, resolve_model
 from .utils import atomic_dir, write_json_atomic
-from .errors import DprError
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 
 from .data.readers import Passage, count_passages, iter_passage_chunks
-from .utils import atomic_dir, atomic_path, file_fingerprint, write_json_atomic
 from .errors import DprError
+from .utils import atomic_dir, atomic_path, file_fingerprint, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

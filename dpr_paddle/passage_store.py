@@ -119,16 +119,21 @@ class PassageStore:
         return cls(path, conn, meta)
 
     @classmethod
+    def is_complete(cls, path: str) -> bool:
+        """Whether `path` is a finished store (an interrupted build has no row count yet)."""
+        if not os.path.isfile(path):
+            return False
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            has_meta = conn.execute("SELECT name FROM sqlite_master WHERE name = 'meta'").fetchone()
+            return bool(has_meta) and "count" in cls._meta(conn)
+        finally:
+            conn.close()
+
+    @classmethod
     def open_or_build(cls, ctx_file: str, path: str) -> "PassageStore":
         """The store of `ctx_file` at `path`, built (or finished) first when needed."""
-        if os.path.isfile(path):
-            conn = sqlite3.connect(path)
-            complete = "count" in cls._meta(conn) if conn.execute(
-                "SELECT name FROM sqlite_master WHERE name = 'meta'").fetchone() else False
-            conn.close()
-            if complete:
-                return cls.open(path, ctx_file)
-        return cls.build(ctx_file, path)
+        return cls.open(path, ctx_file) if cls.is_complete(path) else cls.build(ctx_file, path)
 
     def get(self, ids: Iterable[str]) -> Dict[str, Tuple[str, str]]:
         """{id: (text, title)} for the ids that are in the store."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from typing import Optional
+
 from .errors import DprError
 
 POOLINGS = ("cls", "mean", "pooler")

@@ -24,9 +24,9 @@ import tempfile
 import zipfile
 from typing import Tuple
 
+from .errors import DprError
 from .pooling import RECIPE_FILE, sentence_transformers_recipe
 from .utils import atomic_dir, write_json_atomic
-from .errors import DprError
 
 logger = logging.getLogger(__name__)
 

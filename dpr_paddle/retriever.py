@@ -11,10 +11,10 @@ import numpy as np
 
 from .data.readers import QAPair, iter_passage_chunks, read_qa
 from .embeddings import EmbeddingError
+from .errors import DprError
 from .evaluation import DEFAULT_TOP_K, format_top_k_table, has_answer, top_k_accuracy
 from .index import ExactIndex, HNSWIndex, load_shards, recall_at_k
 from .utils import atomic_path, write_json_atomic
-from .errors import DprError
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +51,11 @@ def passage_texts(ctx_file: str, wanted: set, store: Optional[str], shards_patte
     from .passage_store import PassageStore, default_store_path
 
     path = store or (default_store_path(shard_paths(shards_pattern)[0]) if shards_pattern else None)
-    if not (path and os.path.isfile(path)):
+    if not (path and PassageStore.is_complete(path)):
         if store:
-            raise RetrieverError(f"--passage_store {store}: no such file; build it with "
+            raise RetrieverError(f"--passage_store {store}: no complete store there; build it with "
                                  f"python -m dpr_paddle.passage_store {ctx_file} --output {store}")
-        return fetch_passages(ctx_file, wanted)
+        return fetch_passages(ctx_file, wanted)  # an unfinished store beside the shards is not used
     found = PassageStore.open(path, ctx_file).get(wanted)
     missing = wanted - found.keys()
     if missing:

@@ -24,10 +24,10 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from .data import BiEncoderCollator, BiEncoderDataset, epoch_batches, rank_slice, read_biencoder_records
 from .distributed import World
+from .errors import DprError
 from .grad_cache import cached_step, graph_reference_step
 from .model import CONTEXT, QUESTION, average_rank, nll_loss, positive_indices, set_dropout
 from .tokenization import Tensorizer
-from .errors import DprError
 
 logger = logging.getLogger(__name__)
 

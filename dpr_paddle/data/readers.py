@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple
 
-from ..utils import open_text
 from ..errors import DprError
+from ..utils import open_text
 
 logger = logging.getLogger(__name__)
 
