@@ -29,6 +29,15 @@ def sample_dir(tmp_path_factory):
     return str(out)
 
 
+def sample_head(sample_dir, out_dir, n):
+    """Write the sample's header and first `n` passages to OUT_DIR/p.tsv; returns the data lines."""
+    with open(os.path.join(sample_dir, "passages.tsv"), encoding="utf-8") as f:
+        lines = f.readlines()[: n + 1]
+    with open(os.path.join(out_dir, "p.tsv"), "w", encoding="utf-8") as f:
+        f.write("".join(lines))
+    return lines[1:]
+
+
 @pytest.fixture(scope="session")
 def tiny_dir():
     """Directory of the tiny random-init BERT (made once, cached)."""

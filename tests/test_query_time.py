@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, sample_head
 from dpr_paddle.passage_store import PassageStore, PassageStoreError
 
 
@@ -65,10 +65,7 @@ def test_a_repeated_passage_id_names_both_lines(tmp_path):
 def setup(tmp_path_factory, sample_dir):
     """60 sample passages encoded with the tiny encoder, 10 questions, and dense_retriever.py's results."""
     d = tmp_path_factory.mktemp("qt")
-    with open(os.path.join(sample_dir, "passages.tsv"), encoding="utf-8") as f:
-        lines = f.readlines()[:61]
-    (d / "p.tsv").write_text("".join(lines), encoding="utf-8")
-    titles = [line.split("\t")[2].strip() for line in lines[1:]]
+    titles = [line.split("\t")[2].strip() for line in sample_head(sample_dir, d, 60)]
     qa = [(f"What is known about {t}?", [t]) for t in titles[:20:2]]
     (d / "qa.csv").write_text("".join(f"{q}\t{json.dumps(a)}\n" for q, a in qa), encoding="utf-8")
     run_cli("generate_dense_embedding.py", "--model_name_or_path", "tiny", "--ctx_file", d / "p.tsv",

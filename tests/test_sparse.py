@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, sample_head
 from dpr_paddle.bm25 import BM25Error, BM25Index
 from dpr_paddle.data.readers import read_biencoder_records
 from dpr_paddle.evaluation import has_answer
@@ -60,10 +60,7 @@ def test_rrf_sums_reciprocal_ranks():
 def small(tmp_path_factory, sample_dir):
     """The sample's first 300 passages and the training records whose positive is among them."""
     d = tmp_path_factory.mktemp("sparse")
-    with open(os.path.join(sample_dir, "passages.tsv"), encoding="utf-8") as f:
-        lines = f.readlines()[:301]
-    (d / "p.tsv").write_text("".join(lines), encoding="utf-8")
-    ids = {line.split("\t")[0] for line in lines[1:]}
+    ids = {line.split("\t")[0] for line in sample_head(sample_dir, d, 300)}
     with open(os.path.join(sample_dir, "train.json"), encoding="utf-8") as f:
         records = [r for r in json.load(f) if r["positive_ctxs"][0]["passage_id"] in ids][:40]
     (d / "train.json").write_text(json.dumps(records), encoding="utf-8")
