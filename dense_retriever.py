@@ -17,14 +17,17 @@ def main(argv=None) -> None:
     args = parse(RetrieverArgs, argv, description=__doc__)
 
     def body():
-        from dpr_paddle.inference import load_tower, tower_options
-        from dpr_paddle.model import QUESTION
-        from dpr_paddle.retriever import retrieve
+        from dpr_paddle.inference import load_tower, tower_fingerprint, tower_options
+        from dpr_paddle.model import CONTEXT, QUESTION
+        from dpr_paddle.retriever import check_encoders, retrieve
 
         if args.bm25:
             retrieve(args)  # sparse only: no model
             return
         encode, tensorizer, info = load_tower(QUESTION, **tower_options(args))
+        if args.encoded_ctx_file and (args.con_model_path or args.model_file):
+            # the context encoder named must be the one that made the shards
+            check_encoders(args.encoded_ctx_file, tower_fingerprint(CONTEXT, **tower_options(args)), info)
         retrieve(args, encode, tensorizer, info)
 
     run_main(body)

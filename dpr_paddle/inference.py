@@ -69,6 +69,18 @@ def tower_options(args) -> dict:
     return {k: getattr(args, k) for k in TOWER_OPTIONS if hasattr(args, k)}
 
 
+def tower_fingerprint(tower: str, model_file: Optional[str] = None, que_model_path: Optional[str] = None,
+                      con_model_path: Optional[str] = None, model_name_or_path: str = "minilm", projection_dim: int = 0,
+                      **_) -> Tuple[str, str]:
+    """(path, fingerprint) of one tower's weights, as `load_tower` records them, without exporting it."""
+    from .embeddings import model_fingerprint
+
+    que, con, cfg = ckpt.resolve_encoder_paths(model_file, que_model_path, con_model_path, model_name_or_path)
+    path = que if tower == QUESTION else con
+    model, _ = ckpt.build_biencoder(path, path, shared=True, projection_dim=int(cfg.get("projection_dim", projection_dim)))
+    return (os.path.abspath(path) if os.path.isdir(path) else path), model_fingerprint(model)
+
+
 def load_tower(tower: str, model_file: Optional[str] = None, que_model_path: Optional[str] = None,
                con_model_path: Optional[str] = None, model_name_or_path: str = "minilm", projection_dim: int = 0,
                max_query_length: int = DEFAULT_MAX_QUERY_LENGTH, max_passage_length: int = DEFAULT_MAX_PASSAGE_LENGTH,

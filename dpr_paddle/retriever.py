@@ -180,6 +180,20 @@ def check_dim(q: np.ndarray, shards) -> None:
                              "the question and context encoders do not belong together")
 
 
+def check_encoders(pattern: str, context: Tuple[str, str], question: Optional[dict]) -> None:
+    """The shards must come from the given context encoder (refused otherwise); a question encoder
+    from another checkpoint than theirs is worth a warning (a DPR pair is trained together)."""
+    meta = load_shards(pattern)[0].meta
+    path, fingerprint = context
+    if meta.get("model_fingerprint") != fingerprint:
+        raise EmbeddingError(f"{pattern}: the passages were encoded by {meta.get('model')} (fingerprint "
+                             f"{meta.get('model_fingerprint')}), not by the context encoder {path} ({fingerprint}); "
+                             "pass the context encoder that made them, or re-encode with this one")
+    if question and os.path.dirname(question["model"]) != os.path.dirname(str(meta.get("model"))):
+        logger.warning("the question encoder %s is not from the checkpoint of the shards' context encoder %s",
+                       question["model"], meta.get("model"))
+
+
 def check_recipe(shards, question_info: Optional[dict]) -> None:
     """Questions must be pooled and compared as the shards' passages were."""
     if not question_info:

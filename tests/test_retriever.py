@@ -85,6 +85,11 @@ def test_bad_inputs_fail_clearly(corpus, tmp_path):
                    "--pooling", "cls", "--similarity", "dot", check=False)
     assert proc.returncode == 2 and "question vectors have dim 384 but the shards have dim 32" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # a context encoder that did not make the shards: refused before anything is searched
+    proc = run_cli("dense_retriever.py", "--model_name_or_path", "tiny", "--con_model_path", "minilm", "--ctx_file",
+                   corpus / "p.tsv", "--qa_file", corpus / "qa.csv", "--encoded_ctx_file", str(corpus / "emb_*"),
+                   check=False)
+    assert proc.returncode == 2 and "not by the context encoder" in proc.stderr and "Traceback" not in proc.stderr
     # questions pooled or compared otherwise than the shards' passages
     proc = run_cli("dense_retriever.py", "--model_name_or_path", "tiny", "--ctx_file", corpus / "p.tsv", "--qa_file",
                    corpus / "qa.csv", "--encoded_ctx_file", str(corpus / "emb_*"), "--pooling", "mean", check=False)
