@@ -41,7 +41,7 @@ def main() -> None:
     from dpr_paddle.pretrained import load_encoder
 
     loaded = load_encoder("minilm")[0]
-    bi = BiEncoder(load_encoder("minilm")[0])
+    bi = BiEncoder(load_encoder("minilm")[0]).speed_up_training()
     loaded.train()
     bi.train()
     rng = np.random.default_rng(0)

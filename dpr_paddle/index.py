@@ -4,10 +4,10 @@ Exact search multiplies the queries with each shard in blocks (memory-mapped, ne
 whole), keeps each shard's top k, and merges the per-shard lists; the result is the same as
 one search over all vectors.
 
-hnswlib has no true maximum-inner-product space, so we use DPR's transform: with
-phi = max ||p||^2 over all shards, each passage gets one extra coordinate sqrt(phi - ||p||^2)
-and each query a 0, so ||q - p'||^2 = ||q||^2 + phi - 2 q.p and the nearest neighbour in L2 is
-the largest inner product. Scores are reported as the exact inner products q.p.
+hnswlib searches either in its own inner-product space ("ip") or, with DPR's transform ("l2"),
+in L2 over passages augmented with sqrt(phi - ||p||^2) (phi = max ||p||^2); the default "auto"
+picks by the spread of passage norms (`HNSWIndex`). Scores are always reported as the exact
+inner products q.p recomputed from the stored vectors.
 """
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from . import fast_cpu
 from .pooling import POOLINGS, RecipeError, pool
 
 QUESTION, CONTEXT = "question", "context"
@@ -20,8 +19,8 @@ class BiEncoder(nn.Layer):
     `pooling` is cls | mean | pooler (pooling.py); `normalize=True` L2-normalises every
     representation (cosine similarity), after the projection if there is one. `shared=True`
     uses one encoder for both towers. `projection_dim > 0` adds a linear layer per tower on top
-    of the pooled vector (DPR's `projection_dim`). The encoders get `fast_cpu.speed_up`
-    (faster CPU training, same computation).
+    of the pooled vector (DPR's `projection_dim`). The model is plain Paddle; training installs
+    `fast_cpu` in it (`speed_up_training`).
     """
 
     def __init__(self, question_model: nn.Layer, ctx_model: Optional[nn.Layer] = None, projection_dim: int = 0,
@@ -31,10 +30,10 @@ class BiEncoder(nn.Layer):
             raise RecipeError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
         self.pooling = pooling
         self.normalize = normalize
-        self.question_model = fast_cpu.speed_up(question_model)
+        self.question_model = question_model
         self.shared = ctx_model is None or ctx_model is question_model
         if not self.shared:
-            self.ctx_model = fast_cpu.speed_up(ctx_model)
+            self.ctx_model = ctx_model
         # PaddleNLP encoders build a key/value cache when config.use_cache is set (HF configs such
         # as MiniLM's set it): 12 useless concats per forward for an encoder; turn it off.
         self._encoder_kwargs = {"use_cache": False} if _accepts(question_model, "use_cache") else {}
@@ -43,6 +42,16 @@ class BiEncoder(nn.Layer):
             hidden = question_model.config.hidden_size
             self.q_proj = nn.Linear(hidden, projection_dim)
             self.p_proj = self.q_proj if self.shared else nn.Linear(hidden, projection_dim)
+
+    def speed_up_training(self) -> "BiEncoder":
+        """Swap fast_cpu's CPU training kernels into both encoders (same computation; see fast_cpu.py).
+        Only training calls this, so a model built for inference or export stays plain Paddle."""
+        from . import fast_cpu
+
+        fast_cpu.speed_up(self.question_model)
+        if not self.shared:
+            fast_cpu.speed_up(self.ctx_model)
+        return self
 
     def tower(self, which: str) -> nn.Layer:
         """The encoder for `question` or `context`."""

@@ -227,6 +227,7 @@ def train(args) -> Dict[str, float]:
                                             normalize=recipe["similarity"] == "cosine")
     if args.dropout is not None:
         set_dropout(model, args.dropout)
+    model.speed_up_training()
     tensorizer = Tensorizer(tokenizer, args.max_query_length, args.max_passage_length)
     collator = BiEncoderCollator(tensorizer)
     optimizer, scheduler = build_optimizer(model, args.learning_rate, total_steps, args.warmup_steps,

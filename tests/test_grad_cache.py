@@ -34,10 +34,12 @@ def minilm():
 RECIPES = [(p, s) for p in POOLINGS for s in SIMILARITIES]
 
 
-def setup(name_or_model, batch, hard=1, q_len=10, p_len=20, seed=0, pooling="cls", similarity="dot"):
+def setup(name_or_model, batch, hard=1, q_len=10, p_len=20, seed=0, pooling="cls", similarity="dot", fast=False):
     paddle.seed(seed)
     if isinstance(name_or_model, str):
         model = BiEncoder(load_encoder(name_or_model)[0], load_encoder(name_or_model)[0])
+        if fast:  # fast_cpu's kernels, as training installs them
+            model.speed_up_training()
     else:
         model = name_or_model
         model.clear_gradients()
@@ -78,9 +80,10 @@ def test_dropout_off_equals_full_batch(minilm, batch, q_chunk, p_chunk):
     assert compare(ref, got) <= 1e-5  # measured: <= 2.3e-6
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["paddle_dropout", "fast_cpu"])
 @pytest.mark.parametrize("batch,q_chunk,p_chunk", [(8, 2, 4), (7, 3, 5), (6, 1, 12), (6, 6, 2)])
-def test_dropout_on_equals_chunked_graph_reference_bitwise(tiny_dir, batch, q_chunk, p_chunk):
-    model, q, p, encs, loss_fn = setup(tiny_dir, batch)
+def test_dropout_on_equals_chunked_graph_reference_bitwise(tiny_dir, batch, q_chunk, p_chunk, fast):
+    model, q, p, encs, loss_fn = setup(tiny_dir, batch, fast=fast)
     model.train()
     chunks = [split_chunks(q, q_chunk), split_chunks(p, p_chunk)]
     paddle.seed(7)
@@ -114,9 +117,10 @@ def test_every_recipe_dropout_off_equals_full_batch(minilm, pooling, similarity)
     assert compare(ref, got) <= 1e-5
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["paddle_dropout", "fast_cpu"])
 @pytest.mark.parametrize("pooling,similarity", RECIPES)
-def test_every_recipe_dropout_on_bitwise(tiny_dir, pooling, similarity):
-    model, q, p, encs, loss_fn = setup(tiny_dir, 6, pooling=pooling, similarity=similarity)
+def test_every_recipe_dropout_on_bitwise(tiny_dir, pooling, similarity, fast):
+    model, q, p, encs, loss_fn = setup(tiny_dir, 6, pooling=pooling, similarity=similarity, fast=fast)
     model.train()
     chunks = [split_chunks(q, 4), split_chunks(p, 5)]
     paddle.seed(5)
@@ -132,8 +136,12 @@ def test_every_recipe_dropout_on_bitwise(tiny_dir, pooling, similarity):
     assert compare(ref, grads(model)) > 1e-3
 
 
-def test_dropout_on_minilm_bitwise(minilm):
-    model, q, p, encs, loss_fn = setup(minilm, batch=4, q_len=8, p_len=16)
+@pytest.mark.parametrize("fast", [False, True], ids=["paddle_dropout", "fast_cpu"])
+def test_dropout_on_minilm_bitwise(fast):
+    model = BiEncoder(load_encoder("minilm")[0], load_encoder("minilm")[0])
+    if fast:
+        model.speed_up_training()
+    model, q, p, encs, loss_fn = setup(model, batch=4, q_len=8, p_len=16)
     model.train()
     chunks = [split_chunks(q, 2), split_chunks(p, 3)]
     paddle.seed(11)
