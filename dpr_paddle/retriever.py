@@ -93,6 +93,12 @@ class RetrieverError(DprError, RuntimeError):
     """The retriever's flags do not make a run (a missing input, a dense run without shards)."""
 
 
+def default_ef(k: int, n_docs: int, ef_search: int = 0) -> int:
+    """hnswlib's ef: `ef_search` when given, else max(8 * n_docs, 256) (docs/benchmarks.md: at 1M
+    vectors, ip, M 32, recall@100 0.945 at ef 400 and 0.979 at 800); never below the depth k."""
+    return max(ef_search or max(8 * min(k, n_docs), 256), k)
+
+
 class DenseIndex:
     """Embedding shards and how they are searched: exact inner product, or hnswlib (built once,
     or loaded from `index_path` when it was built from these shards with these settings)."""
@@ -117,9 +123,8 @@ class DenseIndex:
         return int(self.exact.offsets[-1])
 
     def ef_for(self, k: int, n_docs: int) -> int:
-        """hnswlib's ef: --ef_search, else max(8 * n_docs, 256) (docs/benchmarks.md: at 1M vectors, ip,
-        M 32, recall@100 0.945 at ef 400 and 0.979 at 800); never below k."""
-        return max(self.ef_search or max(8 * min(k, n_docs), 256), k)
+        """hnswlib's ef for a search of depth k (see `default_ef`)."""
+        return default_ef(k, n_docs, self.ef_search)
 
     def search(self, q: np.ndarray, k: int, n_docs: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
         """Top k of [n, D] question vectors: (exact scores [n, k], global rows [n, k]), best first."""

@@ -95,3 +95,12 @@ def test_bad_inputs_fail_clearly(corpus, tmp_path):
                    corpus / "qa.csv", "--encoded_ctx_file", str(corpus / "emb_*"), "--pooling", "mean", check=False)
     assert proc.returncode == 2 and "encoded with pooling cls, but the question encoder uses mean" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_default_ef_search():
+    from dpr_paddle.retriever import default_ef
+
+    assert default_ef(100, 100) == 800  # the README's n_docs: 8 x 100
+    assert default_ef(10, 10) == 256 and default_ef(50, 50) == 400
+    assert default_ef(1000, 100) == 1000  # a hybrid's depth of 1000: ef never below k
+    assert default_ef(100, 100, ef_search=300) == 300 and default_ef(100, 100, ef_search=50) == 100
