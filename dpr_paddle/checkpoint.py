@@ -223,10 +223,29 @@ def prune_checkpoints(save_dir: str, keep_last: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def stale_temps(save_dir: str) -> List[str]:
+    """Temporary folders and links a run killed mid-save left in `save_dir` (atomic_dir's
+    `NAME.XXXX.tmp`, point_latest's `latest.tmp`)."""
+    pats = ("checkpoint-*.*.tmp", "best.*.tmp", "latest.tmp")
+    return sorted({p for pat in pats for p in glob.glob(os.path.join(save_dir, pat))})
+
+
+def remove_stale_temps(save_dir: str) -> List[str]:
+    """Delete `stale_temps(save_dir)`; returns what went. Only one run writes a save_dir at a time."""
+    gone = stale_temps(save_dir)
+    for p in gone:
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            os.remove(p)
+    return gone
+
+
 def remove_checkpoints(save_dir: str) -> List[str]:
-    """Delete every checkpoint-* (complete or not), best/ and latest in `save_dir`; returns what went."""
-    gone = [p for _, p in _checkpoint_dirs(save_dir)]
-    gone += [p for p in (os.path.join(save_dir, "best"), os.path.join(save_dir, "latest")) if os.path.lexists(p)]
+    """Delete every checkpoint-* (complete or not), best/, latest, vdl/ and stale temporary folders
+    in `save_dir`; returns what went."""
+    gone = [p for _, p in _checkpoint_dirs(save_dir)] + stale_temps(save_dir)
+    gone += [p for p in (os.path.join(save_dir, n) for n in ("best", "latest", "vdl")) if os.path.lexists(p)]
     for p in gone:
         if os.path.islink(p) or not os.path.isdir(p):
             os.remove(p)

@@ -215,6 +215,11 @@ def train(args) -> Dict[str, float]:
         if world.is_main:
             logger.info("--overwrite_save_dir: removed %s", ", ".join(ckpt.remove_checkpoints(args.save_dir)))
         world.barrier()
+    if world.is_main:
+        gone = ckpt.remove_stale_temps(args.save_dir)  # left by a run killed mid-save
+        if gone:
+            logger.info("removed unfinished saves of an interrupted run: %s", ", ".join(gone))
+    world.barrier()
     if resume_from:
         que, con = (os.path.join(resume_from, ckpt.TOWER_DIRS[t]) for t in (QUESTION, CONTEXT))
     else:

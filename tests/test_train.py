@@ -180,14 +180,19 @@ def test_a_fresh_run_never_reports_another_runs_checkpoint(sample_dir, tmp_path)
     assert proc.returncode == 2
     assert f"error: {save} already holds checkpoints of another run (checkpoint-3)" in proc.stderr
     assert "--resume auto" in proc.stderr and "--overwrite_save_dir" in proc.stderr
+    os.makedirs(save / "checkpoint-4.abc123.tmp")  # what a run killed mid-save leaves
+    (save / "vdl" / "old.log").write_text("the old run's curves")
     run_cli("train_dense_encoder.py", *tiny_args(sample_dir, save, "--max_steps", "3", "--epochs", "1",
                                                  "--learning_rate", "5e-3", "--overwrite_save_dir"))
     assert sorted(os.listdir(save)) == ["checkpoint-3", "latest", "vdl"]  # the old checkpoint-2 went too
+    assert "old.log" not in os.listdir(save / "vdl")
     second = checkpoint_params(save / "latest")
     assert max(float(np.abs(first[k] - second[k]).max()) for k in first) > 1e-4  # the new run's model
-    # resuming a finished run trains nothing and keeps its checkpoint
+    # resuming a finished run trains nothing and keeps its checkpoint; a stale temp folder goes
+    os.makedirs(save / "best.xyz.tmp")
     proc = run_cli("train_dense_encoder.py", *tiny_args(sample_dir, save, "--max_steps", "3", "--epochs", "1",
                                                         "--resume", "auto"))
     assert os.path.realpath(save / "latest") == os.path.realpath(save / "checkpoint-3")
+    assert not os.path.exists(save / "best.xyz.tmp") and "removed unfinished saves" in proc.stderr
     again = checkpoint_params(save / "latest")
     assert all(np.array_equal(second[k], again[k]) for k in second)
