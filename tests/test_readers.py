@@ -148,3 +148,23 @@ def test_a_byte_order_mark_is_dropped_everywhere(tmp_path):
 def test_json_errors_read_well(tmp_path):
     with pytest.raises(DataFormatError, match=r"line 1: invalid JSON: Unterminated string starting at \(column 2\)"):
         read_biencoder_records(write(tmp_path / "bad.json", '["abc'))
+
+
+@pytest.mark.parametrize("kind", ["passages", "qa", "biencoder"])
+def test_broken_bytes_and_cut_gzip_give_one_line(tmp_path, kind):
+    good = {"passages": "id\ttext\ttitle\n" + "".join(f"{i}\tsome text {i}\tT{i}\n" for i in range(1, 400)),
+            "qa": "".join(f'question {i}?\t["a{i}"]\n' for i in range(400)),
+            "biencoder": "\n".join(json.dumps(dict(REC, question=f"q{i}?")) for i in range(400)) + "\n"}[kind]
+    name = {"passages": "p.tsv", "qa": "q.csv", "biencoder": "r.jsonl"}[kind]
+    read = {"passages": lambda p: list(iter_passages(p)), "qa": read_qa, "biencoder": read_biencoder_records}[kind]
+    data = good.encode("utf-8")
+    for line_no in (1, 300):  # a bad byte near the start and far into the file: the right line
+        at = sum(len(line) + 1 for line in good.split("\n")[: line_no - 1]) + 2
+        path = tmp_path / f"bad{line_no}_{name}"
+        path.write_bytes(data[:at] + b"\xff" + data[at + 1 :])
+        with pytest.raises(DataFormatError, match=rf"line {line_no}: byte 3 of the line is not UTF-8"):
+            read(str(path))
+    cut = tmp_path / (name + ".gz")
+    cut.write_bytes(gzip.compress(data)[:-40])
+    with pytest.raises(DataFormatError, match="truncated or corrupt gzip"):
+        read(str(cut))

@@ -8,10 +8,13 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
+import gzip
 import json
 import logging
 import os
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple
 
@@ -55,6 +58,39 @@ class QAPair:
 
     question: str
     answers: List[str]
+
+
+def _first_bad_utf8(path: str) -> Tuple[int, int]:
+    """(line, byte within the line, both from 1) of the first byte that is not UTF-8 in `path`."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return lineno, e.start + 1
+    return 0, 0
+
+
+BROKEN_FILE_ERRORS = (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error)
+
+
+@contextlib.contextmanager
+def _file_errors(path: str):
+    """Turn what a broken file raises deep inside a decoder into one DataFormatError naming the place."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        try:
+            line, col = _first_bad_utf8(path)
+        except (EOFError, OSError, zlib.error):
+            line, col = 0, 0
+        where = f"line {line}" if line else "somewhere"
+        raise DataFormatError(path, where, f"byte {col} of the line is not UTF-8 text" if line else
+                              "not UTF-8 text") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataFormatError(path, "end of file", f"truncated or corrupt gzip data ({type(e).__name__}: {e}); "
+                              "download or copy the file again") from None
 
 
 def _check_exists(path: str) -> None:
@@ -114,7 +150,7 @@ def read_biencoder_records(path: str) -> List[BiEncoderRecord]:
     _check_exists(path)
     name = path[:-3] if path.endswith(".gz") else path
     records: List[BiEncoderRecord] = []
-    with open_text(path) as f:
+    with _file_errors(path), open_text(path) as f:
         if name.endswith(".jsonl"):
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
@@ -163,7 +199,7 @@ def iter_passage_chunks(path: str, chunksize: int = 100_000) -> Iterator[Tuple[L
 
     _check_exists(path)
     compression = "gzip" if path.endswith(".gz") else None
-    with open_text(path) as f:
+    with _file_errors(path), open_text(path) as f:
         header_line = f.readline()
     if not header_line.strip():
         raise DataFormatError(path, "line 1", "file is empty (expected header 'id<TAB>text<TAB>title')")
@@ -196,8 +232,9 @@ def iter_passage_chunks(path: str, chunksize: int = 100_000) -> Iterator[Tuple[L
         m = re.search(r"line (\d+), saw (\d+)", msg)
         where = f"line {m.group(1)}" if m else "somewhere"
         raise DataFormatError(path, where, f"wrong number of columns ({msg.strip()})") from None
-    except UnicodeDecodeError as e:
-        raise DataFormatError(path, f"byte {e.start}", "not UTF-8 text") from None
+    except BROKEN_FILE_ERRORS:  # pandas raised them from deep inside its reader
+        with _file_errors(path):
+            raise
 
 
 def iter_passages(path: str, chunksize: int = 100_000) -> Iterator[Passage]:
@@ -232,7 +269,7 @@ def read_qa(path: str) -> List[QAPair]:
     """Read a DPR QA file (`question<TAB>[answers]`, no header)."""
     _check_exists(path)
     out: List[QAPair] = []
-    with open_text(path) as f:
+    with _file_errors(path), open_text(path) as f:
         reader = csv.reader(f, delimiter="\t")
         for row in reader:
             lineno = reader.line_num
