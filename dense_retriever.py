@@ -17,6 +17,18 @@ def main(argv=None) -> None:
     args = parse(RetrieverArgs, argv, description=__doc__)
 
     def body():
+        from dpr_paddle.utils import check_input_file, check_output_path
+
+        # inputs and every output location first: a bad path must not cost a model load and a search
+        check_input_file(args.qa_file, "QA")
+        check_input_file(args.ctx_file, "passages")
+        for path in (args.out_file, args.metrics_file, args.trec_file):
+            if path:
+                check_output_path(path)
+        if args.encoded_ctx_file and not args.bm25:
+            from dpr_paddle.index import shard_paths
+
+            shard_paths(args.encoded_ctx_file)
         from dpr_paddle.inference import load_tower, tower_fingerprint, tower_options
         from dpr_paddle.model import CONTEXT, QUESTION
         from dpr_paddle.retriever import check_encoders, retrieve

@@ -23,6 +23,10 @@ def main(argv=None) -> None:
         from dpr_paddle.embeddings import generate_shard
         from dpr_paddle.inference import load_tower, tower_options
         from dpr_paddle.model import CONTEXT
+        from dpr_paddle.utils import check_input_file, check_output_path
+
+        check_input_file(args.ctx_file, "passages")  # before the model loads
+        check_output_path(args.out_file + "_0", "embedding shard")
 
         rank = int(os.environ.get("PADDLE_TRAINER_ID", "0"))
         world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))

@@ -11,7 +11,16 @@ def expected_errors() -> tuple:
     """Error types whose message is meant for the user: printed as one line, no traceback."""
     from .errors import DprError
 
-    return (DprError, FileNotFoundError)
+    return (DprError, OSError)
+
+
+def one_line(e: BaseException) -> str:
+    """The message of an expected error; an OSError names its path and what to do."""
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
+        hint = {28: "free some space or write elsewhere", 13: "fix the permissions or write elsewhere",
+                30: "the file system is read-only: write elsewhere", 20: "a parent of this path is a file"}
+        return f"{e.filename}: {e.strerror or e}; {hint.get(e.errno, 'check the path')}"
+    return str(e)
 
 
 def run_main(body) -> None:
@@ -32,6 +41,6 @@ def run_main(body) -> None:
         body()
     except Exception as e:  # noqa: BLE001 - filtered just below
         if isinstance(e, expected_errors()):
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             raise SystemExit(2) from None
         raise

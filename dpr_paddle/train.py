@@ -28,6 +28,7 @@ from .errors import DprError
 from .grad_cache import cached_step, graph_reference_step
 from .model import CONTEXT, QUESTION, average_rank, nll_loss, positive_indices, set_dropout
 from .tokenization import Tensorizer
+from .utils import check_output_path
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +165,9 @@ def check_args(args) -> None:
         raise TrainingError("--hard_negatives must be >= 0")
     if not os.path.isfile(args.train_data_path):
         raise TrainingError(f"{args.train_data_path}: training data not found")
+    if args.dev_data_path and not os.path.isfile(args.dev_data_path):
+        raise TrainingError(f"{args.dev_data_path}: dev data not found")
+    check_output_path(os.path.join(args.save_dir, "checkpoint"), "checkpoint")
 
 
 def train(args) -> Dict[str, float]:

@@ -111,3 +111,27 @@ def file_fingerprint(path: str, span: int = 1 << 16) -> dict:
             f.seek(max(size - span, span))
             h.update(f.read(span))
     return {"path": os.path.abspath(path), "size": size, "sha1_ends": h.hexdigest()}
+
+
+def check_output_path(path: str, what: str = "output") -> None:
+    """Fail now, in one line, if `path` could not be written later (its directory is missing and
+    cannot be made, is read-only, or sits under a regular file); nothing is left behind."""
+    from .errors import DprError
+
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".dpr_paddle_probe.", dir=directory)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise DprError(f"{path}: the {what} cannot be written there ({e.strerror or e}); "
+                       "choose another location or fix the permissions") from None
+
+
+def check_input_file(path: str, what: str = "input") -> None:
+    """Fail now, in one line, if an input file is missing."""
+    from .errors import DprError
+
+    if not os.path.isfile(path):
+        raise DprError(f"{path}: no such {what} file")

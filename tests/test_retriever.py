@@ -104,3 +104,30 @@ def test_default_ef_search():
     assert default_ef(10, 10) == 256 and default_ef(50, 50) == 400
     assert default_ef(1000, 100) == 1000  # a hybrid's depth of 1000: ef never below k
     assert default_ef(100, 100, ef_search=300) == 300 and default_ef(100, 100, ef_search=50) == 100
+
+
+def test_bad_paths_fail_in_one_line_before_any_model_loads(corpus, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    t0 = __import__("time").perf_counter()
+    for flag in ("--out_file", "--trec_file", "--metrics_file"):
+        proc = retrieve(corpus, "--encoded_ctx_file", str(corpus / "emb_*"), flag, blocker / "out.json", check=False)
+        assert proc.returncode == 2 and f"{blocker / 'out.json'}: the output cannot be written there" in proc.stderr
+        assert "Traceback" not in proc.stderr and "exported" not in proc.stderr
+    proc = retrieve(corpus, "--encoded_ctx_file", str(corpus / "nothing_*"), check=False)
+    assert proc.returncode == 2 and "no embedding shards match" in proc.stderr
+    proc = run_cli("generate_dense_embedding.py", "--model_name_or_path", "tiny", "--ctx_file", corpus / "p.tsv",
+                   "--out_file", blocker / "emb", check=False)
+    assert proc.returncode == 2 and "the embedding shard cannot be written there" in proc.stderr
+    proc = run_cli("generate_dense_embedding.py", "--model_name_or_path", "tiny", "--ctx_file", tmp_path / "none.tsv",
+                   "--out_file", tmp_path / "emb", check=False)
+    assert proc.returncode == 2 and "none.tsv: no such passages file" in proc.stderr
+    assert __import__("time").perf_counter() - t0 < 60  # no model was loaded to find this out
+
+
+def test_os_errors_read_as_one_line():
+    from dpr_paddle.cli import one_line
+
+    assert one_line(OSError(28, "No space left on device", "/data/emb_0")) == \
+        "/data/emb_0: No space left on device; free some space or write elsewhere"
+    assert one_line(OSError(13, "Permission denied", "/ro/x")).endswith("fix the permissions or write elsewhere")

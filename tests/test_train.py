@@ -106,8 +106,13 @@ def test_visualdl_curves_and_checkpoint_contents(sample_dir, tmp_path):
     (["--chunk_size", "-1"], "--chunk_size must be >= 1"),
     (["--model_name_or_path", "/nonexistent/model/dir"], "/nonexistent/model/dir: no such directory"),
     (["--resume", "/nonexistent/ckpt"], "no such checkpoint directory"),
+    (["--save_dir", "{a_file}/run"], "{a_file}/run/checkpoint: the checkpoint cannot be written there"),
+    (["--dev_data_path", "/nonexistent/dev.json"], "/nonexistent/dev.json: dev data not found"),
 ])
 def test_bad_settings_fail_clearly(sample_dir, tmp_path, extra, message):
+    a_file = tmp_path / "a_file"  # a path under a regular file cannot be a directory
+    a_file.write_text("")
+    extra, message = [x.format(a_file=a_file) for x in extra], message.format(a_file=a_file)
     proc = run_cli("train_dense_encoder.py", *tiny_args(sample_dir, tmp_path / "x"), *extra, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
