@@ -83,7 +83,9 @@ def plot_curve(curve, out_png, title):
         ax.plot(steps, [c["top_k"][k] for c in curve], style, label=f"dev top-{k}")
     ax.set_xlabel("training step")
     ax.set_ylabel("top-k accuracy (dev questions, whole corpus)")
-    ax.set_title(title, fontsize=9)
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()

@@ -25,7 +25,7 @@ class Retriever:
     """A loaded retriever: question encoder + dense index and/or BM25, and the passage store."""
 
     def __init__(self, mode: str, store, encoder=None, dense=None, bm25=None, fusion: str = "weighted",
-                 alpha: float = 0.5, depth: int = 1000, batch_size: int = 64, info: Optional[dict] = None):
+                 alpha: float = 1.0, depth: int = 1000, batch_size: int = 64, info: Optional[dict] = None):
         self.mode, self.store, self.dense, self.bm25 = mode, store, dense, bm25
         self._encode, self._tensorizer = encoder or (None, None)
         self.fusion, self.alpha, self.depth, self.batch_size = fusion, alpha, depth, batch_size
@@ -37,7 +37,7 @@ class Retriever:
              question_encoder: Optional[str] = None, context_encoder: Optional[str] = None, mode: str = "dense",
              hnsw: bool = False, index_path: Optional[str] = None, hnsw_m: int = 32, ef_construction: int = 200,
              hnsw_space: str = "auto", ef_search: int = 0, bm25_index: Optional[str] = None,
-             fusion: str = "weighted", alpha: float = 0.5, depth: int = 1000, store: Optional[str] = None,
+             fusion: str = "weighted", alpha: float = 1.0, depth: int = 1000, store: Optional[str] = None,
              **tower_kw) -> "Retriever":
         """Load the model, index and passage store once. `model` is a checkpoint directory or an encoder
         name/dir (or give `question_encoder`/`context_encoder`); `index` the embedding shards; `passages`

@@ -111,7 +111,7 @@ class SearchArgs(ModelArgs):
                                          "(default: a cache dir keyed by the corpus)")
     fusion: str = _f("weighted", "hybrid fusion: weighted (pyserini's normalised alpha * bm25 + dense) | rrf "
                                  "(reciprocal rank, k = 60)", choices=("weighted", "rrf"))
-    hybrid_alpha: float = _f(0.5, "weight of BM25 in --fusion weighted (chosen on squad1_open's dev questions)")
+    hybrid_alpha: float = _f(1.0, "weight of BM25 in --fusion weighted (best of 0.1-2 on squad1_open's dev questions)")
     hybrid_depth: int = _f(1000, "passages taken from each retriever before fusing")
     hnsw_index: bool = _f(False, "search with hnswlib instead of exact inner product")
     index_path: Optional[str] = _f(None, "save/load the hnsw index here (a second run skips the build)")
