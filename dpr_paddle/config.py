@@ -158,6 +158,7 @@ class ServeArgs(SearchArgs):
     port: int = _f(8080, "port to listen on")
     max_k: int = _f(1000, "largest k a request may ask for")
     max_queries: int = _f(256, "most queries in one request")
+    max_batch: int = _f(32, "concurrent requests' questions searched together, at most (1 = one request at a time)")
 
 
 @dataclass
