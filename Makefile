@@ -35,7 +35,7 @@ demo: install sample
 		--qa_file $(SAMPLE)/qa_test.csv --bm25_index $(DEMO)/bm25_index
 	@echo "== 2/7 zero-shot all-MiniLM-L6-v2 (its own mean pooling + cosine): encode the sample corpus"
 	$(PY) generate_dense_embedding.py --model_name_or_path minilm --ctx_file $(SAMPLE)/passages.tsv \
-		--out_file $(DEMO)/emb_zeroshot --max_passage_length $(DEMO_PLEN) --batch_size 32
+		--out_file $(DEMO)/emb_zeroshot --max_passage_length $(DEMO_PLEN) --batch_size 32 --overwrite
 	@echo "== 3/7 zero-shot retrieval (hnswlib) and top-k accuracy"
 	$(PY) dense_retriever.py --hnsw_index --out_file $(DEMO)/zeroshot.json --encoded_ctx_file '$(DEMO)/emb_zeroshot_*' \
 		--ctx_file $(SAMPLE)/passages.tsv --qa_file $(SAMPLE)/qa_test.csv \
