@@ -7,9 +7,10 @@ and JSON, no pickle), `ids.txt` (row -> passage id) and `meta.json`, which recor
 it was built from (path, size, a hash of its head and tail, row count): an index built from
 another corpus is refused.
 
-Memory: bm25s keeps every passage's token ids as Python lists while building, about 1 GB per
-million 100-word passages here; past a few million passages build it on a larger machine (or
-use pyserini's prebuilt Wikipedia index) and pass it with --bm25_index.
+Memory: bm25s takes every passage's token ids as Python lists while building. Measured here:
+200,000 synthetic 100-word passages peak at 1.47 GB RSS (24 s; a 163 MB index), i.e. about 7 GB
+per million passages; DPR's 21M would need ~150 GB. Past a couple of million passages, build the
+index on a larger machine and pass it with --bm25_index (or use pyserini's prebuilt one).
 """
 from __future__ import annotations
 

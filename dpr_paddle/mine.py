@@ -14,10 +14,11 @@ Questions go in batches of `--batch_size`. Each finished batch is written to
 OUTPUT.partial/part_NNNNNN.jsonl atomically, so an interrupted run resumes at the first
 unfinished batch; the output appears by an atomic rename at the end.
 
-Scale (NQ train: 59k questions, 21M passages): memory is the retriever's (BM25: the bm25s index;
-dense: one shard's block of vectors at a time plus the passage ids, ~1.5 GB for 21M) plus one
-batch's candidate texts (batch_size x HI passages, ~0.6 GB for 5,000 x 100). The TSV is streamed
-once per batch to fetch candidate texts: 12 passes at --batch_size 5000.
+Scale (NQ train: 59k questions, 21M passages; estimated, not measured at that size): memory is the
+retriever's (BM25: the bm25s index, ~7 GB per million passages to build, see bm25.py; dense: one
+shard's block of vectors at a time plus the passage ids, ~1.5 GB for 21M) plus one batch's
+candidate texts (batch_size x HI passages, ~0.6 GB for 5,000 x 100). The TSV is streamed once per
+batch to fetch candidate texts: 12 passes at --batch_size 5000.
 """
 from __future__ import annotations
 
