@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from conftest import shared_path
-from dpr_paddle.data import DataFormatError, count_passages, iter_passages, read_biencoder_records, read_qa
+from dpr_paddle.data import DataFormatError, count_passages, iter_passage_chunks, iter_passages, read_biencoder_records, read_qa
 
 REC = {"question": "q?", "answers": ["a"], "positive_ctxs": [{"title": "T", "text": "a text", "passage_id": "1"}],
        "negative_ctxs": [], "hard_negative_ctxs": [{"title": "U", "text": "other"}]}
@@ -129,9 +129,14 @@ def test_missing_file(tmp_path):
         read_qa(str(tmp_path / "nope.csv"))
 
 
-def test_missing_title_reads_as_empty(tmp_path):
-    path = write(tmp_path / "p.tsv", "id\ttext\ttitle\n1\tx\n2\ty\t\n")
-    assert [(p.id, p.text, p.title) for p in iter_passages(path)] == [("1", "x", ""), ("2", "y", "")]
+def test_an_empty_title_reads_as_empty_a_missing_one_is_an_error(tmp_path):
+    # issue 13: a row with fewer fields than the header is an error (it is how a cut file looks);
+    # an explicitly empty title (`id<TAB>text<TAB>`) stays allowed. Until then "1<TAB>x" read as
+    # an empty title.
+    path = write(tmp_path / "p.tsv", "id\ttext\ttitle\n2\ty\t\n")
+    assert [(p.id, p.text, p.title) for p in iter_passages(path)] == [("2", "y", "")]
+    with pytest.raises(DataFormatError, match="line 2: 2 fields, the header has 3"):
+        list(iter_passages(write(tmp_path / "q.tsv", "id\ttext\ttitle\n1\tx\n2\ty\t\n")))
 
 
 def test_a_byte_order_mark_is_dropped_everywhere(tmp_path):
@@ -168,3 +173,20 @@ def test_broken_bytes_and_cut_gzip_give_one_line(tmp_path, kind):
     cut.write_bytes(gzip.compress(data)[:-40])
     with pytest.raises(DataFormatError, match="truncated or corrupt gzip"):
         read(str(cut))
+
+
+def test_a_cut_last_line_or_a_short_row_is_an_error(tmp_path):
+    ok = "id\ttext\ttitle\n1\tfirst text\tT1\n2\tan explicitly empty title\t\n"
+    assert [p.title for p in iter_passages(write(tmp_path / "ok.tsv", ok))] == ["T1", ""]
+    with pytest.raises(DataFormatError, match=r"line 4: the last line ends without a newline"):
+        list(iter_passages(write(tmp_path / "cut.tsv", ok + "3\ttext\tTit")))  # cut inside the title
+    with pytest.raises(DataFormatError, match=r"line 4: 2 fields, the header has 3"):
+        list(iter_passages(write(tmp_path / "cut2.tsv", ok + "3\ttext cut mi")))  # cut inside the text
+    with pytest.raises(DataFormatError, match=r"line 3: 2 fields, the header has 3"):
+        list(iter_passages(write(tmp_path / "short.tsv", "id\ttext\ttitle\n1\ta\tA\n2\tb\n3\tc\tC\n")))
+    gz = write(tmp_path / "cut.tsv.gz", ok + "3\ttext\tTit", gz=True)
+    with pytest.raises(DataFormatError, match=r"line 4: the last line ends without a newline"):
+        list(iter_passages(gz))
+    # many rows, no titles at all: every row is checked and passes
+    many = "id\ttext\ttitle\n" + "".join(f"{i}\ttext {i}\t\n" for i in range(2500))
+    assert sum(len(ids) for ids, _, _ in iter_passage_chunks(write(tmp_path / "many.tsv", many), 1000)) == 2500

@@ -11,12 +11,15 @@ import ast
 import contextlib
 import csv
 import gzip
+import io
 import json
 import logging
 import os
 import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
 
 from ..errors import DprError
 from ..utils import open_text
@@ -198,7 +201,6 @@ def iter_passage_chunks(path: str, chunksize: int = 100_000) -> Iterator[Tuple[L
     import pandas as pd
 
     _check_exists(path)
-    compression = "gzip" if path.endswith(".gz") else None
     with _file_errors(path), open_text(path) as f:
         header_line = f.readline()
     if not header_line.strip():
@@ -207,24 +209,37 @@ def iter_passage_chunks(path: str, chunksize: int = 100_000) -> Iterator[Tuple[L
     missing = [c for c in PASSAGE_COLUMNS if c not in header]
     if missing:
         raise DataFormatError(path, "line 1", f"header {header} lacks column(s) {missing}; expected 'id<TAB>text<TAB>title'")
+    tracked = _TrackedBinary(gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb"))
+    short = _ShortRowCheck(path, len(header))
     try:
         reader = pd.read_csv(
             # Only empty fields are NA ("NA" or "null" are real titles); a short row's missing fields are NA too.
-            path, sep="\t", dtype=str, keep_default_na=False, na_filter=True, na_values=[""],
-            chunksize=chunksize, compression=compression, engine="c", on_bad_lines="error",
+            tracked, sep="\t", dtype=str, keep_default_na=False, na_filter=True, na_values=[""],
+            chunksize=chunksize, engine="c", on_bad_lines="error",
             encoding="utf-8-sig",  # a byte-order mark is not part of the header
         )
-        row0 = 0
+        row0, held = 0, None
         for chunk in reader:
-            chunk["title"] = chunk["title"].fillna("")  # an empty (or absent) title is allowed
             bad = chunk[["id", "text"]].isna()
             if bad.values.any():
                 r, c = [int(x[0]) for x in bad.values.nonzero()]
                 column = ("id", "text")[c]
                 # Without multi-line fields, data row k (0-based) is on line k + 2.
                 raise DataFormatError(path, f"line {row0 + r + 2}", f"missing or empty field '{column}'")
-            yield (chunk["id"].tolist(), chunk["text"].tolist(), chunk["title"].tolist())
+            no_title = np.flatnonzero(chunk["title"].isna().values)
+            if len(no_title):  # an empty title is allowed, a missing field is not
+                short.check([row0 + int(r) + 2 for r in no_title])
+            chunk["title"] = chunk["title"].fillna("")
+            if held is not None:
+                yield held
+            held = (chunk["id"].tolist(), chunk["text"].tolist(), chunk["title"].tolist())
             row0 += len(chunk)
+        # the last chunk waits until the file's end is known to be whole
+        if tracked.last not in (b"", b"\n"):
+            raise DataFormatError(path, f"line {row0 + 1}", "the last line ends without a newline: the file looks "
+                                  "cut short (an interrupted download or copy?)")
+        if held is not None:
+            yield held
     except pd.errors.ParserError as e:
         msg = str(e)
         import re
@@ -235,6 +250,57 @@ def iter_passage_chunks(path: str, chunksize: int = 100_000) -> Iterator[Tuple[L
     except BROKEN_FILE_ERRORS:  # pandas raised them from deep inside its reader
         with _file_errors(path):
             raise
+    finally:
+        tracked.close()
+        short.close()
+
+
+class _TrackedBinary(io.RawIOBase):
+    """A binary stream that remembers the last byte read, to tell a file whose last line was cut."""
+
+    def __init__(self, raw):
+        super().__init__()
+        self.raw, self.last = raw, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.raw.readinto(buffer)
+        if n:
+            self.last = bytes(buffer[n - 1 : n])
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+class _ShortRowCheck:
+    """Tells an empty last field (`id<TAB>text<TAB>`, allowed) from a missing one (a short row, an
+    error) by looking at the raw lines, which pandas does not keep. It opens its own reader only
+    when a row without a title appears and then moves forward line by line, so a corpus whose
+    titles are all present is read once."""
+
+    def __init__(self, path: str, columns: int):
+        self.path, self.columns, self.f, self.line = path, columns, None, 0
+
+    def check(self, line_numbers) -> None:
+        if self.f is None:
+            self.f = gzip.open(self.path, "rb") if self.path.endswith(".gz") else open(self.path, "rb")
+        for target in line_numbers:
+            raw = b""
+            while self.line < target:
+                raw = self.f.readline()
+                self.line += 1
+            fields = raw.rstrip(b"\r\n").count(b"\t") + 1
+            if fields < self.columns:
+                raise DataFormatError(self.path, f"line {target}", f"{fields} fields, the header has {self.columns} "
+                                      "(a cut or malformed row)")
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
 
 
 def iter_passages(path: str, chunksize: int = 100_000) -> Iterator[Passage]:
