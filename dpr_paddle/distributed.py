@@ -48,6 +48,13 @@ class World:
         if self.size > 1:
             dist.barrier()
 
+    def shutdown(self) -> None:
+        """Leave the process group together. Without it, rank 0 (which hosts the TCP store) was seen
+        to abort (SIGABRT) while exiting after a finished run, when the other rank had left first."""
+        if self.size > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     def gather_with_grad(self, x: paddle.Tensor) -> paddle.Tensor:
         """[n, D] local -> [K*n, D] in rank order; gradient flows to the local slice only."""
         if self.size == 1:

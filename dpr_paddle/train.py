@@ -391,4 +391,5 @@ def train(args) -> Dict[str, float]:
     if writer:
         writer.close()
     logger.info("done: %d steps; last checkpoint %s", state["global_step"], final)
+    world.shutdown()
     return {**last, "global_step": state["global_step"], "checkpoint": final}
