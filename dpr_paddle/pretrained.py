@@ -125,46 +125,41 @@ def minilm_dir() -> str:
     return dst
 
 
-def tiny_dir(seed: int = 0) -> str:
-    """A tiny random-init BERT (MiniLM vocabulary) saved once per seed, for tests."""
-    dst = os.path.join(cache_root(), f"tiny-bert-seed{seed}")
+def _tiny_encoder_dir(name: str, seed: int, arch: str) -> str:
+    """A tiny random-init encoder (TINY_CONFIG, MiniLM's vocabulary) of `arch` (bert | ernie),
+    saved once per seed under the cache; the global random state is left as it was."""
+    dst = os.path.join(cache_root(), f"{name}-seed{seed}")
     if os.path.isdir(dst) and _is_paddle_dir(dst):
         return dst
     import paddle
-    from paddlenlp.transformers import BertConfig, BertModel, BertTokenizer
+    from paddlenlp import transformers as T
 
     vocab_src = os.path.join(minilm_dir(), "vocab.txt")
     with atomic_dir(dst) as tmp:
         state = paddle.get_rng_state()
         paddle.seed(seed)
         try:
-            model = BertModel(BertConfig(vocab_size=30522, **TINY_CONFIG))
+            if arch == "bert":
+                model = T.BertModel(T.BertConfig(vocab_size=30522, **TINY_CONFIG))
+            else:  # ERNIE 3.0's task-type embeddings on, the case that needs explicit ids under to_static
+                model = T.ErnieModel(T.ErnieConfig(vocab_size=30522, use_task_id=True, task_type_vocab_size=3,
+                                                   **TINY_CONFIG))
         finally:
             paddle.set_rng_state(state)
         model.save_pretrained(tmp)
-        BertTokenizer(vocab_src, do_lower_case=True).save_pretrained(tmp)
+        tokenizer = T.BertTokenizer if arch == "bert" else T.ErnieTokenizer
+        tokenizer(vocab_src, do_lower_case=True).save_pretrained(tmp)
     return dst
+
+
+def tiny_dir(seed: int = 0) -> str:
+    """A tiny random-init BERT (MiniLM vocabulary) saved once per seed, for tests."""
+    return _tiny_encoder_dir("tiny-bert", seed, "bert")
 
 
 def tiny_ernie_dir(seed: int = 0) -> str:
     """A tiny random-init ERNIE (2 layers, task ids on, MiniLM's vocabulary), for tests."""
-    dst = os.path.join(cache_root(), f"tiny-ernie-seed{seed}")
-    if os.path.isdir(dst) and _is_paddle_dir(dst):
-        return dst
-    import paddle
-    from paddlenlp.transformers import ErnieConfig, ErnieModel, ErnieTokenizer
-
-    vocab_src = os.path.join(minilm_dir(), "vocab.txt")
-    with atomic_dir(dst) as tmp:
-        state = paddle.get_rng_state()
-        paddle.seed(seed)
-        try:
-            model = ErnieModel(ErnieConfig(vocab_size=30522, use_task_id=True, task_type_vocab_size=3, **TINY_CONFIG))
-        finally:
-            paddle.set_rng_state(state)
-        model.save_pretrained(tmp)
-        ErnieTokenizer(vocab_src).save_pretrained(tmp)
-    return dst
+    return _tiny_encoder_dir("tiny-ernie", seed, "ernie")
 
 
 def resolve_model(name_or_path: str) -> str:
