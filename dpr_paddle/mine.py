@@ -27,13 +27,14 @@ import json
 import logging
 import os
 import shutil
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
 from .data.readers import BiEncoderRecord, Passage, read_biencoder_records
 from .errors import DprError
 from .evaluation import has_answer
+from .retriever import fetch_passages
 from .utils import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -57,13 +58,13 @@ def check_gold_in_corpus(records: Sequence[BiEncoderRecord], corpus_ids: set, tr
                           f"({len(missing)} gold ids missing); mine against the corpus the training data was made from")
 
 
-def select_negatives(record: BiEncoderRecord, ranked: Sequence[Tuple[str, float, Passage]], rank_range: Tuple[int, int],
-                     num_negatives: int, sample: str, rng: np.random.Generator, match: str = "string") -> List[dict]:
-    """The hard negatives of one record from its ranked (id, score, passage) list (see the module doc)."""
+def select_negatives(record: BiEncoderRecord, candidates: Sequence[Tuple[str, float, Passage]], num_negatives: int,
+                     sample: str, rng: np.random.Generator, match: str = "string") -> List[dict]:
+    """The hard negatives of one record from its (id, score, passage) candidates, best ranked first:
+    the retrieved list cut to --rank_range (see the module doc)."""
     gold, gold_texts = gold_ids(record), {p.text.strip() for p in record.positives if p.id is None}
-    lo, hi = rank_range
     kept = []
-    for pid, score, passage in ranked[lo:hi]:
+    for pid, score, passage in candidates:
         if pid in gold or passage.text.strip() in gold_texts or has_answer(record.answers, passage.text, match):
             continue
         kept.append({"title": passage.title, "text": passage.text, "score": float(score), "passage_id": pid})
@@ -82,18 +83,6 @@ def record_to_json(record: BiEncoderRecord, hard_negatives: List[dict]) -> dict:
             "positive_ctxs": [ctx(p) for p in record.positives],
             "negative_ctxs": [ctx(p) for p in record.negatives],
             "hard_negative_ctxs": hard_negatives}
-
-
-def fetch_texts(ctx_file: str, wanted: set) -> Dict[str, Passage]:
-    """{id: Passage} for the wanted ids, streaming the TSV once."""
-    from .data.readers import iter_passage_chunks
-
-    found = {}
-    for ids, texts, titles in iter_passage_chunks(ctx_file):
-        for pid, text, title in zip(ids, texts, titles):
-            if pid in wanted:
-                found[pid] = Passage(text=text, title=title, id=pid)
-    return found
 
 
 def mine(records: Sequence[BiEncoderRecord], search, ctx_file: str, output: str, job: dict,
@@ -129,12 +118,13 @@ def mine(records: Sequence[BiEncoderRecord], search, ctx_file: str, output: str,
                 bar.update(len(batch))
                 continue
             scores, ids = search([r.question for r in batch], hi)
-            texts = fetch_texts(ctx_file, {pid for row in ids for pid in row[lo:hi]})
+            texts = fetch_passages(ctx_file, {pid for row in ids for pid in row[lo:hi]})  # {id: (text, title)}
             lines = []
             for j, (record, row_ids, row_scores) in enumerate(zip(batch, ids, scores)):
                 index = b * batch_size + j
-                ranked = [(pid, s, texts[pid]) for pid, s in zip(row_ids, row_scores)]
-                negs = select_negatives(record, ranked, (lo, hi), num_negatives, sample,
+                candidates = [(pid, s, Passage(text=texts[pid][0], title=texts[pid][1], id=pid))
+                              for pid, s in zip(row_ids[lo:hi], row_scores[lo:hi])]
+                negs = select_negatives(record, candidates, num_negatives, sample,
                                         np.random.default_rng([seed, index]), match)
                 stats["negatives"] += len(negs)
                 stats["short"] += len(negs) < num_negatives

@@ -112,6 +112,19 @@ def test_mining_resumes_without_loss_or_duplicates(small, tmp_path):
     assert not os.path.exists(out + ".partial")
 
 
+def test_rank_range_starting_past_the_top(small, tmp_path):
+    # --rank_range 3 20: the 3 best-ranked passages are never negatives (this used to raise a KeyError)
+    records = read_biencoder_records(str(small / "train.json"))
+    index = BM25Index.open(str(small / "p.tsv"), str(tmp_path / "idx"))
+    out = mine(records, index.search, str(small / "p.tsv"), str(tmp_path / "m.jsonl"), {"t": 2}, (3, 20), 5,
+               batch_size=16)
+    mined = read_biencoder_records(out)
+    top3 = index.search([r.question for r in records], 3)[1]
+    assert sum(len(r.hard_negatives) for r in mined) > 0
+    for r, best in zip(mined, top3):
+        assert not {n.id for n in r.hard_negatives} & set(best)
+
+
 def test_a_corpus_without_the_gold_passages_is_refused(small, tmp_path):
     records = read_biencoder_records(str(small / "train.json"))
     with pytest.raises(MiningError, match=r"train.json: record 0: gold passage_id .* is not in"):
