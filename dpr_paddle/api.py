@@ -83,14 +83,11 @@ class Retriever:
         return cls(mode, passage_store, encoder, dense, bm25, fusion, alpha, depth, info=info)
 
     def encode_questions(self, questions: Sequence[str]):
-        """[n, D] float32 question vectors."""
-        import numpy as np
+        """[n, D] float32 question vectors, in batches of `batch_size`, as dense_retriever.py encodes them."""
+        from .retriever import encode_questions
 
-        out = []
         with self._lock:
-            for i in range(0, len(questions), self.batch_size):
-                out.append(self._encode(self._tensorizer.encode_questions(questions[i : i + self.batch_size])))
-        return np.concatenate(out, axis=0)
+            return encode_questions(self._encode, self._tensorizer, list(questions), self.batch_size, progress=False)
 
     def search(self, questions: Sequence[str], k: int = 10) -> List[List[Dict]]:
         """The top k passages for each question: [[{"id", "title", "text", "score"}, ...], ...], best first."""
@@ -118,8 +115,9 @@ class Retriever:
 def from_args(args) -> Retriever:
     """A Retriever from the flags of dense_retriever.py (config.SearchArgs)."""
     from .inference import tower_options
+    from .retriever import retrieval_mode
 
-    mode = "bm25" if args.bm25 else "hybrid" if args.hybrid else "dense"
+    mode = retrieval_mode(args.bm25, args.hybrid)
     kw = {k: v for k, v in tower_options(args).items() if k not in ("model_file", "model_name_or_path",
                                                                      "que_model_path", "con_model_path")}
     retriever = Retriever.load(args.model_file or args.model_name_or_path, index=args.encoded_ctx_file,

@@ -70,16 +70,29 @@ def tower_options(args) -> dict:
     return {k: getattr(args, k) for k in TOWER_OPTIONS if hasattr(args, k)}
 
 
+def _build_tower(tower: str, model_file: Optional[str], que_model_path: Optional[str], con_model_path: Optional[str],
+                 model_name_or_path: str, projection_dim: int, pooling: str = "auto", similarity: str = "auto"):
+    """(model, tokenizer, label, checkpoint config, recipe): one tower as a shared BiEncoder in eval
+    mode; its projection (if any) is loaded from the tower's dir into q_proj."""
+    que, con, cfg = ckpt.resolve_encoder_paths(model_file, que_model_path, con_model_path, model_name_or_path)
+    path = que if tower == QUESTION else con
+    recipe = ckpt.encoder_recipe(path, pooling, similarity)
+    model, tokenizer = ckpt.build_biencoder(path, path, shared=True,
+                                            projection_dim=int(cfg.get("projection_dim", projection_dim)),
+                                            pooling=recipe["pooling"], normalize=recipe["similarity"] == "cosine")
+    model.eval()
+    return model, tokenizer, (os.path.abspath(path) if os.path.isdir(path) else path), cfg, recipe
+
+
 def tower_fingerprint(tower: str, model_file: Optional[str] = None, que_model_path: Optional[str] = None,
                       con_model_path: Optional[str] = None, model_name_or_path: str = "minilm", projection_dim: int = 0,
                       **_) -> Tuple[str, str]:
     """(path, fingerprint) of one tower's weights, as `load_tower` records them, without exporting it."""
     from .embeddings import model_fingerprint
 
-    que, con, cfg = ckpt.resolve_encoder_paths(model_file, que_model_path, con_model_path, model_name_or_path)
-    path = que if tower == QUESTION else con
-    model, _ = ckpt.build_biencoder(path, path, shared=True, projection_dim=int(cfg.get("projection_dim", projection_dim)))
-    return (os.path.abspath(path) if os.path.isdir(path) else path), model_fingerprint(model)
+    model, _, label, _, _ = _build_tower(tower, model_file, que_model_path, con_model_path, model_name_or_path,
+                                         projection_dim)
+    return label, model_fingerprint(model)
 
 
 def load_tower(tower: str, model_file: Optional[str] = None, que_model_path: Optional[str] = None,
@@ -94,14 +107,8 @@ def load_tower(tower: str, model_file: Optional[str] = None, que_model_path: Opt
     similarity take the encoder's own. `fp16` runs float16 autocast on GPU only; `backend` is
     `auto`, `inference` or `dygraph`.
     """
-    que, con, cfg = ckpt.resolve_encoder_paths(model_file, que_model_path, con_model_path, model_name_or_path)
-    projection_dim = int(cfg.get("projection_dim", projection_dim))
-    path = que if tower == QUESTION else con
-    recipe = ckpt.encoder_recipe(path, pooling, similarity)
-    # a shared build of one tower: its projection (if any) is loaded from `path` into q_proj
-    model, tokenizer = ckpt.build_biencoder(path, path, shared=True, projection_dim=projection_dim,
-                                            pooling=recipe["pooling"], normalize=recipe["similarity"] == "cosine")
-    model.eval()
+    model, tokenizer, label, cfg, recipe = _build_tower(tower, model_file, que_model_path, con_model_path,
+                                                        model_name_or_path, projection_dim, pooling, similarity)
     max_q = int(cfg.get("max_query_length", max_query_length))
     max_p = int(cfg.get("max_passage_length", max_passage_length))
     tensorizer = Tensorizer(tokenizer, max_q, max_p)
@@ -110,7 +117,7 @@ def load_tower(tower: str, model_file: Optional[str] = None, que_model_path: Opt
 
     from .embeddings import model_fingerprint
 
-    info = {"model": os.path.abspath(path) if os.path.isdir(path) else path,
+    info = {"model": label,
             "model_fingerprint": model_fingerprint(model), "tower": tower,
             "max_length": max_p if tower == CONTEXT else max_q,
             "pooling": recipe["pooling"], "similarity": recipe["similarity"]}

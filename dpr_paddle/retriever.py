@@ -19,12 +19,13 @@ from .utils import atomic_path, write_json_atomic
 logger = logging.getLogger(__name__)
 
 
-def encode_questions(encode_fn, tensorizer, questions: List[str], batch_size: int) -> np.ndarray:
-    """[n, D] float32 question vectors."""
+def encode_questions(encode_fn, tensorizer, questions: List[str], batch_size: int, progress: bool = True) -> np.ndarray:
+    """[n, D] float32 question vectors, `batch_size` questions per forward (a bar with `progress`)."""
     from tqdm import tqdm
 
     out = []
-    for i in tqdm(range(0, len(questions), batch_size), desc="questions", unit="batch", dynamic_ncols=True):
+    for i in tqdm(range(0, len(questions), batch_size), desc="questions", unit="batch", dynamic_ncols=True,
+                  disable=not progress):
         out.append(encode_fn(tensorizer.encode_questions(questions[i : i + batch_size])))
     return np.concatenate(out, axis=0)
 
@@ -91,6 +92,11 @@ def write_trec(path: str, qa: List[QAPair], ids: List[List[str]], scores: np.nda
 
 class RetrieverError(DprError, RuntimeError):
     """The retriever's flags do not make a run (a missing input, a dense run without shards)."""
+
+
+def retrieval_mode(bm25: bool, hybrid: bool) -> str:
+    """dense (the default), bm25 (--bm25 wins) or hybrid."""
+    return "bm25" if bm25 else "hybrid" if hybrid else "dense"
 
 
 def default_ef(k: int, n_docs: int, ef_search: int = 0) -> int:
@@ -188,7 +194,10 @@ def check_dim(q: np.ndarray, shards) -> None:
 def check_encoders(pattern: str, context: Tuple[str, str], question: Optional[dict]) -> None:
     """The shards must come from the given context encoder (refused otherwise); a question encoder
     from another checkpoint than theirs is worth a warning (a DPR pair is trained together)."""
-    meta = load_shards(pattern)[0].meta
+    from .embeddings import read_meta
+    from .index import shard_paths
+
+    meta = read_meta(shard_paths(pattern)[0]) or {}  # one meta.json: the ids of every shard need not be read
     path, fingerprint = context
     if meta.get("model_fingerprint") != fingerprint:
         raise EmbeddingError(f"{pattern}: the passages were encoded by {meta.get('model')} (fingerprint "
@@ -231,7 +240,7 @@ def retrieve(args, encode_fn=None, tensorizer=None, question_info: Optional[dict
     return top-k accuracy with what was measured."""
     from .fusion import fuse
 
-    mode = "bm25" if args.bm25 else "hybrid" if args.hybrid else "dense"
+    mode = retrieval_mode(args.bm25, args.hybrid)
     if mode != "bm25" and not args.encoded_ctx_file:
         raise RetrieverError("--encoded_ctx_file is needed for dense and --hybrid retrieval (or pass --bm25)")
     qa = read_qa(args.qa_file)

@@ -37,8 +37,6 @@ def format_hits(question: str, hits: List[Dict], answers: Sequence[str] = (), ch
 
 def main(argv=None) -> None:
     """CLI entry point."""
-    import dpr_paddle  # noqa: F401  (CPU thread defaults before paddle loads)
-
     from .api import from_args
     from .cli import run_main
     from .config import AskArgs, build_parser

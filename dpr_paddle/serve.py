@@ -114,8 +114,6 @@ def create_app(retriever, max_k: int = 1000, max_queries: int = 256, max_chars: 
 
 def main(argv=None) -> None:
     """CLI entry point."""
-    import dpr_paddle  # noqa: F401  (CPU thread defaults before paddle loads)
-
     from .api import from_args
     from .cli import run_main
     from .config import ServeArgs, parse

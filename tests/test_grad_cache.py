@@ -117,18 +117,24 @@ def test_every_recipe_dropout_off_equals_full_batch(minilm, pooling, similarity)
     assert compare(ref, got) <= 1e-5
 
 
+def dropout_on_steps(model, encs, chunks, loss_fn, seed):
+    """(reference loss, reference grads, cached loss, cached grads) of one dropout-on step each,
+    both from the same random state."""
+    model.train()
+    paddle.seed(seed)
+    ref_loss, _ = graph_reference_step(encs, chunks, loss_fn)
+    ref = grads(model)
+    paddle.seed(seed)
+    loss, _ = cached_step(encs, chunks, loss_fn)
+    return ref_loss, ref, loss, grads(model)
+
+
 @pytest.mark.parametrize("fast", [False, True], ids=["paddle_dropout", "fast_cpu"])
 @pytest.mark.parametrize("pooling,similarity", RECIPES)
 def test_every_recipe_dropout_on_bitwise(tiny_dir, pooling, similarity, fast):
     model, q, p, encs, loss_fn = setup(tiny_dir, 6, pooling=pooling, similarity=similarity, fast=fast)
-    model.train()
     chunks = [split_chunks(q, 4), split_chunks(p, 5)]
-    paddle.seed(5)
-    ref_loss, _ = graph_reference_step(encs, chunks, loss_fn)
-    ref = grads(model)
-    paddle.seed(5)
-    loss, _ = cached_step(encs, chunks, loss_fn)
-    got = grads(model)
+    ref_loss, ref, loss, got = dropout_on_steps(model, encs, chunks, loss_fn, seed=5)
     assert float(loss) == float(ref_loss)
     assert all(np.array_equal(ref[k], got[k]) for k in ref)
     paddle.seed(6)  # dropout was really on: other masks, other gradients
@@ -142,14 +148,7 @@ def test_dropout_on_minilm_bitwise(fast):
     if fast:
         model.speed_up_training()
     model, q, p, encs, loss_fn = setup(model, batch=4, q_len=8, p_len=16)
-    model.train()
-    chunks = [split_chunks(q, 2), split_chunks(p, 3)]
-    paddle.seed(11)
-    graph_reference_step(encs, chunks, loss_fn)
-    ref = grads(model)
-    paddle.seed(11)
-    cached_step(encs, chunks, loss_fn)
-    got = grads(model)
+    _, ref, _, got = dropout_on_steps(model, encs, [split_chunks(q, 2), split_chunks(p, 3)], loss_fn, seed=11)
     assert max(np.abs(ref[k] - got[k]).max() for k in ref) == 0.0
 
 
