@@ -18,8 +18,7 @@ def main(argv=None) -> None:
     args = parse(EmbedArgs, argv, description=__doc__)
 
     def body():
-        import os
-
+        from dpr_paddle.distributed import World
         from dpr_paddle.embeddings import generate_shard
         from dpr_paddle.inference import load_tower, tower_options
         from dpr_paddle.model import CONTEXT
@@ -28,10 +27,9 @@ def main(argv=None) -> None:
         check_input_file(args.ctx_file, "passages")  # before the model loads
         check_output_path(args.out_file + "_0", "embedding shard")
 
-        rank = int(os.environ.get("PADDLE_TRAINER_ID", "0"))
-        world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
-        shard_id = args.shard_id if args.shard_id is not None else rank
-        num_shards = args.num_shards if args.num_shards is not None else world
+        world = World.from_launcher()  # each launched process encodes the shard of its rank
+        shard_id = args.shard_id if args.shard_id is not None else world.rank
+        num_shards = args.num_shards if args.num_shards is not None else world.size
         encode, tensorizer, info = load_tower(CONTEXT, **tower_options(args))
         generate_shard(encode, tensorizer, args.ctx_file, args.out_file, shard_id, num_shards, info,
                        batch_size=args.batch_size, dtype="float16" if args.fp16 else "float32",

@@ -13,7 +13,6 @@ instead, which leaves its update 1/K off; GC-DPR patches that with a factor. We 
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import paddle
@@ -38,6 +37,12 @@ class World:
                 dist.init_parallel_env()
             return cls(rank=dist.get_rank(), size=size)
         return cls()
+
+    @classmethod
+    def from_launcher(cls) -> "World":
+        """Rank and size as the launcher set them, without joining a process group (for jobs such
+        as encoding whose ranks never talk to each other)."""
+        return cls(rank=dist.get_rank(), size=dist.get_world_size())
 
     @property
     def is_main(self) -> bool:
@@ -64,19 +69,12 @@ class World:
         parts[self.rank] = x
         return paddle.concat(parts, axis=0)
 
-    def sync_context(self, is_last_chunk: bool):
-        """Gradients are synchronised once, after the step (see all_reduce_gradients)."""
-        return contextlib.nullcontext()
-
     def wrap(self, model):
         """Make every rank start from rank 0's parameters."""
         if self.size > 1:
             with paddle.no_grad():
                 for p in model.parameters():
                     dist.broadcast(p, src=0)
-        return model
-
-    def unwrap(self, model):
         return model
 
     def all_reduce_gradients(self, model) -> None:

@@ -13,7 +13,6 @@ where that reference would leave it. Nothing here knows about DPR.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import paddle
@@ -60,14 +59,6 @@ class RandContext:
         return False
 
 
-def split_chunks(batch: Dict[str, paddle.Tensor], chunk_size: int) -> List[Dict[str, paddle.Tensor]]:
-    """Split a dict of [B, ...] tensors into chunks of at most `chunk_size` rows (last may be smaller)."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    n = next(iter(batch.values())).shape[0]
-    return [{k: v[i : i + chunk_size] for k, v in batch.items()} for i in range(0, n, chunk_size)]
-
-
 def forward_no_grad(encode: Callable[[Any], paddle.Tensor], chunks: Sequence[Any]):
     """Step 1: encode each chunk without a graph; returns ([chunk reps], [RandContext])."""
     reps, states = [], []
@@ -109,23 +100,18 @@ def build_cache(loss_fn: Callable[..., Any], reps_per_group: Sequence[List[paddl
 
 
 def forward_backward(encode: Callable[[Any], paddle.Tensor], chunks: Sequence[Any], states: Sequence[RandContext],
-                     grads: Sequence[paddle.Tensor], sync_context: Optional[Callable[[bool], Any]] = None,
-                     is_last_group: bool = True) -> None:
+                     grads: Sequence[paddle.Tensor]) -> None:
     """Step 3: re-encode each chunk with a graph under its recorded RNG state and back-propagate
-    its cached gradient. `sync_context(is_last)` may return a context that suspends gradient
-    synchronisation (DataParallel.no_sync) for all but the very last chunk of the step."""
-    for i, (chunk, state, grad) in enumerate(zip(chunks, states, grads)):
-        last = is_last_group and i == len(chunks) - 1
-        ctx = sync_context(last) if sync_context is not None else contextlib.nullcontext()
-        with ctx:
-            with state:
-                reps = encode(chunk)
-            paddle.autograd.backward([reps], [grad.astype(reps.dtype)])
+    its cached gradient. Gradients accumulate locally; a data-parallel caller synchronises them
+    once after the step (distributed.World.all_reduce_gradients), so no per-chunk hook is needed."""
+    for chunk, state, grad in zip(chunks, states, grads):
+        with state:
+            reps = encode(chunk)
+        paddle.autograd.backward([reps], [grad.astype(reps.dtype)])
 
 
 def cached_step(encoders: Sequence[Callable[[Any], paddle.Tensor]], chunks_per_group: Sequence[Sequence[Any]],
-                loss_fn: Callable[..., Any], scale_loss: Optional[Callable] = None,
-                sync_context: Optional[Callable[[bool], Any]] = None):
+                loss_fn: Callable[..., Any], scale_loss: Optional[Callable] = None):
     """One gradient-cache step over several groups (e.g. question chunks, passage chunks).
 
     `encoders[g]` encodes one chunk of group g into [n, D]. Groups are encoded in order in
@@ -138,9 +124,8 @@ def cached_step(encoders: Sequence[Callable[[Any], paddle.Tensor]], chunks_per_g
         reps_per_group.append(reps)
         states_per_group.append(states)
     out, grads = build_cache(loss_fn, reps_per_group, scale_loss)
-    n = len(encoders)
     for g, (encode, chunks) in enumerate(zip(encoders, chunks_per_group)):
-        forward_backward(encode, chunks, states_per_group[g], grads[g], sync_context, is_last_group=(g == n - 1))
+        forward_backward(encode, chunks, states_per_group[g], grads[g])
     return out
 
 

@@ -112,8 +112,7 @@ def train_step(model, batch, q_chunk: int, p_chunk: int, world: World, amp: Opti
     encoders = [encoder(QUESTION), encoder(CONTEXT)]
     use_cache = len(q_chunks) > 1 or len(p_chunks) > 1
     if use_cache:
-        loss, correct = cached_step(encoders, [q_chunks, p_chunks], loss_fn, scale_loss=scale_loss,
-                                    sync_context=world.sync_context)
+        loss, correct = cached_step(encoders, [q_chunks, p_chunks], loss_fn, scale_loss=scale_loss)
     else:
         loss, correct = graph_reference_step(encoders, [q_chunks, p_chunks], loss_fn, scale_loss=scale_loss)
     world.all_reduce_gradients(model)
@@ -170,6 +169,125 @@ def check_args(args) -> None:
     check_output_path(os.path.join(args.save_dir, "checkpoint"), "checkpoint")
 
 
+def resolve_chunks(local_batch: int, hard_negatives: int, chunk_size: int, q_chunk_size: int,
+                   p_chunk_size: int):
+    """(question chunk, passage chunk); 0 = no chunking, also when a chunk would hold the whole slice."""
+    q_chunk = q_chunk_size or chunk_size
+    p_chunk = p_chunk_size or chunk_size
+    if q_chunk and q_chunk >= local_batch:
+        q_chunk = 0
+    if p_chunk and p_chunk >= local_batch * (1 + hard_negatives):
+        p_chunk = 0
+    return q_chunk, p_chunk
+
+
+def prepare_save_dir(save_dir: str, resume: Optional[str], overwrite: bool, world: World) -> Optional[str]:
+    """The checkpoint to resume from (or None), after refusing or clearing another run's checkpoints
+    and removing the unfinished saves of a killed run."""
+    resume_from = None
+    if resume and resume != "none":
+        resume_from = ckpt.latest_checkpoint(save_dir) if resume == "auto" else resume
+        if resume != "auto" and not os.path.isdir(resume):
+            raise TrainingError(f"--resume {resume}: no such checkpoint directory")
+    world.barrier()  # every rank looks before rank 0 may delete
+    stale = not resume_from and ckpt.list_checkpoints(save_dir)
+    world.barrier()
+    if stale:
+        # A fresh run must not mix its checkpoints with another run's (a stale checkpoint-N could
+        # be taken for this run's, or be resumed later by --resume auto).
+        if not overwrite:
+            raise TrainingError(f"{save_dir} already holds checkpoints of another run "
+                                f"({os.path.basename(stale[-1][1])}); pass --resume auto "
+                                "to continue it, or --overwrite_save_dir to delete them and start afresh")
+        if world.is_main:
+            logger.info("--overwrite_save_dir: removed %s", ", ".join(ckpt.remove_checkpoints(save_dir)))
+    if world.is_main:
+        gone = ckpt.remove_stale_temps(save_dir)  # left by a run killed mid-save
+        if gone:
+            logger.info("removed unfinished saves of an interrupted run: %s", ", ".join(gone))
+    world.barrier()
+    return resume_from
+
+
+def setup_amp(fp16: bool, amp_dtype: str):
+    """(auto_cast kwargs or None, GradScaler or None): float16/bfloat16 forward on a GPU only."""
+    if fp16 and paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device():
+        scaler = paddle.amp.GradScaler(init_loss_scaling=2.0**15) if amp_dtype == "float16" else None
+        return {"enable": True, "dtype": amp_dtype, "level": "O1"}, scaler
+    if fp16:
+        logger.warning("--fp16 ignored: mixed precision needs a GPU build and device")
+    return None, None
+
+
+def apply_update(model, optimizer, scheduler, scaler):
+    """Unscale, measure, step and clear the gradients; returns (grad norm, learning rate used)."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    grad_norm = global_grad_norm(model.parameters())
+    lr = optimizer.get_lr()
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.clear_grad()
+    return grad_norm, lr
+
+
+class Saver:
+    """Writes this run's checkpoints (all ranks call; rank 0 writes) and remembers which it wrote."""
+
+    def __init__(self, save_dir, keep_last, world, model, tokenizer, optimizer, scheduler, state, cfg, run_config):
+        self.save_dir, self.keep_last, self.world, self.state = save_dir, keep_last, world, state
+        self.parts = (model, tokenizer, optimizer, scheduler)
+        self.cfg, self.run_config = cfg, run_config
+        self.written = {}  # global step -> checkpoint written by this run
+
+    def write(self, name: str) -> str:
+        """Save as SAVE_DIR/name (rank 0 writes, the others wait)."""
+        path = os.path.join(self.save_dir, name)
+        if self.world.is_main:
+            ckpt.save_checkpoint(path, *self.parts, self.state, self.cfg, self.run_config)
+        return path
+
+    def save_and_prune(self) -> str:
+        """checkpoint-STEP, then drop all but the newest --keep_last."""
+        self.world.barrier()
+        path = self.write(f"checkpoint-{self.state['global_step']}")
+        if self.world.is_main:
+            ckpt.prune_checkpoints(self.save_dir, self.keep_last)
+        self.world.barrier()
+        self.written[self.state["global_step"]] = path
+        return path
+
+
+def run_dev(model, dev, collator, batch_size, temperature, writer, step, state, saver) -> Optional[dict]:
+    """Rank 0 evaluates and keeps the best checkpoint; the other ranks go on to the next step,
+    whose all_gather waits for rank 0."""
+    if dev is None or not saver.world.is_main:
+        return None
+    metrics = evaluate(model, dev, collator, batch_size, temperature)
+    for k, v in metrics.items():
+        writer.add_scalar(f"dev/{k}", v, step)
+    logger.info("dev at step %d: nll %.4f, accuracy %.3f, average rank %.2f", step, metrics["nll"],
+                metrics["accuracy"], metrics["avg_rank"])
+    key = [metrics["avg_rank"], metrics["nll"]]
+    if state["best"] is None or key < state["best"]:
+        state["best"] = key
+        logger.info("new best (average rank %.2f) saved to %s", metrics["avg_rank"], saver.write("best"))
+    return metrics
+
+
+def lost_peer(e: RuntimeError, rank: int, step: int, save_dir: str) -> TrainingError:
+    """gloo/NCCL report a dead peer as a RuntimeError deep inside a collective: say what to do."""
+    good = ckpt.latest_checkpoint(save_dir)
+    return TrainingError(f"rank {rank} lost the other ranks at step {step} "
+                         f"({str(e).strip().splitlines()[-1][:200]}); did another rank fail? "
+                         f"Checkpoints are only written whole; resume with --resume auto from "
+                         f"{good or 'the start'}.")
+
+
 def train(args) -> Dict[str, float]:
     """Train a bi-encoder as `args` (a config.TrainArgs) says; returns the last metrics."""
     check_args(args)
@@ -177,13 +295,8 @@ def train(args) -> Dict[str, float]:
     if args.batch_size % world.size:
         raise TrainingError(f"--batch_size {args.batch_size} is the global batch and must be divisible by the "
                             f"number of processes ({world.size})")
-    local_batch = args.batch_size // world.size
-    q_chunk = args.q_chunk_size or args.chunk_size
-    p_chunk = args.p_chunk_size or args.chunk_size
-    if q_chunk and q_chunk >= local_batch:
-        q_chunk = 0
-    if p_chunk and p_chunk >= local_batch * (1 + args.hard_negatives):
-        p_chunk = 0
+    q_chunk, p_chunk = resolve_chunks(args.batch_size // world.size, args.hard_negatives, args.chunk_size,
+                                      args.q_chunk_size, args.p_chunk_size)
 
     # ---- data
     records = read_biencoder_records(args.train_data_path)
@@ -201,29 +314,7 @@ def train(args) -> Dict[str, float]:
                                shuffle_negatives=False)
 
     # ---- model, from the checkpoint when resuming
-    resume_from = None
-    if args.resume and args.resume != "none":
-        resume_from = ckpt.latest_checkpoint(args.save_dir) if args.resume == "auto" else args.resume
-        if args.resume != "auto" and not os.path.isdir(args.resume):
-            raise TrainingError(f"--resume {args.resume}: no such checkpoint directory")
-    world.barrier()  # every rank looks before rank 0 may delete
-    stale = not resume_from and ckpt.list_checkpoints(args.save_dir)
-    world.barrier()
-    if stale:
-        # A fresh run must not mix its checkpoints with another run's (a stale checkpoint-N could
-        # be taken for this run's, or be resumed later by --resume auto).
-        if not args.overwrite_save_dir:
-            raise TrainingError(f"{args.save_dir} already holds checkpoints of another run "
-                                f"({os.path.basename(stale[-1][1])}); pass --resume auto "
-                                "to continue it, or --overwrite_save_dir to delete them and start afresh")
-        if world.is_main:
-            logger.info("--overwrite_save_dir: removed %s", ", ".join(ckpt.remove_checkpoints(args.save_dir)))
-        world.barrier()
-    if world.is_main:
-        gone = ckpt.remove_stale_temps(args.save_dir)  # left by a run killed mid-save
-        if gone:
-            logger.info("removed unfinished saves of an interrupted run: %s", ", ".join(gone))
-    world.barrier()
+    resume_from = prepare_save_dir(args.save_dir, args.resume, args.overwrite_save_dir, world)
     if resume_from:
         que, con = (os.path.join(resume_from, ckpt.TOWER_DIRS[t]) for t in (QUESTION, CONTEXT))
     else:
@@ -237,34 +328,24 @@ def train(args) -> Dict[str, float]:
     if args.dropout is not None:
         set_dropout(model, args.dropout)
     model.speed_up_training()
-    tensorizer = Tensorizer(tokenizer, args.max_query_length, args.max_passage_length)
-    collator = BiEncoderCollator(tensorizer)
+    collator = BiEncoderCollator(Tensorizer(tokenizer, args.max_query_length, args.max_passage_length))
     optimizer, scheduler = build_optimizer(model, args.learning_rate, total_steps, args.warmup_steps,
                                            args.weight_decay, args.adam_epsilon, args.max_grad_norm)
     model = world.wrap(model)
-    raw_model = world.unwrap(model)
     cfg = ckpt.model_config(args.max_query_length, args.max_passage_length, args.projection_dim,
                             args.shared_encoder, recipe)
-    run_config = dataclasses.asdict(args)
 
     state = {"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "total_steps": total_steps}
-    resumed_step = None
     if resume_from:
-        ckpt.restore_optimizer(resume_from, optimizer, scheduler, raw_model)
+        ckpt.restore_optimizer(resume_from, optimizer, scheduler, model)
         saved = ckpt.load_trainer_state(resume_from)
         state.update({k: saved[k] for k in ("global_step", "epoch", "batch_in_epoch", "best")})
-        resumed_step = state["global_step"]
         logger.info("resuming from %s at step %d (epoch %d, batch %d)", resume_from, state["global_step"],
                     state["epoch"], state["batch_in_epoch"])
-
-    # ---- AMP (GPU only): float16/bfloat16 forward, float32 loss and cached gradients
-    amp, scaler = None, None
-    if args.fp16 and paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device():
-        amp = {"enable": True, "dtype": args.amp_dtype, "level": "O1"}
-        if args.amp_dtype == "float16":
-            scaler = paddle.amp.GradScaler(init_loss_scaling=2.0**15)
-    elif args.fp16:
-        logger.warning("--fp16 ignored: mixed precision needs a GPU build and device")
+    resumed_step = state["global_step"] if resume_from else None
+    amp, scaler = setup_amp(args.fp16, args.amp_dtype)
+    saver = Saver(args.save_dir, args.keep_last, world, model, tokenizer, optimizer, scheduler, state, cfg,
+                  dataclasses.asdict(args))
 
     writer = None
     if world.is_main:
@@ -275,35 +356,7 @@ def train(args) -> Dict[str, float]:
     logger.info("training: %d records, global batch %d (%d ranks), chunks q=%s p=%s, %d steps; pooling %s, "
                 "similarity %s, temperature %g", len(dataset), args.batch_size, world.size, q_chunk or "none",
                 p_chunk or "none", total_steps, recipe["pooling"], recipe["similarity"], recipe["temperature"])
-
-    written = {}  # global step -> checkpoint written by this run
-
-    def save(name: str) -> str:
-        world.barrier()
-        path = os.path.join(args.save_dir, name)
-        if world.is_main:
-            ckpt.save_checkpoint(path, raw_model, tokenizer, optimizer, scheduler, state, cfg, run_config)
-        world.barrier()
-        written[state["global_step"]] = path
-        return path
-
-    def run_dev(step: int) -> Optional[Dict[str, float]]:
-        # Rank 0 evaluates and keeps the best checkpoint; the other ranks go on to the next
-        # step, whose all_gather waits for rank 0.
-        if dev is None or not world.is_main:
-            return None
-        metrics = evaluate(raw_model, dev, collator, args.dev_batch_size, recipe["temperature"])
-        for k, v in metrics.items():
-            writer.add_scalar(f"dev/{k}", v, step)
-        logger.info("dev at step %d: nll %.4f, accuracy %.3f, average rank %.2f", step, metrics["nll"],
-                    metrics["accuracy"], metrics["avg_rank"])
-        key = [metrics["avg_rank"], metrics["nll"]]
-        if state["best"] is None or key < state["best"]:
-            state["best"] = key
-            best = os.path.join(args.save_dir, "best")
-            ckpt.save_checkpoint(best, raw_model, tokenizer, optimizer, scheduler, state, cfg, run_config)
-            logger.info("new best (average rank %.2f) saved to %s", metrics["avg_rank"], best)
-        return metrics
+    dev_args = (model, dev, collator, args.dev_batch_size, recipe["temperature"], writer)
 
     model.train()
     last = {}
@@ -317,13 +370,10 @@ def train(args) -> Dict[str, float]:
         last_batch = min(len(batches), first + total_steps - state["global_step"])
         bar = tqdm(total=last_batch, initial=first, desc=f"epoch {epoch}", disable=not world.is_main,
                    dynamic_ncols=True, unit="step")
-        for b in range(first, len(batches)):
-            if state["global_step"] >= total_steps:
-                break
+        for b in range(first, last_batch):
             t0 = time.perf_counter()
             paddle.seed(step_seed(args.seed, state["global_step"], world.rank))
-            examples = [dataset.example(i, epoch) for i in rank_slice(batches[b], world.rank, world.size)]
-            batch = collator(examples)
+            batch = collator([dataset.example(i, epoch) for i in rank_slice(batches[b], world.rank, world.size)])
             try:
                 loss, correct = train_step(model, batch, q_chunk, p_chunk, world, amp,
                                            scale_loss=scaler.scale if scaler else None,
@@ -331,35 +381,19 @@ def train(args) -> Dict[str, float]:
             except RuntimeError as e:
                 if world.size == 1:
                     raise
-                # gloo/NCCL report a dead peer as a RuntimeError deep inside a collective
-                good = ckpt.latest_checkpoint(args.save_dir)
-                raise TrainingError(f"rank {world.rank} lost the other ranks at step {state['global_step']} "
-                                    f"({str(e).strip().splitlines()[-1][:200]}); did another rank fail? "
-                                    f"Checkpoints are only written whole; resume with --resume auto from "
-                                    f"{good or 'the start'}.") from None
+                raise lost_peer(e, world.rank, state["global_step"], args.save_dir) from None
             if not math.isfinite(loss):
                 good = ckpt.latest_checkpoint(args.save_dir)
                 raise TrainingError(f"loss is {loss} at step {state['global_step']} (epoch {epoch}); stopped without "
                                     f"updating. Last good checkpoint: {good or 'none'}. Lower --learning_rate or check the data.")
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = global_grad_norm(raw_model.parameters())
-            lr = optimizer.get_lr()
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.clear_grad()
+            grad_norm, lr = apply_update(model, optimizer, scheduler, scaler)
 
             state["global_step"] += 1
             state["epoch"], state["batch_in_epoch"] = epoch, b + 1
             step = state["global_step"]
-            seconds = time.perf_counter() - t0
             n_global = len(batches[b])
             last = {"loss": loss, "accuracy": correct / n_global, "grad_norm": grad_norm, "lr": lr,
-                    "examples_per_sec": n_global / seconds}
+                    "examples_per_sec": n_global / (time.perf_counter() - t0)}
             if writer:
                 for k, v in last.items():
                     writer.add_scalar(f"train/{k}", v, step)
@@ -369,23 +403,20 @@ def train(args) -> Dict[str, float]:
                 logger.info("step %d/%d epoch %d: loss %.4f, accuracy %.3f, grad norm %.3f, lr %.3g, %.2f examples/s",
                             step, total_steps, epoch, loss, last["accuracy"], grad_norm, lr, last["examples_per_sec"])
             if args.eval_steps and step % args.eval_steps == 0:
-                run_dev(step)
+                run_dev(*dev_args, step, state, saver)
             if args.save_steps and step % args.save_steps == 0:
-                save(f"checkpoint-{step}")
-                if world.is_main:
-                    ckpt.prune_checkpoints(args.save_dir, args.keep_last)
+                saver.save_and_prune()
         bar.close()
         if state["batch_in_epoch"] >= len(batches):  # the epoch is complete
             state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
-            run_dev(state["global_step"])
-            save(f"checkpoint-{state['global_step']}")
-            if world.is_main:
-                ckpt.prune_checkpoints(args.save_dir, args.keep_last)
-    final = written.get(state["global_step"])
-    if final is None and resume_from and resumed_step == state["global_step"]:
+            run_dev(*dev_args, state["global_step"], state, saver)
+            saver.save_and_prune()
+
+    final = saver.written.get(state["global_step"])
+    if final is None and resumed_step == state["global_step"]:
         final = resume_from  # resumed at the end: nothing left to train
     if final is None:
-        final = save(f"checkpoint-{state['global_step']}")
+        final = saver.save_and_prune()
     if world.is_main:
         ckpt.point_latest(args.save_dir, final)
     if writer:

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, sample_head
-from dpr_paddle.grad_cache import cached_step, graph_reference_step, split_chunks
+from dpr_paddle.grad_cache import cached_step, graph_reference_step
 from dpr_paddle.index import load_shards
-from test_grad_cache import compare, dropout_on_steps, grads, setup
+from test_grad_cache import compare, dropout_on_steps, grads, setup, split_chunks
 
 
 @pytest.mark.parametrize("fast", [False, True], ids=["paddle_dropout", "fast_cpu"])
 def test_gradient_cache_is_exact_for_ernie(fast):
     model, q, p, encs, loss_fn = setup("tiny-ernie", 6, fast=fast)
     model.eval()  # dropout off: equal to the plain full-batch step
-    ref_loss, _ = graph_reference_step(encs, [[q], [p]], loss_fn)
+    ref_loss, _ = graph_reference_step(encs, [split_chunks(q, 0), split_chunks(p, 0)], loss_fn)
     ref = grads(model)
     loss, _ = cached_step(encs, [split_chunks(q, 4), split_chunks(p, 5)], loss_fn)
     assert abs(float(loss) - float(ref_loss)) <= 1e-5 * float(ref_loss)

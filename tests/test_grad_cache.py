@@ -5,7 +5,8 @@ import numpy as np
 import paddle
 import pytest
 
-from dpr_paddle.grad_cache import RandContext, cached_step, graph_reference_step, split_chunks
+from dpr_paddle.grad_cache import RandContext, cached_step, graph_reference_step
+from dpr_paddle.train import numpy_chunks as split_chunks  # the chunker training uses
 from dpr_paddle.model import CONTEXT, QUESTION, BiEncoder, nll_loss, positive_indices
 from dpr_paddle.pooling import DEFAULT_TAU, POOLINGS, SIMILARITIES
 from dpr_paddle.pretrained import load_encoder
@@ -22,8 +23,7 @@ def make_batch(rng, n, length, ragged=True):
     types = np.zeros_like(ids)
     types[:, length // 3 :] = 1
     types[mask == 0] = 0
-    return {"input_ids": paddle.to_tensor(ids), "token_type_ids": paddle.to_tensor(types),
-            "attention_mask": paddle.to_tensor(mask)}
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}  # as the collator makes them
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_dropout_off_equals_full_batch(minilm, batch, q_chunk, p_chunk):
     # two float32 runs of the *plain* step differ from float64 by 6e-5 of the gradient scale.
     model, q, p, encs, loss_fn = setup(minilm, batch)
     model.eval()
-    ref_loss, _ = graph_reference_step(encs, [[q], [p]], loss_fn)  # the plain step
+    ref_loss, _ = graph_reference_step(encs, [split_chunks(q, 0), split_chunks(p, 0)], loss_fn)  # the plain step
     ref = grads(model)
     loss, _ = cached_step(encs, [split_chunks(q, q_chunk), split_chunks(p, p_chunk)], loss_fn)
     got = grads(model)
@@ -108,7 +108,7 @@ def test_dropout_on_equals_chunked_graph_reference_bitwise(tiny_dir, batch, q_ch
 def test_every_recipe_dropout_off_equals_full_batch(minilm, pooling, similarity):
     model, q, p, encs, loss_fn = setup(minilm, 8, pooling=pooling, similarity=similarity)
     model.eval()
-    ref_loss, _ = graph_reference_step(encs, [[q], [p]], loss_fn)
+    ref_loss, _ = graph_reference_step(encs, [split_chunks(q, 0), split_chunks(p, 0)], loss_fn)
     ref = grads(model)
     loss, _ = cached_step(encs, [split_chunks(q, 3), split_chunks(p, 5)], loss_fn)
     got = grads(model)
@@ -179,9 +179,16 @@ def test_scale_loss_scales_gradients(tiny_dir):
         np.testing.assert_array_equal(got[k] / 1024.0, ref[k])
 
 
-def test_split_chunks_rejects_bad_size():
-    with pytest.raises(ValueError, match="chunk_size"):
-        split_chunks({"x": paddle.zeros([3, 2])}, 0)
+def test_chunks_cover_the_batch_and_trim_padding_per_chunk():
+    rng = np.random.default_rng(0)
+    batch = make_batch(rng, 7, 12)
+    chunks = split_chunks(batch, 3)
+    assert [c["input_ids"].shape[0] for c in chunks] == [3, 3, 1]
+    for i, c in enumerate(chunks):  # each chunk is padded only to its own longest row
+        rows = batch["attention_mask"][3 * i : 3 * i + 3]
+        assert c["input_ids"].shape[1] == rows.sum(axis=1).max()
+        np.testing.assert_array_equal(c["input_ids"].numpy(), batch["input_ids"][3 * i : 3 * i + 3, : c["input_ids"].shape[1]])
+    assert len(split_chunks(batch, 0)) == 1  # 0: no chunking
 
 
 def test_cached_gradients_are_float32_for_half_precision_reps():
