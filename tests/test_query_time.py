@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import ROOT, run_cli, sample_head
+from dpr_paddle.errors import DprError
 from dpr_paddle.passage_store import PassageStore, PassageStoreError
 
 
@@ -54,7 +55,7 @@ def test_store_looks_up_resumes_and_refuses_another_corpus(tmp_path):
 
 def test_a_repeated_passage_id_names_both_lines(tmp_path):
     ctx = write_tsv(tmp_path / "p.tsv", [("1", "a", "A"), ("2", "b", "B"), ("1", "c", "C")])
-    with pytest.raises(PassageStoreError, match=r"passage id '1' occurs twice, at lines 2 and 4"):
+    with pytest.raises(DprError, match=r"passage id '1' occurs twice, at lines 2 and 4"):
         PassageStore.build(ctx, str(tmp_path / "s.sqlite"))
     proc = subprocess.run([sys.executable, "-m", "dpr_paddle.passage_store", ctx, "--output", str(tmp_path / "x.sqlite")],
                           capture_output=True, text=True, cwd=ROOT)

@@ -190,3 +190,34 @@ def test_a_cut_last_line_or_a_short_row_is_an_error(tmp_path):
     # many rows, no titles at all: every row is checked and passes
     many = "id\ttext\ttitle\n" + "".join(f"{i}\ttext {i}\t\n" for i in range(2500))
     assert sum(len(ids) for ids, _, _ in iter_passage_chunks(write(tmp_path / "many.tsv", many), 1000)) == 2500
+
+
+def test_a_repeated_id_names_both_lines_within_and_across_chunks(tmp_path):
+    rows = "id\ttext\ttitle\n" + "".join(f"{i}\ttext {i}\tT\n" for i in range(1, 2500))
+    for extra, chunk in (("17\tagain\tT\n", 100_000), ("17\tagain\tT\n", 1000)):  # same chunk; other chunks
+        path = write(tmp_path / "dup.tsv", rows + extra)
+        with pytest.raises(DataFormatError, match=r"line 2501: passage id '17' occurs twice, at lines 18 and 2501"):
+            list(iter_passage_chunks(path, chunk))
+    path = write(tmp_path / "dup.tsv.gz", rows + "17\tagain\tT\n", gz=True)
+    with pytest.raises(DataFormatError, match=r"at lines 18 and 2501"):
+        list(iter_passage_chunks(path, 1000))
+
+
+def test_a_stray_quote_is_named_by_line_and_never_swallows_rows(tmp_path):
+    ok = "id\ttext\ttitle\n1\ta\tA\n"
+    with pytest.raises(DataFormatError, match=r"line 3: a quoted field opens here and never closes"):
+        list(iter_passages(write(tmp_path / "cut.tsv", ok + "2\t\"cut inside quotes")))
+    swallow = ok + "2\t\"opens\tB\n3\tc\tC\n4\tclo\"ses\tD\n5\te\tE\n"  # rows 3-4 would vanish
+    with pytest.raises(DataFormatError, match=r"line 3: field 'text' runs over several lines"):
+        list(iter_passages(write(tmp_path / "swallow.tsv", swallow)))
+    qa = "q1\t['a']\n\"q2\t['b']\nq3\t['c']\nq4\"\t['d']\nq5\t['e']\n"
+    with pytest.raises(DataFormatError, match=r"line 2: a quoted field runs from here to line 4"):
+        read_qa(write(tmp_path / "qa.csv", qa))
+
+
+def test_crlf_and_a_lone_carriage_return(tmp_path):
+    crlf = "id\ttext\ttitle\r\n1\ta\tA\r\n2\tb\t\r\n"
+    got = [(p.id, p.text, p.title) for p in iter_passages(write(tmp_path / "crlf.tsv", crlf))]
+    assert got == [("1", "a", "A"), ("2", "b", "")]
+    lone = "id\ttext\ttitle\n1\tone\rtext\tA\n2\tb\tB\n"  # a \r inside a text does not end the row
+    assert [p.text for p in iter_passages(write(tmp_path / "lone.tsv", lone))] == ["one\rtext", "b"]

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Tuple
@@ -216,10 +217,17 @@ def iter_passage_chunks(path: str, chunksize: int = 100_000) -> Iterator[Tuple[L
             # Only empty fields are NA ("NA" or "null" are real titles); a short row's missing fields are NA too.
             tracked, sep="\t", dtype=str, keep_default_na=False, na_filter=True, na_values=[""],
             chunksize=chunksize, engine="c", on_bad_lines="error",
+            # Only \n ends a row: pandas' default also splits at a lone \r inside a text, which
+            # shifts every line number after it. A CRLF file's \r is stripped from its last column.
+            lineterminator="\n", header=0, names=header,
             encoding="utf-8-sig",  # a byte-order mark is not part of the header
         )
+        crlf = header_line.endswith("\r\n")
         row0, held = 0, None
+        ids_seen = _DuplicateIds(path)
         for chunk in reader:
+            if crlf:
+                chunk[header[-1]] = chunk[header[-1]].str.removesuffix("\r")
             bad = chunk[["id", "text"]].isna()
             if bad.values.any():
                 r, c = [int(x[0]) for x in bad.values.nonzero()]
@@ -230,14 +238,18 @@ def iter_passage_chunks(path: str, chunksize: int = 100_000) -> Iterator[Tuple[L
             if len(no_title):  # an empty title is allowed, a missing field is not
                 short.check([row0 + int(r) + 2 for r in no_title])
             chunk["title"] = chunk["title"].fillna("")
+            ids, texts, titles = chunk["id"].tolist(), chunk["text"].tolist(), chunk["title"].tolist()
+            _check_single_line(path, row0, ids, texts, titles)
+            ids_seen.add(ids, row0)
             if held is not None:
                 yield held
-            held = (chunk["id"].tolist(), chunk["text"].tolist(), chunk["title"].tolist())
+            held = (ids, texts, titles)
             row0 += len(chunk)
-        # the last chunk waits until the file's end is known to be whole
+        # the last chunk waits until the file's end is known to be whole and its ids unique
         if tracked.last not in (b"", b"\n"):
             raise DataFormatError(path, f"line {row0 + 1}", "the last line ends without a newline: the file looks "
                                   "cut short (an interrupted download or copy?)")
+        ids_seen.check_across_chunks()
         if held is not None:
             yield held
     except pd.errors.ParserError as e:
@@ -245,14 +257,81 @@ def iter_passage_chunks(path: str, chunksize: int = 100_000) -> Iterator[Tuple[L
         import re
 
         m = re.search(r"line (\d+), saw (\d+)", msg)
-        where = f"line {m.group(1)}" if m else "somewhere"
-        raise DataFormatError(path, where, f"wrong number of columns ({msg.strip()})") from None
+        if m:
+            raise DataFormatError(path, f"line {m.group(1)}", f"wrong number of columns ({msg.strip()})") from None
+        m = re.search(r"inside string starting at row (\d+)", msg)
+        if m:  # pandas counts the header as row 0, so row R is on line R + 1
+            raise DataFormatError(path, f"line {int(m.group(1)) + 1}", "a quoted field opens here and never closes: "
+                                  "the file is cut inside quotes, or a '\"' in a text is not doubled") from None
+        raise DataFormatError(path, "somewhere", f"unreadable TSV ({msg.strip()})") from None
     except BROKEN_FILE_ERRORS:  # pandas raised them from deep inside its reader
         with _file_errors(path):
             raise
     finally:
         tracked.close()
         short.close()
+
+
+def _check_single_line(path: str, row0: int, ids, texts, titles) -> None:
+    """A field holding a newline means a stray quote swallowed the rows after it (DPR's passages
+    are single-line), so rows would go missing without a word."""
+    for column, values in (("text", texts), ("title", titles), ("id", ids)):
+        if any("\n" in v for v in values):
+            r = next(i for i, v in enumerate(values) if "\n" in v)
+            raise DataFormatError(path, f"line {row0 + r + 2}", f"field '{column}' runs over several lines: a quote "
+                                  "opened here swallows the rows after it (an unbalanced '\"'?)")
+
+
+class _DuplicateIds:
+    """Passage ids must be unique, or hits report one passage's text for another's. Within a chunk
+    the strings are compared; across chunks 8-byte hashes are kept (168 MB for 21M passages) and
+    compared once at the end, and only a hit re-reads the file to name the id and both lines."""
+
+    def __init__(self, path: str):
+        self.path, self.hashes = path, []
+
+    def add(self, ids, row0: int) -> None:
+        """Check one chunk's ids (data row row0 first) and remember their hashes."""
+        import pandas as pd
+
+        series = pd.Series(ids)
+        dup = series.duplicated()
+        if dup.any():
+            second = int(np.flatnonzero(dup.values)[0])
+            first = int(np.flatnonzero((series == series[second]).values)[0])
+            self._raise(ids[second], row0 + first, row0 + second)
+        self.hashes.append(pd.util.hash_array(np.asarray(ids, dtype=object)))
+
+    def check_across_chunks(self) -> None:
+        """Raise on an id that occurs in two chunks."""
+        if len(self.hashes) < 2:
+            return
+        hashes = np.concatenate(self.hashes)  # [N] uint64
+        order = np.argsort(hashes, kind="stable")
+        same = np.flatnonzero(hashes[order][1:] == hashes[order][:-1])
+        if len(same):
+            rows = sorted((int(order[i]), int(order[i + 1])) for i in same)
+            ids = self._ids_at({r for pair in rows for r in pair})
+            for a, b in rows:
+                if ids[a] == ids[b]:  # not a 64-bit hash collision
+                    self._raise(ids[b], a, b)
+
+    def _ids_at(self, rows) -> dict:
+        import pandas as pd
+
+        out, row0 = {}, 0
+        for chunk in pd.read_csv(self.path, sep="\t", dtype=str, keep_default_na=False, usecols=["id"],
+                                 chunksize=100_000, encoding="utf-8-sig"):
+            for r in rows:
+                if row0 <= r < row0 + len(chunk):
+                    out[r] = chunk["id"].iat[r - row0]
+            row0 += len(chunk)
+        return out
+
+    def _raise(self, pid: str, first_row: int, second_row: int):
+        raise DataFormatError(self.path, f"line {second_row + 2}", f"passage id {pid!r} occurs twice, at lines "
+                              f"{first_row + 2} and {second_row + 2}; ids must be unique, or hits report one "
+                              "passage for another")
 
 
 class _TrackedBinary(io.RawIOBase):
@@ -323,7 +402,9 @@ def parse_answers(field: str) -> List[str]:
         value = json.loads(field)
     except json.JSONDecodeError:
         try:
-            value = ast.literal_eval(field)  # literals only: no names, calls or attributes
+            with warnings.catch_warnings():  # "invalid escape sequence" noise on odd strings
+                warnings.simplefilter("ignore")
+                value = ast.literal_eval(field)  # literals only: no names, calls or attributes
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             raise ValueError(f"answers {field[:80]!r} are not a list literal") from None
     if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
@@ -337,10 +418,14 @@ def read_qa(path: str) -> List[QAPair]:
     out: List[QAPair] = []
     with _file_errors(path), open_text(path) as f:
         reader = csv.reader(f, delimiter="\t")
+        end = 0
         for row in reader:
-            lineno = reader.line_num
+            lineno, end = end + 1, reader.line_num
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
+            if end > lineno:  # a stray quote made one row of several lines, and questions vanish
+                raise DataFormatError(path, f"line {lineno}", f"a quoted field runs from here to line {end}, "
+                                      "swallowing the rows between (an unbalanced '\"'?)")
             if len(row) != 2:
                 raise DataFormatError(path, f"line {lineno}", f"expected 2 tab-separated columns (question, answers), found {len(row)}")
             question, answers = row
