@@ -6,6 +6,9 @@
 
 Exact inner-product search is the default; --hnsw_index uses hnswlib (--index_path keeps the graph).
 --bm25 retrieves with BM25 alone (bm25s); --hybrid fuses dense and BM25 (--fusion weighted|rrf).
+--index picks the engine: exact | hnsw | hnsw_per_shard | milvus (milvus-lite, or a server by --milvus_uri).
+Sharded across machines: each runs `--encoded_ctx_file emb/wiki_K --topk_out topk_K.npz`, then
+`python -m dpr_paddle.reduce 'topk_*.npz' --qa_file ... --ctx_file ...` merges and evaluates.
 """
 import dpr_paddle  # noqa: F401  (sets CPU thread defaults before paddle loads)
 
@@ -22,11 +25,11 @@ def main(argv=None) -> None:
         # inputs and every output location first: a bad path must not cost a model load and a search
         check_input_file(args.qa_file, "QA")
         check_input_file(args.ctx_file, "passages")
-        for path in (args.out_file, args.metrics_file, args.trec_file):
+        for path in (args.out_file, args.metrics_file, args.trec_file, args.topk_out):
             if path:
                 check_output_path(path)
         if args.encoded_ctx_file and not args.bm25:
-            from dpr_paddle.index import shard_paths
+            from dpr_paddle.shards import shard_paths
 
             shard_paths(args.encoded_ctx_file)
         from dpr_paddle.inference import load_tower, tower_fingerprint, tower_options

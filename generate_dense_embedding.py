@@ -6,7 +6,8 @@
         --que_model_path Q_DIR --con_model_path C_DIR
 
 Under `python -m paddle.distributed.launch --nproc_per_node K` each process encodes the shard of
-its rank. Shard k goes to OUT_FILE_k/ (vectors.npy, ids.txt, meta.json).
+its rank. Shard k goes to OUT_FILE_k/ (vectors.npy, ids.txt, meta.json); with --hnsw_per_shard its
+hnswlib graph is built right after and saved inside it, for dense_retriever.py --hnsw_per_shard.
 """
 import dpr_paddle  # noqa: F401  (sets CPU thread defaults before paddle loads)
 
@@ -31,9 +32,14 @@ def main(argv=None) -> None:
         shard_id = args.shard_id if args.shard_id is not None else world.rank
         num_shards = args.num_shards if args.num_shards is not None else world.size
         encode, tensorizer, info = load_tower(CONTEXT, **tower_options(args))
-        generate_shard(encode, tensorizer, args.ctx_file, args.out_file, shard_id, num_shards, info,
-                       batch_size=args.batch_size, dtype="float16" if args.fp16 else "float32",
-                       block=args.read_chunk, overwrite=args.overwrite, sort_by_length=args.sort_by_length)
+        path = generate_shard(encode, tensorizer, args.ctx_file, args.out_file, shard_id, num_shards, info,
+                              batch_size=args.batch_size, dtype="float16" if args.fp16 else "float32",
+                              block=args.read_chunk, overwrite=args.overwrite, sort_by_length=args.sort_by_length)
+        if args.hnsw_per_shard:  # the graph is built here, by the machine that encoded the shard
+            from dpr_paddle.hnsw_index import build_shard_graph
+            from dpr_paddle.shards import load_shards
+
+            build_shard_graph(load_shards(path, partial=True)[0], args.hnsw_m, args.ef_construction, args.hnsw_space)
 
     run_main(body)
 

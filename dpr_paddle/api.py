@@ -38,10 +38,12 @@ class Retriever:
              hnsw: bool = False, index_path: Optional[str] = None, hnsw_m: int = 32, ef_construction: int = 200,
              hnsw_space: str = "auto", ef_search: int = 0, bm25_index: Optional[str] = None,
              fusion: str = "weighted", alpha: float = 1.0, depth: int = 1000, store: Optional[str] = None,
-             **tower_kw) -> "Retriever":
+             index_spec=None, **tower_kw) -> "Retriever":
         """Load the model, index and passage store once. `model` is a checkpoint directory or an encoder
         name/dir (or give `question_encoder`/`context_encoder`); `index` the embedding shards; `passages`
-        the TSV. Extra keyword arguments go to `inference.load_tower` (pooling, backend, max lengths...)."""
+        the TSV. `index_spec` (an index_factory.IndexSpec) picks any backend; without it `hnsw` and its
+        settings pick between exact search and one hnsw graph. Extra keyword arguments go to
+        `inference.load_tower` (pooling, backend, max lengths...)."""
         from .passage_store import PassageStore, default_store_path
 
         if mode not in MODES:
@@ -61,7 +63,10 @@ class Retriever:
             encode, tensorizer, tower_info = load_tower(
                 QUESTION, model_file=model if is_checkpoint else None, que_model_path=question_encoder,
                 con_model_path=context_encoder, model_name_or_path=model or "minilm", **tower_kw)
-            dense = DenseIndex(index, hnsw, hnsw_m, ef_construction, hnsw_space, index_path, ef_search)
+            from .index_factory import IndexSpec
+
+            spec = index_spec or IndexSpec("hnsw" if hnsw else "exact", hnsw_m, ef_construction, hnsw_space, index_path)
+            dense = DenseIndex(index, spec, ef_search)
             check_recipe(dense.shards, tower_info)
             encoder = (encode, tensorizer)
             info.update(dense.describe())
@@ -114,6 +119,7 @@ class Retriever:
 
 def from_args(args) -> Retriever:
     """A Retriever from the flags of dense_retriever.py (config.SearchArgs)."""
+    from .config import index_spec
     from .inference import tower_options
     from .retriever import retrieval_mode
 
@@ -122,9 +128,8 @@ def from_args(args) -> Retriever:
                                                                      "que_model_path", "con_model_path")}
     retriever = Retriever.load(args.model_file or args.model_name_or_path, index=args.encoded_ctx_file,
                                passages=args.ctx_file, question_encoder=args.que_model_path,
-                               context_encoder=args.con_model_path, mode=mode, hnsw=args.hnsw_index,
-                               index_path=args.index_path, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
-                               hnsw_space=args.hnsw_space, ef_search=args.ef_search, bm25_index=args.bm25_index,
+                               context_encoder=args.con_model_path, mode=mode, index_spec=index_spec(args),
+                               ef_search=args.ef_search, bm25_index=args.bm25_index,
                                fusion=args.fusion, alpha=args.hybrid_alpha, depth=args.hybrid_depth,
                                store=args.passage_store, **kw)
     retriever.batch_size = args.batch_size

@@ -93,6 +93,11 @@ class EmbedArgs(ModelArgs):
     sort_by_length: bool = _f(True, "batch passages of similar length together (output stays in corpus order)")
     read_chunk: int = _f(20000, "passages read and sorted per block")
     backend: str = _backend_field()
+    hnsw_per_shard: bool = _f(False, "also build this shard's hnswlib graph, saved inside it, for dense_retriever.py "
+                                     "--hnsw_per_shard")
+    hnsw_m: int = _f(32, "hnswlib M of --hnsw_per_shard")
+    ef_construction: int = _f(200, "hnswlib ef_construction of --hnsw_per_shard")
+    hnsw_space: str = _f("auto", "hnswlib space of --hnsw_per_shard: ip | l2 | auto", choices=("auto", "ip", "l2"))
 
 
 @dataclass
@@ -113,14 +118,28 @@ class SearchArgs(ModelArgs):
                                  "(reciprocal rank, k = 60)", choices=("weighted", "rrf"))
     hybrid_alpha: float = _f(1.0, "weight of BM25 in --fusion weighted (best of 0.1-2 on squad1_open's dev questions)")
     hybrid_depth: int = _f(1000, "passages taken from each retriever before fusing")
-    hnsw_index: bool = _f(False, "search with hnswlib instead of exact inner product")
+    index: Optional[str] = _f(None, "exact | hnsw (one hnswlib graph) | hnsw_per_shard (a graph per shard, searched "
+                                    "in turn) | milvus (milvus-lite file, or a server by --milvus_uri); default exact",
+                              choices=("exact", "hnsw", "hnsw_per_shard", "milvus"))
+    hnsw_index: bool = _f(False, "search with hnswlib instead of exact inner product (= --index hnsw)")
+    hnsw_per_shard: bool = _f(False, "one hnswlib graph per shard, saved beside it (= --index hnsw_per_shard)")
     index_path: Optional[str] = _f(None, "save/load the hnsw index here (a second run skips the build)")
-    hnsw_m: int = _f(32, "hnswlib M")
+    hnsw_m: int = _f(32, "hnswlib M (also Milvus HNSW's M)")
     hnsw_space: str = _f("auto", "hnswlib space: ip (hnswlib's inner product) | l2 (DPR's inner-product-to-L2 "
                                  "transform) | auto (ip when passage norms spread <= 2x, else l2)",
                          choices=("auto", "ip", "l2"))
-    ef_construction: int = _f(200, "hnswlib ef_construction")
-    ef_search: int = _f(0, "hnswlib ef at query time (default: max(8 * n_docs, 256))")
+    ef_construction: int = _f(200, "hnswlib ef_construction (also Milvus HNSW's efConstruction)")
+    ef_search: int = _f(0, "hnsw ef at query time (default: max(8 * n_docs, 256))")
+    milvus_uri: Optional[str] = _f(None, "a milvus-lite file (*.db; default: milvus.db beside the shards) or a Milvus "
+                                         "server/cluster, http://host:19530")
+    milvus_collection: Optional[str] = _f(None, "collection name (default: one per set of shards, named by them)")
+    milvus_index_type: str = _f("HNSW", "Milvus index: HNSW | IVF_FLAT | IVF_SQ8 (8-bit, 4x smaller) | IVF_PQ "
+                                        "(servers; milvus-lite 3.2 lacks it) | FLAT",
+                                choices=("HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "FLAT"))
+    milvus_nlist: int = _f(0, "IVF cells (default: ~4 sqrt(N))")
+    milvus_nprobe: int = _f(32, "IVF cells searched per question")
+    milvus_pq_m: int = _f(0, "IVF_PQ sub-vectors (default: dim / 4)")
+    force: bool = _f(False, "build an index even when the memory plan says it will not fit")
     n_docs: int = _f(100, "passages retrieved per question", aliases=("--n-docs",))
     batch_size: int = _f(64, "questions per encoder forward")
     fp16: bool = _f(False, "run the question encoder in float16 on GPU")
@@ -138,6 +157,8 @@ class RetrieverArgs(SearchArgs):
     validate_index: int = _f(0, "report hnsw recall@k against exact search on this many questions")
     metrics_file: Optional[str] = _f(None, "top-k accuracy JSON (default: OUT_FILE.metrics.json)")
     trec_file: Optional[str] = _f(None, "also write a TREC run file")
+    topk_out: Optional[str] = _f(None, "search only the shards given (e.g. this machine's emb/wiki_3) and write their "
+                                       "top n_docs here (.npz), for python -m dpr_paddle.reduce; no evaluation")
 
 
 @dataclass
@@ -182,6 +203,24 @@ class MineArgs(ModelArgs):
     match: str = _f("string", "answer matching that disqualifies a passage: string | regex", choices=("string", "regex"))
     fp16: bool = _f(False, "run the question encoder in float16 on GPU")
     backend: str = _backend_field()
+
+
+def index_spec(args):
+    """The index the flags of SearchArgs ask for, as an index_factory.IndexSpec."""
+    from .errors import DprError
+    from .index_factory import IndexSpec
+
+    implied = [k for k, on in (("hnsw", args.hnsw_index), ("hnsw_per_shard", args.hnsw_per_shard)) if on]
+    if args.milvus_uri or args.milvus_collection:
+        implied.append("milvus")
+    kinds = set(implied + ([args.index] if args.index else []))
+    if len(kinds) > 1:
+        raise DprError(f"the flags ask for several indexes ({', '.join(sorted(kinds))}); pick one with --index")
+    return IndexSpec(kind=kinds.pop() if kinds else "exact", hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
+                     space=args.hnsw_space, index_path=args.index_path, milvus_uri=args.milvus_uri,
+                     milvus_collection=args.milvus_collection, milvus_index_type=args.milvus_index_type,
+                     milvus_nlist=args.milvus_nlist, milvus_nprobe=args.milvus_nprobe, milvus_pq_m=args.milvus_pq_m,
+                     force=args.force)
 
 
 def build_parser(cls, description: str = "") -> argparse.ArgumentParser:

@@ -1,24 +1,13 @@
-"""Passage embeddings, one shard at a time, resumable block by block.
+"""Passage embeddings, one shard at a time, resumable block by block (the format: shards.py).
 
-Shards split the corpus into contiguous ranges of ceil(N / num_shards) passages, so the union
-of all shards is the corpus with nothing dropped or repeated. Shard k is written to the
-directory `OUT_FILE_k/`:
-
-    vectors.npy   [n, D] float32 (or float16), a plain .npy: np.load(..., mmap_mode="r") maps it
-    ids.txt       the n passage ids, one per line, in corpus order
-    meta.json     {format, model, model_fingerprint, dim, count, dtype, shard_id, num_shards,
-                   start, end, ctx_file}
-
-The directory appears by an atomic rename when the shard is complete. While it is being made,
-finished blocks are kept in `OUT_FILE_k.partial/`, so an interrupted run continues from the
-last finished block instead of starting over.
+While a shard is being made, finished blocks are kept in `OUT_FILE_k.partial/`, so an
+interrupted run continues from the last finished block instead of starting over.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -27,33 +16,10 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 
 from .data.readers import Passage, count_passages, iter_passage_chunks
-from .errors import DprError
-from .utils import atomic_dir, atomic_path, file_fingerprint, write_json_atomic
+from .shards import FORMAT, assemble_shard, check_same_job, read_meta, shard_path, shard_range
+from .utils import atomic_path, file_fingerprint, write_json_atomic
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "dpr_paddle.embeddings/1"
-
-
-class EmbeddingError(DprError, RuntimeError):
-    """Embedding shards are missing, incomplete or inconsistent."""
-
-
-def shard_range(n: int, shard_id: int, num_shards: int) -> Tuple[int, int]:
-    """[start, end) of shard `shard_id`: contiguous ranges of ceil(n / num_shards) passages."""
-    if num_shards < 1:
-        raise EmbeddingError(f"--num_shards must be >= 1, got {num_shards}")
-    if not 0 <= shard_id < num_shards:
-        raise EmbeddingError(f"--shard_id must be in [0, {num_shards}), got {shard_id}")
-    size = math.ceil(n / num_shards) if n else 0
-    start = min(shard_id * size, n)
-    return start, min(start + size, n)
-
-
-def shard_path(out_file: str, shard_id: int) -> str:
-    """Where shard `shard_id` of `out_file` is written."""
-    return f"{out_file}_{shard_id}"
-
 
 def model_fingerprint(model) -> str:
     """A short hash of the encoder's parameters, so shards made by different models are caught."""
@@ -83,32 +49,6 @@ def iter_range(ctx_file: str, start: int, end: int, block: int) -> Iterator[Tupl
             break
     if buf:
         yield b, buf
-
-
-# what makes two shards the same work; the backend is not among them (inference and dygraph
-# give the same vectors within 2e-6)
-SHARD_IDENTITY = ("model_fingerprint", "pooling", "similarity", "max_length", "dtype", "ctx_file", "corpus",
-                  "shard_id", "num_shards")
-
-
-def check_same_job(path: str, meta: dict, identity: dict) -> None:
-    """A complete shard is reused only when it was made by this job; anything else is refused."""
-    for key in SHARD_IDENTITY:
-        if meta.get(key) != identity.get(key):
-            have, want = meta.get(key), identity.get(key)
-            if key == "corpus":
-                have, want = (f"{d.get('size')} bytes" if isinstance(d, dict) else d for d in (have, want))
-            raise EmbeddingError(f"{path} holds vectors of another job ({key} {have!r} there, {want!r} now); "
-                                 "pass --overwrite to re-encode it, or another --out_file")
-
-
-def read_meta(path: str) -> Optional[dict]:
-    """meta.json of a complete shard directory, or None."""
-    f = os.path.join(path, "meta.json")
-    if not os.path.isfile(f):
-        return None
-    with open(f, encoding="utf-8") as fh:
-        return json.load(fh)
 
 
 def encode_passages(encode_fn, tensorizer, passages: List[Passage], batch_size: int, sort_by_length: bool = True,
@@ -182,29 +122,7 @@ def generate_shard(encode_fn, tensorizer, ctx_file: str, out_file: str, shard_id
         bar.set_postfix(psg_per_s=f"{encoded / (time.perf_counter() - t0):.1f}")
     bar.close()
 
-    blocks = sorted(f[:-4] for f in os.listdir(partial) if f.endswith(".npy"))
-    dim = None
-    with atomic_dir(final) as tmp:
-        mats = [np.load(os.path.join(partial, b + ".npy"), mmap_mode="r") for b in blocks]
-        count = sum(m.shape[0] for m in mats)
-        if count != end - start:
-            raise EmbeddingError(f"{partial}: {count} vectors for {end - start} passages; delete it and re-run")
-        dim = mats[0].shape[1] if mats else dim
-        out = np.lib.format.open_memmap(os.path.join(tmp, "vectors.npy"), mode="w+", dtype=dtype,
-                                        shape=(count, dim or 0))
-        row = 0
-        for m in mats:
-            out[row : row + m.shape[0]] = m
-            row += m.shape[0]
-        out.flush()
-        del out
-        with open(os.path.join(tmp, "ids.txt"), "w", encoding="utf-8") as f:
-            for b in blocks:
-                with open(os.path.join(partial, b + ".ids"), encoding="utf-8") as g:
-                    shutil.copyfileobj(g, f)
-        meta = {k: v for k, v in job.items() if k != "block"}
-        meta.update({"dim": dim, "count": count})
-        write_json_atomic(os.path.join(tmp, "meta.json"), meta)
+    count, dim = assemble_shard(partial, final, {k: v for k, v in job.items() if k != "block"}, end - start)
     shutil.rmtree(partial, ignore_errors=True)
     logger.info("wrote %s: %d vectors of dim %s (%s)", final, count, dim, dtype)
     return final

@@ -190,7 +190,8 @@ def main(argv=None) -> None:
 
 def _dense_searcher(args):
     """(search fn, corpus ids, model fingerprint) for dense mining over --encoded_ctx_file."""
-    from .index import ExactIndex, load_shards
+    from .index import ExactIndex
+    from .shards import load_shards
     from .inference import load_tower, tower_options
     from .model import QUESTION
     from .retriever import check_recipe, encode_questions

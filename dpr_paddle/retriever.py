@@ -10,10 +10,11 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .data.readers import QAPair, iter_passage_chunks, read_qa
-from .embeddings import EmbeddingError
 from .errors import DprError
 from .evaluation import DEFAULT_TOP_K, format_top_k_table, has_answer, top_k_accuracy
-from .index import ExactIndex, HNSWIndex, load_shards, recall_at_k
+from .index import ExactIndex, recall_at_k
+from .index_factory import IndexSpec, open_index
+from .shards import EmbeddingError, load_shards, shard_paths
 from .utils import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ def fetch_passages(ctx_file: str, wanted: set) -> Dict[str, tuple]:
 def passage_texts(ctx_file: str, wanted: set, store: Optional[str], shards_pattern: Optional[str]) -> Dict[str, tuple]:
     """{id: (text, title)}: from the passage store (`store`, or passages.sqlite beside the shards)
     when there is one, else by streaming the TSV."""
-    from .index import shard_paths
     from .passage_store import PassageStore, default_store_path
 
     path = store or (default_store_path(shard_paths(shards_pattern)[0]) if shards_pattern else None)
@@ -106,38 +106,36 @@ def default_ef(k: int, n_docs: int, ef_search: int = 0) -> int:
 
 
 class DenseIndex:
-    """Embedding shards and how they are searched: exact inner product, or hnswlib (built once,
-    or loaded from `index_path` when it was built from these shards with these settings)."""
+    """Embedding shards and the index that searches them, picked once by `index_factory.open_index`
+    (exact, one hnsw graph, a graph per shard, or Milvus); loaded when saved, else built."""
 
-    def __init__(self, pattern: str, hnsw: bool = False, m: int = 32, ef_construction: int = 200, space: str = "auto",
-                 index_path: Optional[str] = None, ef_search: int = 0):
-        self.shards = load_shards(pattern)
+    def __init__(self, pattern: str, spec: Optional[IndexSpec] = None, ef_search: int = 0, partial: bool = False):
+        self.shards = load_shards(pattern, partial=partial)
         self.exact = ExactIndex(self.shards)
+        self.spec = spec or IndexSpec()
         self.ef_search = ef_search
-        self.hnsw = None
-        self.build_seconds = 0.0
-        if hnsw:
-            t0 = time.perf_counter()
-            self.hnsw = HNSWIndex(self.exact, m=m, ef_construction=ef_construction, space=space)
-            if not (index_path and self.hnsw.load(index_path)):
-                self.hnsw.build()
-                if index_path:
-                    self.hnsw.save(index_path)
-            self.build_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.backend = open_index(self.spec, self.exact)
+        self.build_seconds = time.perf_counter() - t0
+
+    @property
+    def approximate(self) -> bool:
+        """Whether search may miss what exact search finds (recall can be measured)."""
+        return self.backend is not self.exact
 
     def __len__(self) -> int:
         return int(self.exact.offsets[-1])
 
     def ef_for(self, k: int, n_docs: int) -> int:
-        """hnswlib's ef for a search of depth k (see `default_ef`)."""
+        """hnsw's ef for a search of depth k (see `default_ef`)."""
         return default_ef(k, n_docs, self.ef_search)
 
     def search(self, q: np.ndarray, k: int, n_docs: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
         """Top k of [n, D] question vectors: (exact scores [n, k], global rows [n, k]), best first."""
         k = min(k, len(self))
-        if self.hnsw is None:
+        if not self.approximate:
             return self.exact.search(q, k)
-        return self.hnsw.search(q, k, ef=self.ef_for(k, n_docs or k))
+        return self.backend.search(q, k, ef=self.ef_for(k, n_docs or k))
 
     def ids(self, rows: np.ndarray) -> List[List[str]]:
         """Passage ids of [n, k] global rows."""
@@ -145,20 +143,17 @@ class DenseIndex:
 
     def describe(self) -> dict:
         """What a metrics file records about the index."""
-        out = {"index": "hnsw" if self.hnsw else "exact", "passages": len(self),
-               "model_fingerprint": self.shards[0].meta.get("model_fingerprint")}
-        if self.hnsw:
-            out["hnsw"] = {"M": self.hnsw.m, "ef_construction": self.hnsw.ef_construction, "space": self.hnsw.space}
-        return out
+        return {**self.backend.describe(), "passages": len(self),
+                "model_fingerprint": self.shards[0].meta.get("model_fingerprint")}
 
 
 def dense_search(args, encode_fn, tensorizer, questions: List[str], depth: int, question_info: Optional[dict],
-                 metrics: dict) -> Tuple[np.ndarray, List[List[str]]]:
-    """Encode `questions` and search the shards (exact or hnsw): (scores [n, depth], ids [n][depth]).
+                 metrics: dict, partial: bool = False) -> Tuple[np.ndarray, List[List[str]]]:
+    """Encode `questions` and search the shards with the index the flags name: (scores [n, depth],
+    ids [n][depth]). Adds what it measured (passages, index settings, recall, seconds) to `metrics`."""
+    from .config import index_spec
 
-    Adds what it measured (passages, index settings, hnsw recall, seconds) to `metrics`."""
-    index = DenseIndex(args.encoded_ctx_file, args.hnsw_index, args.hnsw_m, args.ef_construction, args.hnsw_space,
-                       args.index_path, args.ef_search)
+    index = DenseIndex(args.encoded_ctx_file, index_spec(args), args.ef_search, partial=partial)
     check_recipe(index.shards, question_info)
     logger.info("%d questions, %d passages in %d shard(s)", len(questions), len(index), len(index.shards))
     t0 = time.perf_counter()
@@ -171,16 +166,19 @@ def dense_search(args, encode_fn, tensorizer, questions: List[str], depth: int, 
     scores, rows = index.search(q, k, args.n_docs)
     metrics["seconds"]["search"] = round(time.perf_counter() - t0, 3)
     described = index.describe()
-    metrics.update({"passages": described["passages"], "index": described["index"]})
-    if index.hnsw:
-        metrics["hnsw"] = {**described["hnsw"], "ef_search": index.ef_for(k, args.n_docs)}
-    if index.hnsw and args.validate_index:
+    metrics.update({"passages": described.pop("passages"), "index": described.pop("index")})
+    described.pop("model_fingerprint")
+    if index.approximate:
+        metrics[metrics["index"]] = {**described, "ef_search": index.ef_for(k, args.n_docs)}
+    if index.approximate and args.validate_index:
         n = min(args.validate_index, len(q))
         _, exact_rows = index.exact.search(q[:n], k)
         recall = recall_at_k(rows[:n], exact_rows, ks=[x for x in (1, 5, 20, 100) if x <= k])
-        logger.info("hnsw recall against exact search on %d questions: %s", n,
+        logger.info("%s recall against exact search on %d questions: %s", metrics["index"], n,
                     ", ".join(f"@{a}={b:.4f}" for a, b in recall.items()))
-        metrics["hnsw_recall"] = {str(a): b for a, b in recall.items()}
+        metrics["index_recall"] = {str(a): b for a, b in recall.items()}
+        if metrics["index"].startswith("hnsw"):
+            metrics["hnsw_recall"] = metrics["index_recall"]  # the name earlier metrics files used
     return scores, index.ids(rows)
 
 
@@ -194,8 +192,7 @@ def check_dim(q: np.ndarray, shards) -> None:
 def check_encoders(pattern: str, context: Tuple[str, str], question: Optional[dict]) -> None:
     """The shards must come from the given context encoder (refused otherwise); a question encoder
     from another checkpoint than theirs is worth a warning (a DPR pair is trained together)."""
-    from .embeddings import read_meta
-    from .index import shard_paths
+    from .shards import read_meta, shard_paths
 
     meta = read_meta(shard_paths(pattern)[0]) or {}  # one meta.json: the ids of every shard need not be read
     path, fingerprint = context
@@ -203,7 +200,9 @@ def check_encoders(pattern: str, context: Tuple[str, str], question: Optional[di
         raise EmbeddingError(f"{pattern}: the passages were encoded by {meta.get('model')} (fingerprint "
                              f"{meta.get('model_fingerprint')}), not by the context encoder {path} ({fingerprint}); "
                              "pass the context encoder that made them, or re-encode with this one")
-    if question and os.path.dirname(question["model"]) != os.path.dirname(str(meta.get("model"))):
+    same = os.path.realpath(os.path.dirname(str(question["model"]))) == os.path.realpath(
+        os.path.dirname(str(meta.get("model")))) if question else True  # SAVE_DIR/latest is a symlink
+    if not same:
         logger.warning("the question encoder %s is not from the checkpoint of the shards' context encoder %s",
                        question["model"], meta.get("model"))
 
@@ -237,21 +236,22 @@ def bm25_search(args, questions: List[str], depth: int, metrics: dict) -> Tuple[
 
 def retrieve(args, encode_fn=None, tensorizer=None, question_info: Optional[dict] = None) -> Dict[str, float]:
     """Retrieve for every question in args.qa_file (dense, --bm25 or --hybrid); write results and
-    return top-k accuracy with what was measured."""
+    return top-k accuracy with what was measured. With --topk_out, search only the shards given
+    and write their top k for `python -m dpr_paddle.reduce` instead."""
     from .fusion import fuse
 
     mode = retrieval_mode(args.bm25, args.hybrid)
     if mode != "bm25" and not args.encoded_ctx_file:
         raise RetrieverError("--encoded_ctx_file is needed for dense and --hybrid retrieval (or pass --bm25)")
+    if args.topk_out and mode != "dense":
+        raise RetrieverError("--topk_out writes a dense search of some shards; it does not combine with --bm25/--hybrid")
     qa = read_qa(args.qa_file)
     questions = [x.question for x in qa]
-    no_answer = sum(1 for x in qa if not x.answers)
-    if no_answer:
-        logger.warning("%s: %d of %d questions have an empty answers list; they count as misses", args.qa_file,
-                       no_answer, len(qa))
     k = args.n_docs
     depth = max(k, args.hybrid_depth) if mode == "hybrid" else k
     metrics = {"mode": mode, "questions": len(qa), "n_docs": k, "match": args.match, "seconds": {}}
+    if args.topk_out:
+        return search_some_shards(args, encode_fn, tensorizer, questions, question_info, metrics)
     dense = dense_search(args, encode_fn, tensorizer, questions, depth, question_info, metrics) if mode != "bm25" else None
     sparse = bm25_search(args, questions, depth, metrics) if mode != "dense" else None
     if mode == "hybrid":
@@ -260,21 +260,55 @@ def retrieve(args, encode_fn=None, tensorizer=None, question_info: Optional[dict
                              **({"alpha": args.hybrid_alpha} if args.fusion == "weighted" else {"rrf_k": 60})}
     else:
         scores, ids = dense or sparse
-    k = min(k, metrics["passages"])
+    label = mode if mode != "dense" else os.path.basename((args.encoded_ctx_file or "").rstrip("*_")) or "retriever"
+    return report(qa, scores, ids, metrics, qa_file=args.qa_file, ctx_file=args.ctx_file, passage_store=args.passage_store,
+                  shards_pattern=args.encoded_ctx_file if mode != "bm25" else None, match=args.match,
+                  workers=args.validation_workers, out_file=args.out_file, metrics_file=args.metrics_file,
+                  trec_file=args.trec_file, label=label)
+
+
+def search_some_shards(args, encode_fn, tensorizer, questions: List[str], question_info: Optional[dict],
+                       metrics: dict) -> dict:
+    """One machine's part of a sharded search: the top n_docs of the shards it was given, written to
+    --topk_out with what the reduce step checks (same model, same questions, every shard once)."""
+    from .topk_file import write_topk
+    from .utils import file_fingerprint
+
+    scores, ids = dense_search(args, encode_fn, tensorizer, questions, args.n_docs, question_info, metrics,
+                               partial=True)
+    shards = load_shards(args.encoded_ctx_file, partial=True)
+    meta = {"model_fingerprint": shards[0].meta.get("model_fingerprint"), "num_shards": shards[0].meta["num_shards"],
+            "shard_ids": sorted(s.meta["shard_id"] for s in shards), "qa_file": os.path.abspath(args.qa_file),
+            "qa": file_fingerprint(args.qa_file)["sha1_ends"], "questions": len(questions), "k": args.n_docs,
+            "index": metrics.get("index"), "passages": metrics["passages"]}
+    write_topk(args.topk_out, scores, ids, meta)
+    logger.info("wrote the top %d of shard(s) %s for %d questions to %s; merge a full set with python -m "
+                "dpr_paddle.reduce", scores.shape[1], meta["shard_ids"], len(questions), args.topk_out)
+    return {**metrics, **meta}
+
+
+def report(qa: List[QAPair], scores: np.ndarray, ids: List[List[str]], metrics: dict, *, qa_file: str, ctx_file: str,
+           passage_store: Optional[str], shards_pattern: Optional[str], match: str, workers: int,
+           out_file: Optional[str], metrics_file: Optional[str], trec_file: Optional[str], label: str) -> dict:
+    """Score a finished retrieval (scores [n, >=k], ids): top-k accuracy printed and returned, and the
+    results JSON, metrics JSON and TREC run written where asked."""
+    no_answer = sum(1 for x in qa if not x.answers)
+    if no_answer:
+        logger.warning("%s: %d of %d questions have an empty answers list; they count as misses", qa_file, no_answer,
+                       len(qa))
+    k = min(metrics["n_docs"], metrics["passages"])
     metrics["n_docs"] = k
     scores, ids = scores[:, :k], [row[:k] for row in ids]
 
-    passages = passage_texts(args.ctx_file, {i for row in ids for i in row}, args.passage_store,
-                             args.encoded_ctx_file if mode != "bm25" else None)
+    passages = passage_texts(ctx_file, {i for row in ids for i in row}, passage_store, shards_pattern)
     hits = match_answers([(item.answers, [passages[pid][0] for pid in row]) for item, row in zip(qa, ids)],
-                         args.match, args.validation_workers)
+                         match, workers)
     ks = [x for x in DEFAULT_TOP_K if x <= k] or [k]
     acc = top_k_accuracy(hits, ks)
-    label = mode if mode != "dense" else os.path.basename((args.encoded_ctx_file or "").rstrip("*_")) or "retriever"
     print(format_top_k_table({label: acc}, ks))
     metrics["top_k_accuracy"] = {str(a): b for a, b in acc.items()}
 
-    if args.out_file:
+    if out_file:
         results = []
         for item, row_ids, row_scores, row_hits in zip(qa, ids, scores, hits):
             results.append({
@@ -282,13 +316,13 @@ def retrieve(args, encode_fn=None, tensorizer=None, question_info: Optional[dict
                 "ctxs": [{"id": pid, "title": passages[pid][1], "text": passages[pid][0], "score": f"{float(s):.6f}",
                           "has_answer": h} for pid, s, h in zip(row_ids, row_scores, row_hits)],
             })
-        with atomic_path(args.out_file) as tmp:
+        with atomic_path(out_file) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(results, f, indent=2, ensure_ascii=False)
-        logger.info("wrote %s", args.out_file)
-    metrics_file = args.metrics_file or (args.out_file + ".metrics.json" if args.out_file else None)
+        logger.info("wrote %s", out_file)
+    metrics_file = metrics_file or (out_file + ".metrics.json" if out_file else None)
     if metrics_file:
         write_json_atomic(metrics_file, metrics)
-    if args.trec_file:
-        write_trec(args.trec_file, qa, ids, scores, run=f"dpr_paddle_{mode}")
+    if trec_file:
+        write_trec(trec_file, qa, ids, scores, run=f"dpr_paddle_{metrics['mode']}")
     return metrics

@@ -103,7 +103,7 @@ def test_embedding_shard_follows_rank(sample_dir, tmp_path):
         ctx.write_text("".join(f.readlines()[:31]), encoding="utf-8")
     launch("generate_dense_embedding.py", tmp_path / "log", "--model_name_or_path", "tiny", "--ctx_file", ctx,
            "--out_file", tmp_path / "emb", "--max_passage_length", "32")
-    from dpr_paddle.index import load_shards
+    from dpr_paddle.shards import load_shards
 
     shards = load_shards(str(tmp_path / "emb"))
     assert [(s.meta["shard_id"], s.meta["num_shards"], len(s.ids)) for s in shards] == [(0, 2, 15), (1, 2, 15)]

@@ -1,0 +1,190 @@
+"""Pick the index once: exact, hnsw (one graph), hnsw_per_shard, or milvus, after a memory plan.
+
+Every backend has `build()` (which loads what was saved and makes only what is missing),
+`search(q, k, ef)` -> (exact inner products [n, k], global rows [n, k]) and `describe()`.
+Before anything is built, `plan_memory` sets the bytes the chosen backend will hold against the
+memory this machine has; an index that cannot fit is refused in one line naming what would fit
+(`force` builds anyway).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+from .errors import DprError
+from .index import ExactIndex
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("exact", "hnsw", "hnsw_per_shard", "milvus")
+GB = 2**30
+
+
+class IndexMemoryError(DprError, MemoryError):
+    """The chosen index will not fit in this machine's memory; the message names what would."""
+
+
+@dataclass
+class IndexSpec:
+    """Which index, with which settings (built from the CLI flags by `config.index_spec`)."""
+
+    kind: str = "exact"
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    space: str = "auto"
+    index_path: Optional[str] = None  # the single hnsw graph's file
+    milvus_uri: Optional[str] = None
+    milvus_collection: Optional[str] = None
+    milvus_index_type: str = "HNSW"
+    milvus_nlist: int = 0
+    milvus_nprobe: int = 32
+    milvus_pq_m: int = 0
+    force: bool = False
+
+
+# --------------------------------------------------------------------------- memory
+
+def available_memory() -> int:
+    """Bytes this process can still use: MemAvailable, or the cgroup's limit when lower, or
+    DPR_PADDLE_MEMORY_GB when set (a share of a machine that others use too)."""
+    avail = None
+    cap = os.environ.get("DPR_PADDLE_MEMORY_GB")
+    if cap:
+        try:
+            return int(float(cap) * GB)
+        except ValueError:
+            raise DprError(f"DPR_PADDLE_MEMORY_GB={cap!r}: a number of GB, e.g. 16") from None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            avail = min(avail or math.inf, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return int(avail) if avail is not None else 0
+
+
+def hnsw_bytes(n: int, dim: int, m: int) -> int:
+    """hnswlib's memory for n vectors: each element stores its vector (+1 float for the l2
+    transform), 2M level-0 links, a label and a count, ~1/ln(M) upper levels of M links, and
+    ~100 bytes of bookkeeping (lock, level, lookup entry); checked against RSS in bench/index.py."""
+    per = (dim + 1) * 4 + 2 * m * 4 + 12 + (4 * m + 4) / math.log(m) + 100
+    return int(n * per)
+
+
+def milvus_lite_bytes(n: int, dim: int, index_type: str, m: int, pq_m: int) -> int:
+    """milvus-lite holds the raw vectors of a loaded collection and, beside them, the faiss index
+    (a second copy for HNSW/IVF_FLAT, codes for IVF_SQ8/IVF_PQ); see bench/index.py's Milvus rows."""
+    raw = n * dim * 4
+    index = {"HNSW": raw + n * (2 * m * 4 + (4 * m) / math.log(m)), "IVF_FLAT": raw, "FLAT": 0,
+             "IVF_SQ8": n * dim, "IVF_PQ": n * (pq_m or max(1, dim // 4))}[index_type]
+    return int(raw + index)
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes the chosen backend holds at its peak, against what is available."""
+
+    backend: str
+    needed: int
+    available: int
+    detail: str
+    alternatives: List[str]
+
+    @property
+    def fits(self) -> bool:
+        return self.needed <= 0.9 * self.available  # leave room for the model, the queries and the OS
+
+    def line(self) -> str:
+        return (f"memory plan: {self.backend} needs ~{self.needed / GB:.2f} GB ({self.detail}); "
+                f"{self.available / GB:.1f} GB available")
+
+
+def plan_memory(spec: IndexSpec, sizes: List[int], dim: int, available: Optional[int] = None) -> MemoryPlan:
+    """What `spec` would hold for shards of `sizes` vectors of `dim`, and what would fit instead."""
+    available = available_memory() if available is None else available
+    n = sum(sizes)
+    vec_gb = n * dim * 4 / GB
+    one = hnsw_bytes(n, dim, spec.hnsw_m)
+    per_shard = hnsw_bytes(max(sizes, default=0), dim, spec.hnsw_m)
+    lite = {t: milvus_lite_bytes(n, dim, t, spec.hnsw_m, spec.milvus_pq_m) for t in ("HNSW", "IVF_SQ8", "IVF_PQ")}
+    remote = spec.milvus_uri and spec.milvus_uri.split("://")[0] in ("http", "https", "tcp", "unix", "grpc")
+    if spec.kind == "exact":
+        needed, detail = 0, "streams the memory-mapped shards block by block"
+    elif spec.kind == "hnsw":
+        needed, detail = one, f"{n:,} vectors x {dim} ({vec_gb:.2f} GB) inside one graph of M {spec.hnsw_m}"
+    elif spec.kind == "hnsw_per_shard":
+        needed, detail = per_shard, f"the largest of {len(sizes)} shard graphs, one loaded at a time"
+    elif remote:
+        needed, detail = 0, f"held by the Milvus server at {spec.milvus_uri}, not here"
+    else:
+        needed = lite[spec.milvus_index_type] if spec.milvus_index_type in lite else \
+            milvus_lite_bytes(n, dim, spec.milvus_index_type, spec.hnsw_m, spec.milvus_pq_m)
+        detail = f"milvus-lite {spec.milvus_index_type}: raw vectors ({vec_gb:.2f} GB) and the index"
+    alternatives = []
+    if len(sizes) > 1 and per_shard < one:
+        alternatives.append(f"--hnsw_per_shard (~{per_shard / GB:.2f} GB: one of {len(sizes)} shard graphs at a time)")
+    alternatives.append(f"--index milvus --milvus_index_type IVF_SQ8 (~{lite['IVF_SQ8'] / GB:.2f} GB in milvus-lite)")
+    alternatives.append("--index milvus --milvus_uri http://HOST:19530 (a Milvus server or cluster holds it)")
+    alternatives.append("exact search (streams the shards; slower per question, no index memory)")
+    return MemoryPlan(spec.kind if spec.kind != "milvus" else f"milvus {spec.milvus_index_type}", needed, available,
+                      detail, alternatives)
+
+
+def check_memory(plan: MemoryPlan, force: bool) -> None:
+    """Log the plan; refuse in one line when it does not fit, unless `force`."""
+    logger.info(plan.line())
+    if plan.fits:
+        return
+    if force:
+        logger.warning("%s; building anyway (--force)", plan.line())
+        return
+    raise IndexMemoryError(f"{plan.line()}. What would fit: {'; '.join(plan.alternatives)}. Or pass --force "
+                           "to build it anyway")
+
+
+# --------------------------------------------------------------------------- the factory
+
+def open_index(spec: IndexSpec, exact: ExactIndex, resident_limit: Optional[int] = None):
+    """The backend `spec` names over `exact`'s shards: loaded if it was saved, else built."""
+    if spec.kind not in KINDS:
+        raise DprError(f"--index {spec.kind}: one of {', '.join(KINDS)}")
+    sizes = [len(s.ids) for s in exact.shards]
+    dim = int(exact.shards[0].meta["dim"])
+    plan = plan_memory(spec, sizes, dim)
+    if spec.kind != "exact":
+        check_memory(plan, spec.force)
+    if spec.kind == "exact":
+        return exact
+    if spec.kind == "hnsw":
+        from .hnsw_index import HNSWIndex
+
+        index = HNSWIndex(exact, m=spec.hnsw_m, ef_construction=spec.ef_construction, space=spec.space)
+        if not (spec.index_path and index.load(spec.index_path)):
+            index.build()
+            if spec.index_path:
+                index.save(spec.index_path)
+        return index
+    if spec.kind == "hnsw_per_shard":
+        from .hnsw_index import ShardGraphs
+
+        # all graphs stay loaded when they fit together (a server answering many requests)
+        together = sum(hnsw_bytes(n, dim, spec.hnsw_m) for n in sizes)
+        resident = together <= 0.5 * (resident_limit if resident_limit is not None else plan.available)
+        return ShardGraphs(exact, spec.hnsw_m, spec.ef_construction, spec.space, resident=resident).build()
+    from .milvus_index import MilvusIndex
+
+    return MilvusIndex(exact, spec.milvus_uri, spec.milvus_collection, spec.milvus_index_type, spec.hnsw_m,
+                       spec.ef_construction, spec.milvus_nlist, spec.milvus_nprobe, spec.milvus_pq_m).build()

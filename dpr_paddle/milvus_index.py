@@ -1,0 +1,240 @@
+"""Milvus as the index engine: milvus-lite embedded in a local file by default, or a Milvus
+standalone server or cluster by URI (`http://host:19530`), through the same client code.
+
+A collection holds one set of shards: primary key `row` (the global row over the shards in
+order), `pid` (the passage id) and `vector`. Its properties record what it holds (model
+fingerprint, dimension, count, a digest of every shard's meta.json), so shards of another model
+never mix into it. Loading streams the shards in batches of `LOAD_BATCH` rows in row order; an
+interrupted load resumes at the last whole batch, which is upserted, so nothing is lost or
+duplicated. Scores returned are exact inner products recomputed from the stored vectors, as
+for every backend; Milvus only proposes the candidates.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .errors import DprError
+from .hnsw_index import meta_digest
+from .index import ExactIndex
+
+logger = logging.getLogger(__name__)
+
+INDEX_TYPES = ("HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "FLAT")
+LOAD_BATCH = 5000  # rows per insert: 5000 x 768 float32 = 15 MB, well under gRPC's 64 MB
+SEARCH_BATCH = 256  # questions per search request
+_IDENTITY, _INDEX, _BATCH = "dpr_paddle.identity", "dpr_paddle.index", "dpr_paddle.load_batch"
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    log = logging.getLogger(logger_name)
+    level, log.level = log.level, logging.CRITICAL + 1
+    try:
+        yield
+    finally:
+        log.level = level
+
+
+class MilvusIndexError(DprError, RuntimeError):
+    """Milvus cannot be reached, or a collection does not hold what these shards are."""
+
+
+def is_remote(uri: str) -> bool:
+    """A server URI (http, https, tcp, unix) rather than a milvus-lite file."""
+    return uri.split("://")[0] in ("http", "https", "tcp", "unix", "grpc")
+
+
+def default_uri(shard_dir: str) -> str:
+    """milvus-lite's file beside the shards (one file can hold the collections of several models)."""
+    return os.path.join(os.path.dirname(os.path.abspath(shard_dir)), "milvus.db")
+
+
+def default_nlist(n: int) -> int:
+    """IVF cells: ~4 sqrt(n), and at least 39 training points per cell (k-means needs them)."""
+    return int(max(1, min(4 * math.sqrt(max(n, 1)), n // 39 or 1, 65536)))
+
+
+def connect(uri: str):
+    """A MilvusClient for `uri`, or one line that names the URI and the fix."""
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    for name in ("faiss", "milvus_lite"):  # their start-up INFO lines say nothing a user can act on
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not is_remote(uri) and not uri.endswith(".db"):
+        raise MilvusIndexError(f"--milvus_uri {uri}: a local Milvus file must end in .db (milvus-lite), or give a "
+                               "server as http://host:19530")
+    try:
+        return MilvusClient(uri=uri)
+    except MilvusException as e:
+        fix = ("start the server (docker compose up -d, see README) or leave --milvus_uri out for a local "
+               "milvus-lite file" if is_remote(uri) else "check that the directory is writable and that no other "
+               "process holds the file")
+        raise MilvusIndexError(f"cannot open Milvus at {uri} ({e.message}); {fix}") from None
+
+
+class MilvusIndex:
+    """Shards loaded into a Milvus collection and searched there (see the module doc)."""
+
+    def __init__(self, exact: ExactIndex, uri: Optional[str] = None, collection: Optional[str] = None,
+                 index_type: str = "HNSW", m: int = 32, ef_construction: int = 200, nlist: int = 0,
+                 nprobe: int = 32, pq_m: int = 0):
+        if index_type not in INDEX_TYPES:
+            raise MilvusIndexError(f"--milvus_index_type {index_type}: one of {', '.join(INDEX_TYPES)}")
+        self.exact = exact
+        self.uri = uri or default_uri(exact.shards[0].path)
+        self.dim = int(exact.shards[0].meta["dim"])
+        self.count = int(exact.offsets[-1])
+        self.identity = {"model_fingerprint": exact.shards[0].meta.get("model_fingerprint"), "dim": self.dim,
+                         "count": self.count, "shards": [meta_digest(s.meta) for s in exact.shards]}
+        self.collection = collection or "dpr_" + hashlib.sha1(json.dumps(self.identity).encode()).hexdigest()[:16]
+        self.index_type = index_type
+        self.nprobe = nprobe
+        params = {"HNSW": {"M": m, "efConstruction": ef_construction}, "FLAT": {}}.get(index_type)
+        if params is None:
+            params = {"nlist": nlist or default_nlist(self.count)}
+            if index_type == "IVF_PQ":  # pq_m sub-vectors of 8 bits: dim / pq_m floats share one byte
+                params.update({"m": pq_m or max(1, self.dim // 4), "nbits": 8})
+        self.params = params
+        self.client = None
+
+    # ------------------------------------------------------------------ build / load
+
+    def build(self) -> "MilvusIndex":
+        """Create or reopen the collection, load whatever rows are missing, make the index, load it
+        into memory for search. Safe to call again: a complete collection is only checked."""
+        self.client = connect(self.uri)
+        if self.client.has_collection(self.collection):
+            self._check_identity()
+        else:
+            self._create()
+        self._load_rows()
+        self._ensure_index()
+        self.client.load_collection(self.collection)  # a collection must be loaded before a search
+        return self
+
+    load = build  # reopening is building: every step is skipped when already done
+
+    def _properties(self) -> dict:
+        return self.client.describe_collection(self.collection).get("properties") or {}
+
+    def _check_identity(self) -> None:
+        have = json.loads(self._properties().get(_IDENTITY, "null") or "null")
+        if have != self.identity:
+            what = ("no dpr_paddle identity" if not have else
+                    f"{have.get('count')} passages of model {have.get('model_fingerprint')} (dim {have.get('dim')})")
+            raise MilvusIndexError(
+                f"Milvus collection {self.collection!r} at {self.uri} holds {what}, not these shards' {self.count} "
+                f"passages of model {self.identity['model_fingerprint']} (dim {self.dim}); leave --milvus_collection "
+                "out (each set of shards gets its own collection) or name a new one")
+
+    def _create(self) -> None:
+        from pymilvus import DataType
+
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("row", DataType.INT64, is_primary=True)
+        schema.add_field("pid", DataType.VARCHAR, max_length=512)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+        self.client.create_collection(self.collection, schema=schema, properties={
+            _IDENTITY: json.dumps(self.identity), _BATCH: str(LOAD_BATCH)})
+        logger.info("created Milvus collection %s at %s", self.collection, self.uri)
+
+    def _rows_present(self) -> int:
+        got = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(got[0]["count(*)"])
+
+    def _load_rows(self, stop_after: Optional[int] = None) -> None:
+        """Insert rows [done, count) in batches, row order. A crash leaves whole batches and at most
+        one part of a batch: the resume starts at that batch and upserts it (idempotent)."""
+        from tqdm import tqdm
+
+        batch = int(self._properties().get(_BATCH, LOAD_BATCH))
+        done = self._rows_present()
+        if done > self.count:
+            raise MilvusIndexError(f"Milvus collection {self.collection!r} has {done} rows for {self.count} passages; "
+                                   "drop it and load again")
+        if done == self.count:
+            return
+        start = done // batch * batch
+        if done:
+            logger.info("resuming the load of %s at row %d of %d", self.collection, start, self.count)
+        with tqdm(total=self.count, initial=start, desc="milvus load", unit="vec", dynamic_ncols=True) as bar:
+            for i, lo in enumerate(range(start, self.count, batch)):
+                if stop_after is not None and i >= stop_after:
+                    return  # tests: an interrupted load
+                hi = min(lo + batch, self.count)
+                rows = [{"row": r, "pid": pid, "vector": vec} for r, pid, vec in self._rows(lo, hi)]
+                (self.client.upsert if i == 0 and done else self.client.insert)(self.collection, rows)
+                bar.update(hi - lo)
+        self.client.flush(self.collection)
+        got = self._rows_present()
+        if got != self.count:
+            raise MilvusIndexError(f"Milvus collection {self.collection!r}: {got} rows after loading {self.count}; "
+                                   "drop it and load again")
+
+    def _rows(self, lo: int, hi: int):
+        """(global row, passage id, float32 vector) for rows [lo, hi)."""
+        rows = np.arange(lo, hi)
+        vectors = self.exact.vectors_of(rows)  # [b, D] float32, also from float16 shards
+        for r, vec in zip(rows, vectors):
+            yield int(r), self.exact.row_id(int(r)), vec
+
+    def _ensure_index(self) -> None:
+        wanted = {"index_type": self.index_type, "metric_type": "IP", "params": self.params}
+        have = json.loads(self._properties().get(_INDEX, "null") or "null")
+        if have == wanted and self.client.list_indexes(self.collection):
+            return
+        self.client.release_collection(self.collection)
+        for name in self.client.list_indexes(self.collection):
+            logger.info("dropping the collection's %s index for %s %s", have and have.get("index_type"),
+                        self.index_type, self.params)
+            self.client.drop_index(self.collection, name)
+        index_params = self.client.prepare_index_params()
+        # pymilvus 3 sends build parameters as flat keys, which Milvus servers read; milvus-lite 3.2
+        # reads only a JSON "params" key and would silently build with its defaults (M 16, nlist 128)
+        params = self.params if is_remote(self.uri) else {"params": self.params}
+        index_params.add_index(field_name="vector", index_type=self.index_type, metric_type="IP", params=params)
+        with _quiet("grpc._server"):  # milvus-lite logs a traceback for a call it lacks; the index is made
+            self.client.create_index(self.collection, index_params)
+        self.client.alter_collection_properties(self.collection, properties={_INDEX: json.dumps(wanted)})
+        logger.info("Milvus index %s %s on %s", self.index_type, self.params, self.collection)
+
+    # ------------------------------------------------------------------ search
+
+    def search(self, queries: np.ndarray, k: int, ef: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+        """Top k: (exact inner products [n, k], global rows [n, k]), best first."""
+        k = min(k, self.count)
+        params = {"ef": max(ef, k)} if self.index_type == "HNSW" else {"nprobe": self.nprobe}
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        rows = np.empty((len(queries), k), dtype=np.int64)
+        short = []
+        for lo in range(0, len(queries), SEARCH_BATCH):
+            hits = self.client.search(self.collection, data=list(queries[lo : lo + SEARCH_BATCH]), limit=k,
+                                      search_params={"metric_type": "IP", "params": params}, output_fields=["row"])
+            for j, found in enumerate(hits):
+                got = [hit.id for hit in found]
+                if len(got) < k:  # the probed IVF cells held fewer than k passages
+                    short.append(lo + j)
+                    continue
+                rows[lo + j] = got
+        if short:
+            logger.warning("%d of %d questions found fewer than %d passages in %d probed cells; searched exactly "
+                           "instead (raise --milvus_nprobe)", len(short), len(queries), k, self.nprobe)
+            rows[short] = self.exact.search(queries[short], k)[1]
+        scores = np.einsum("nd,nkd->nk", queries, self.exact.vectors_of(rows))
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
+
+    def describe(self) -> dict:
+        """What a metrics file records about this index."""
+        where = self.uri if is_remote(self.uri) else f"milvus-lite {self.uri}"
+        return {"index": "milvus", "uri": where, "collection": self.collection, "index_type": self.index_type,
+                "params": self.params, **({} if self.index_type in ("HNSW", "FLAT") else {"nprobe": self.nprobe})}

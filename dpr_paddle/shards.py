@@ -1,0 +1,165 @@
+"""The embedding shard format: where shards live, what they hold, and how they are read.
+
+Shards split the corpus into contiguous ranges of ceil(N / num_shards) passages, so the union
+of all shards is the corpus with nothing dropped or repeated. Shard k of OUT_FILE is the
+directory `OUT_FILE_k/` (the `_k` suffix is `shard_path`):
+
+    vectors.npy   [n, D] float32 (or float16), a plain .npy: np.load(..., mmap_mode="r") maps it
+    ids.txt       the n passage ids, one per line, in corpus order
+    meta.json     {format, model, model_fingerprint, pooling, similarity, max_length, dim, count,
+                   dtype, shard_id, num_shards, start, end, ctx_file, corpus}
+
+The directory appears by an atomic rename when the shard is complete (`assemble_shard`); while
+it is being made, finished blocks wait in `OUT_FILE_k.partial/`. Index backends may keep their
+own files inside a shard directory (a per-shard hnsw graph); nothing here reads them.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from .errors import DprError
+from .utils import atomic_dir, write_json_atomic
+
+FORMAT = "dpr_paddle.embeddings/1"
+
+
+class EmbeddingError(DprError, RuntimeError):
+    """Embedding shards are missing, incomplete or inconsistent."""
+
+
+def shard_range(n: int, shard_id: int, num_shards: int) -> Tuple[int, int]:
+    """[start, end) of shard `shard_id`: contiguous ranges of ceil(n / num_shards) passages."""
+    if num_shards < 1:
+        raise EmbeddingError(f"--num_shards must be >= 1, got {num_shards}")
+    if not 0 <= shard_id < num_shards:
+        raise EmbeddingError(f"--shard_id must be in [0, {num_shards}), got {shard_id}")
+    size = math.ceil(n / num_shards) if n else 0
+    start = min(shard_id * size, n)
+    return start, min(start + size, n)
+
+
+def shard_path(out_file: str, shard_id: int) -> str:
+    """Where shard `shard_id` of `out_file` is written."""
+    return f"{out_file}_{shard_id}"
+
+
+# what makes two shards the same work; the backend is not among them (inference and dygraph
+# give the same vectors within 2e-6)
+SHARD_IDENTITY = ("model_fingerprint", "pooling", "similarity", "max_length", "dtype", "ctx_file", "corpus",
+                  "shard_id", "num_shards")
+
+
+def check_same_job(path: str, meta: dict, identity: dict) -> None:
+    """A complete shard is reused only when it was made by this job; anything else is refused."""
+    for key in SHARD_IDENTITY:
+        if meta.get(key) != identity.get(key):
+            have, want = meta.get(key), identity.get(key)
+            if key == "corpus":
+                have, want = (f"{d.get('size')} bytes" if isinstance(d, dict) else d for d in (have, want))
+            raise EmbeddingError(f"{path} holds vectors of another job ({key} {have!r} there, {want!r} now); "
+                                 "pass --overwrite to re-encode it, or another --out_file")
+
+
+def read_meta(path: str) -> Optional[dict]:
+    """meta.json of a complete shard directory, or None."""
+    f = os.path.join(path, "meta.json")
+    if not os.path.isfile(f):
+        return None
+    with open(f, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+@dataclass
+class Shard:
+    """One embedding shard: memory-mapped vectors [n, D], their passage ids and metadata."""
+
+    path: str
+    meta: dict
+    vectors: np.ndarray
+    ids: List[str]
+
+
+def _shard_sort_key(path: str):
+    m = re.search(r"_(\d+)$", path.rstrip("/"))
+    return (int(m.group(1)) if m else -1, path)
+
+
+def shard_paths(pattern: str) -> List[str]:
+    """The shard directories `pattern` names (a glob, a shard dir, or the OUT_FILE prefix given to
+    generate_dense_embedding.py), in shard order."""
+    def find(pat):
+        return sorted((p for p in glob.glob(pat) if os.path.isdir(p) and not p.endswith(".partial")), key=_shard_sort_key)
+
+    paths = find(pattern)
+    if paths == [pattern.rstrip("/")] or (not paths and os.path.isdir(pattern)):
+        paths = [pattern]  # one shard directory named directly
+    elif not paths:
+        paths = find(glob.escape(pattern) + "_*")  # the --out_file prefix of generate_dense_embedding.py
+    if not paths:
+        raise EmbeddingError(f"no embedding shards match {pattern!r}")
+    return paths
+
+
+def load_shards(pattern: str, partial: bool = False) -> List[Shard]:
+    """Open every complete shard matching `pattern` (see `shard_paths`) and check they belong together;
+    all `num_shards` of them unless `partial` (a machine searching only its own shards)."""
+    paths = shard_paths(pattern)
+    shards = []
+    for p in paths:
+        meta = read_meta(p)
+        if meta is None:
+            raise EmbeddingError(f"{p}: incomplete shard (no meta.json); re-run generate_dense_embedding.py")
+        vectors = np.load(os.path.join(p, "vectors.npy"), mmap_mode="r")
+        with open(os.path.join(p, "ids.txt"), encoding="utf-8") as f:
+            ids = f.read().splitlines()
+        if vectors.shape[0] != len(ids) or len(ids) != meta["count"]:
+            raise EmbeddingError(f"{p}: {vectors.shape[0]} vectors, {len(ids)} ids, meta count {meta['count']}")
+        shards.append(Shard(p, meta, vectors, ids))
+    first = shards[0].meta
+    for s in shards[1:]:
+        for key in ("dim", "model_fingerprint", "num_shards"):
+            if s.meta.get(key) != first.get(key):
+                raise EmbeddingError(f"shards disagree on {key}: {shards[0].path} has {first.get(key)!r}, "
+                                     f"{s.path} has {s.meta.get(key)!r}")
+    have = sorted(s.meta["shard_id"] for s in shards)
+    want = list(range(first["num_shards"]))
+    if have != want and not (partial and len(set(have)) == len(have) and set(have) <= set(want)):
+        missing = sorted(set(want) - set(have))
+        raise EmbeddingError(f"{pattern!r}: found shards {have} of {first['num_shards']}; missing {missing}")
+    return shards
+
+
+def assemble_shard(partial: str, final: str, meta: dict, expected: int) -> Tuple[int, int]:
+    """Join the finished blocks of `partial` (block_NNNNNN.npy/.ids) into the shard directory
+    `final`, which appears by an atomic rename with its meta.json; returns (count, dim)."""
+    blocks = sorted(f[:-4] for f in os.listdir(partial) if f.endswith(".npy"))
+    dim = None
+    with atomic_dir(final) as tmp:
+        mats = [np.load(os.path.join(partial, b + ".npy"), mmap_mode="r") for b in blocks]
+        count = sum(m.shape[0] for m in mats)
+        if count != expected:
+            raise EmbeddingError(f"{partial}: {count} vectors for {expected} passages; delete it and re-run")
+        dim = mats[0].shape[1] if mats else dim
+        out = np.lib.format.open_memmap(os.path.join(tmp, "vectors.npy"), mode="w+", dtype=meta["dtype"],
+                                        shape=(count, dim or 0))
+        row = 0
+        for m in mats:
+            out[row : row + m.shape[0]] = m
+            row += m.shape[0]
+        out.flush()
+        del out
+        with open(os.path.join(tmp, "ids.txt"), "w", encoding="utf-8") as f:
+            for b in blocks:
+                with open(os.path.join(partial, b + ".ids"), encoding="utf-8") as g:
+                    shutil.copyfileobj(g, f)
+        write_json_atomic(os.path.join(tmp, "meta.json"), {**meta, "dim": dim, "count": count})
+    return count, dim
