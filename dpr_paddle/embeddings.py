@@ -51,14 +51,42 @@ def iter_range(ctx_file: str, start: int, end: int, block: int) -> Iterator[Tupl
         yield b, buf
 
 
+def tokenize_passages(tensorizer, passages: List[Passage]):
+    """Unpadded (ids, type_ids) of each passage as a (title, text) pair."""
+    return tensorizer.encode_passages_ids([(p.title, p.text) for p in passages])
+
+
+def prefetch_tokenized(tensorizer, blocks, skip, background: bool):
+    """Yield (b, passages, encoded) for each (b, passages) of `blocks`; with `background`, block b+1
+    is tokenized in a thread while the caller encodes block b (the Rust tokenizer and the encoder
+    both release the GIL), so a fast device never waits for the tokenizer. `skip(b)` blocks are
+    yielded with encoded None and never tokenized."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not background:
+        for b, passages in blocks:
+            yield b, passages, None if skip(b) else tokenize_passages(tensorizer, passages)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
+        pending = None
+        for b, passages in blocks:
+            job = None if skip(b) else pool.submit(tokenize_passages, tensorizer, passages)
+            if pending is not None:
+                yield pending[0], pending[1], pending[2] and pending[2].result()
+            pending = (b, passages, job)
+        if pending is not None:
+            yield pending[0], pending[1], pending[2] and pending[2].result()
+
+
 def encode_passages(encode_fn, tensorizer, passages: List[Passage], batch_size: int, sort_by_length: bool = True,
-                    progress=None):
-    """[n, D] float32 representations of `passages`, in their order.
+                    progress=None, encoded=None):
+    """[n, D] float32 representations of `passages`, in their order (`encoded`: their ids, when
+    already tokenized).
 
     With `sort_by_length`, passages are batched by token length (less padding), and the rows
     are put back in input order before returning.
     """
-    encoded = tensorizer.encode_passages_ids([(p.title, p.text) for p in passages])
+    encoded = tokenize_passages(tensorizer, passages) if encoded is None else encoded
     order = np.argsort([len(ids) for ids, _ in encoded], kind="stable") if sort_by_length else np.arange(len(encoded))
     out = None
     for i in range(0, len(order), batch_size):
@@ -74,8 +102,11 @@ def encode_passages(encode_fn, tensorizer, passages: List[Passage], batch_size: 
 
 def generate_shard(encode_fn, tensorizer, ctx_file: str, out_file: str, shard_id: int, num_shards: int,
                    model_info: dict, batch_size: int = 64, dtype: str = "float32", block: int = 20000,
-                   overwrite: bool = False, sort_by_length: bool = True, total: Optional[int] = None) -> str:
-    """Encode one shard of `ctx_file` into `out_file_{shard_id}/` (see the module doc)."""
+                   overwrite: bool = False, sort_by_length: bool = True, total: Optional[int] = None,
+                   prefetch: Optional[bool] = None) -> str:
+    """Encode one shard of `ctx_file` into `out_file_{shard_id}/` (see the module doc). `prefetch`
+    tokenizes the next block in the background (default: on a GPU, where the encoder would
+    otherwise wait; on a CPU the tokenizer thread would only take a core from the encoder)."""
     from tqdm import tqdm
 
     final = shard_path(out_file, shard_id)
@@ -103,14 +134,21 @@ def generate_shard(encode_fn, tensorizer, ctx_file: str, out_file: str, shard_id
     logger.info("shard %d/%d: passages [%d, %d) of %s", shard_id, num_shards, start, end, ctx_file)
 
     done = {f.split(".")[0] for f in os.listdir(partial) if f.endswith(".npy")}
+    if prefetch is None:
+        import paddle
+
+        prefetch = "gpu" in paddle.device.get_device()
     bar = tqdm(total=end - start, desc=f"shard {shard_id}", unit="psg", dynamic_ncols=True)
     t0, encoded = time.perf_counter(), 0
-    for b, passages in iter_range(ctx_file, start, end, block):
+    blocks = prefetch_tokenized(tensorizer, iter_range(ctx_file, start, end, block),
+                                skip=lambda b: f"block_{b:06d}" in done, background=prefetch)
+    for b, passages, ids in blocks:
         name = f"block_{b:06d}"
         if name in done:
             bar.update(len(passages))
             continue
-        vecs = encode_passages(encode_fn, tensorizer, passages, batch_size, sort_by_length, progress=bar.update)
+        vecs = encode_passages(encode_fn, tensorizer, passages, batch_size, sort_by_length, progress=bar.update,
+                               encoded=ids)
         vecs = vecs.astype(dtype)
         with atomic_path(os.path.join(partial, name + ".ids")) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
