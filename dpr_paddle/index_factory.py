@@ -43,6 +43,7 @@ class IndexSpec:
     milvus_nprobe: int = 32
     milvus_pq_m: int = 0
     force: bool = False
+    resident: Optional[bool] = None  # hnsw_per_shard: keep every graph loaded (None: when they fit easily)
 
 
 # --------------------------------------------------------------------------- memory
@@ -157,7 +158,7 @@ def check_memory(plan: MemoryPlan, force: bool) -> None:
 
 # --------------------------------------------------------------------------- the factory
 
-def open_index(spec: IndexSpec, exact: ExactIndex, resident_limit: Optional[int] = None):
+def open_index(spec: IndexSpec, exact: ExactIndex):
     """The backend `spec` names over `exact`'s shards: loaded if it was saved, else built."""
     if spec.kind not in KINDS:
         raise DprError(f"--index {spec.kind}: one of {', '.join(KINDS)}")
@@ -182,7 +183,7 @@ def open_index(spec: IndexSpec, exact: ExactIndex, resident_limit: Optional[int]
 
         # all graphs stay loaded when they fit together (a server answering many requests)
         together = sum(hnsw_bytes(n, dim, spec.hnsw_m) for n in sizes)
-        resident = together <= 0.5 * (resident_limit if resident_limit is not None else plan.available)
+        resident = spec.resident if spec.resident is not None else together <= 0.5 * plan.available
         return ShardGraphs(exact, spec.hnsw_m, spec.ef_construction, spec.space, resident=resident).build()
     from .milvus_index import MilvusIndex
 

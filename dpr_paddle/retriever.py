@@ -14,7 +14,7 @@ from .errors import DprError
 from .evaluation import DEFAULT_TOP_K, format_top_k_table, has_answer, top_k_accuracy
 from .index import ExactIndex, recall_at_k
 from .index_factory import IndexSpec, open_index
-from .shards import EmbeddingError, load_shards, shard_paths
+from .shards import EmbeddingError, load_shards, read_meta, shard_paths
 from .utils import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -192,8 +192,6 @@ def check_dim(q: np.ndarray, shards) -> None:
 def check_encoders(pattern: str, context: Tuple[str, str], question: Optional[dict]) -> None:
     """The shards must come from the given context encoder (refused otherwise); a question encoder
     from another checkpoint than theirs is worth a warning (a DPR pair is trained together)."""
-    from .shards import read_meta, shard_paths
-
     meta = read_meta(shard_paths(pattern)[0]) or {}  # one meta.json: the ids of every shard need not be read
     path, fingerprint = context
     if meta.get("model_fingerprint") != fingerprint:
