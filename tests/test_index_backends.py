@@ -146,16 +146,16 @@ def test_a_stale_shard_graph_is_rebuilt_with_a_warning(data, tmp_path, caplog):
 # --------------------------------------------------------------------------- the memory plan
 
 def test_the_memory_plan_refuses_what_cannot_fit_and_names_what_would():
-    sizes, dim = [5_250_000] * 4, 768  # DPR's 21M passages in 4 shards
+    sizes, dim = [420_000] * 50, 768  # DPR's 21M passages in its 50 shards
     plan = plan_memory(IndexSpec("hnsw"), sizes, dim, available=24 * 2**30)
-    assert not plan.fits and 65 * 2**30 < plan.needed < 100 * 2**30  # 60 GiB of vectors + the graph
+    assert not plan.fits and 120 * 2**30 < plan.needed < 140 * 2**30  # 60 GiB of vectors mapped + the graph (+ its copy)
     with pytest.raises(IndexMemoryError) as e:
         check_memory(plan, force=False)
     message = str(e.value)
     assert "\n" not in message and "--hnsw_per_shard" in message and "IVF_SQ8" in message and "--force" in message
     check_memory(plan, force=True)  # --force: a warning, no error
     per_shard = plan_memory(IndexSpec("hnsw_per_shard"), sizes, dim, available=24 * 2**30)
-    assert per_shard.fits and per_shard.needed < plan.needed / 3.5
+    assert per_shard.fits and per_shard.needed < plan.needed / 40
     remote = plan_memory(IndexSpec("milvus", milvus_uri="http://h:19530"), sizes, dim, available=24 * 2**30)
     assert remote.fits and remote.needed == 0
     lite = {t: plan_memory(IndexSpec("milvus", milvus_index_type=t), sizes, dim, available=1).needed
