@@ -3,6 +3,8 @@
     .venv/bin/python bench/index.py --sizes 10000 100000 --kinds clustered random --spaces l2 --ms 64 --efs 200 400 800
     .venv/bin/python bench/index.py --sizes 1000000 --kinds real-anchored --real_data ../shared/data/squad1_open \
         --spaces ip l2 --ms 32 --ef_constructions 200 --efs 200 400 800 1600
+    .venv/bin/python bench/index.py --sizes 100000 1000000 --kinds real-anchored --real_data ../shared/data/squad1_open \
+        --engines hnsw hnsw_per_shard milvus_hnsw milvus_ivf_sq8 --ms 32 --efs 400 800 --nprobes 16 64 256
 
 Vectors are dim --dim float32: isotropic Gaussian ("random", the worst case for any graph index),
 or points around 200 topic centres with norms spread 0.5-2x ("clustered") or 0.9-1.1x ("encoder-like",
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 
 from common import ROOT, markdown_table, save_results  # also puts the repo on sys.path
@@ -74,8 +77,173 @@ def real_anchored(anchors, n: int, seed: int, noise: float):
     return out
 
 
+def write_shards(directory: str, data, num_shards: int) -> str:
+    """`data` as `num_shards` shard directories in the real format (what the engines read)."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from dpr_paddle.shards import shard_path, shard_range
+
+    shutil.rmtree(directory, ignore_errors=True)
+    for i in range(num_shards):
+        a, b = shard_range(len(data), i, num_shards)
+        d = shard_path(os.path.join(directory, "emb"), i)
+        os.makedirs(d)
+        np.save(os.path.join(d, "vectors.npy"), data[a:b])
+        with open(os.path.join(d, "ids.txt"), "w") as f:
+            f.write("".join(f"{j}\n" for j in range(a, b)))
+        meta = {"dim": int(data.shape[1]), "count": b - a, "shard_id": i, "num_shards": num_shards,
+                "model_fingerprint": f"bench-{len(data)}", "start": a, "end": b}
+        with open(os.path.join(d, "meta.json"), "w") as f:
+            json.dump(meta, f)
+    return os.path.join(directory, "emb")
+
+
+def _du_mb(paths) -> float:
+    total = 0
+    for p in paths:
+        for root, _, files in os.walk(p) if os.path.isdir(p) else [(os.path.dirname(p), [], [os.path.basename(p)])]:
+            total += sum(os.path.getsize(os.path.join(root, f)) for f in files if os.path.exists(os.path.join(root, f)))
+    return total / 2**20
+
+
+def _rss_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def engine_child(job: dict) -> list:
+    """Build one engine in a fresh process and measure it: build time, peak RSS, size, speed, recall."""
+    import numpy as np
+
+    from dpr_paddle.index import ExactIndex, recall_at_k
+    from dpr_paddle.index_factory import IndexSpec, open_index
+    from dpr_paddle.shards import load_shards
+
+    queries, exact_rows = np.load(job["queries"]), np.load(job["exact_rows"])
+    exact = ExactIndex(load_shards(job["pattern"]))
+    base = _rss_mb("VmRSS")  # MB, before the engine
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to now: ru_maxrss would carry the parent's peak across exec
+    # VmHWM counts the memory-mapped shard pages an engine touched, which the kernel can drop; the
+    # engine's own memory is the anonymous part, whose peak is sampled here
+    anon = {"base": _rss_mb("RssAnon"), "peak": 0.0}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(0.1):
+            anon["peak"] = max(anon["peak"], _rss_mb("RssAnon"))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    spec = IndexSpec(force=True, **job["spec"])
+    t = time.perf_counter()
+    index = open_index(spec, exact)
+    build_s = time.perf_counter() - t
+    rows = []
+    for knob in job["knobs"]:
+        if spec.kind == "milvus" and spec.milvus_index_type != "HNSW":
+            index.nprobe, ef = knob, 0
+        else:
+            ef = knob
+        index.search(queries[:50], job["k"], ef=ef)  # warm-up
+        t = time.perf_counter()
+        _, got = index.search(queries, job["k"], ef=ef)
+        qps = len(queries) / (time.perf_counter() - t)
+        rec = recall_at_k(got, exact_rows, ks=(1, 20, 100))
+        rows.append({"engine": job["label"], "knob": knob, "build_s": build_s, "qps": qps,
+                     "recall@1": rec[1], "recall@20": rec[20], "recall@100": rec[100]})
+    peak = _rss_mb("VmHWM")
+    stop.set()
+    sampler.join()
+    size = _du_mb(job["size_paths"])
+    for r in rows:
+        r.update({"peak_rss_mb": peak, "base_rss_mb": base, "index_mb": size,
+                  "peak_anon_mb": max(anon["peak"], _rss_mb("RssAnon")), "base_anon_mb": anon["base"]})
+    return rows
+
+
+ENGINES = {  # label -> (IndexSpec fields, knob name)
+    "hnsw": ({"kind": "hnsw"}, "ef"),
+    "hnsw_per_shard": ({"kind": "hnsw_per_shard", "resident": False}, "ef"),  # one graph in memory at a time
+    "milvus_hnsw": ({"kind": "milvus", "milvus_index_type": "HNSW"}, "ef"),
+    "milvus_ivf_sq8": ({"kind": "milvus", "milvus_index_type": "IVF_SQ8"}, "nprobe"),
+    "milvus_ivf_flat": ({"kind": "milvus", "milvus_index_type": "IVF_FLAT"}, "nprobe"),
+}
+
+
+def engines(args, kind: str, n: int, data, queries, exact_rows, exact_qps: float, done: list) -> list:
+    """--engines: each engine over the same vectors written as --num_shards shards, in its own process."""
+    import json
+    import subprocess
+
+    import numpy as np
+
+    work = os.path.join(args.work_dir, f"{kind}_{n}")
+    pattern = write_shards(work, data, args.num_shards)
+    np.save(os.path.join(work, "queries.npy"), queries)
+    np.save(os.path.join(work, "exact_rows.npy"), exact_rows)
+    out = []
+    for label in args.engines:
+        fields, knob = ENGINES[label]
+        spec = {**fields, "hnsw_m": args.ms[0], "ef_construction": args.ef_constructions[0], "space": "ip"}
+        sizes = {"hnsw": [os.path.join(work, "one.hnsw")],
+                 "hnsw_per_shard": [os.path.join(work, f"emb_{i}", f) for i in range(args.num_shards)
+                                    for f in (f"hnsw_M{spec['hnsw_m']}_efc{spec['ef_construction']}_ip.bin",)]}
+        if label == "hnsw":
+            spec["index_path"] = sizes["hnsw"][0]
+        if fields["kind"] == "milvus":
+            spec["milvus_uri"] = os.path.join(work, f"{label}.db")
+            sizes[label] = [spec["milvus_uri"]]
+        job = {"label": label, "pattern": pattern, "queries": os.path.join(work, "queries.npy"),
+               "exact_rows": os.path.join(work, "exact_rows.npy"), "spec": spec, "k": args.k,
+               "knobs": args.nprobes if knob == "nprobe" else args.efs, "size_paths": sizes.get(label, [])}
+        job_file = os.path.join(work, f"{label}.job.json")
+        with open(job_file, "w") as f:
+            json.dump(job, f)
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--child", job_file], check=True)
+        with open(job_file + ".out") as f:
+            rows = json.load(f)
+        for r in rows:
+            r.update({"kind": kind, "n": n, "shards": args.num_shards if label == "hnsw_per_shard" else 1,
+                      "knob_name": knob, "exact_qps": exact_qps, "M": spec["hnsw_m"],
+                      "ef_construction": spec["ef_construction"], "params": job["spec"]})
+            print(r, file=sys.stderr)
+        out += rows
+        save_results(args.out, done + out)  # after every engine: a later failure loses nothing measured
+    return out
+
+
+def print_engines(rows) -> None:
+    print(markdown_table(
+        ["engine", "vectors", "N", "shards", "build (s)", "peak RSS (MB)", "peak anon. (MB)", "RSS before (MB)",
+         "on disk (MB)",
+         "knob", "queries/s", "speed-up", "recall@1", "recall@20", "recall@100"],
+        [[r["engine"], r["kind"], f"{r['n']:,}", str(r["shards"]), f"{r['build_s']:.1f}", f"{r['peak_rss_mb']:.0f}",
+          f"{r['peak_anon_mb']:.0f}",
+          f"{r['base_rss_mb']:.0f}", f"{r['index_mb']:.0f}", f"{r['knob_name']} {r['knob']}", f"{r['qps']:.0f}",
+          f"{r['qps'] / r['exact_qps']:.1f}x", f"{r['recall@1']:.3f}", f"{r['recall@20']:.3f}",
+          f"{r['recall@100']:.4f}"] for r in rows]))
+
+
 def main() -> None:
-    from dpr_paddle.index import ExactIndex, HNSWIndex, Shard, recall_at_k
+    if sys.argv[1:2] == ["--child"]:  # one engine, in a fresh process (its own peak RSS)
+        import json
+
+        with open(sys.argv[2]) as f:
+            rows = engine_child(json.load(f))
+        with open(sys.argv[2] + ".out", "w") as f:
+            json.dump(rows, f)
+        return
+    from dpr_paddle.hnsw_index import HNSWIndex
+    from dpr_paddle.index import ExactIndex, recall_at_k
+    from dpr_paddle.shards import Shard
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
@@ -90,6 +258,12 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.5, help="real-anchored: noise scale, in units of the real spread")
     ap.add_argument("--efs", type=int, nargs="+", default=[100, 200, 400, 800])
     ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--engines", nargs="+", choices=sorted(ENGINES),
+                    help="instead of the hnswlib sweep: these engines, each built in its own process from the "
+                         "vectors written as shards (peak RSS, size on disk, speed, recall)")
+    ap.add_argument("--num_shards", type=int, default=4, help="--engines: shards the vectors are written as")
+    ap.add_argument("--nprobes", type=int, nargs="+", default=[16, 64, 256], help="--engines: IVF cells searched")
+    ap.add_argument("--work_dir", default=os.path.join(ROOT, "runs", "bench_index"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "index.json"))
     args = ap.parse_args()
 
@@ -106,6 +280,9 @@ def main() -> None:
             t = time.perf_counter()
             _, exact_rows = exact.search(queries, args.k)
             exact_qps = len(queries) / (time.perf_counter() - t)
+            if args.engines:
+                rows += engines(args, kind, n, data, queries, exact_rows, exact_qps, rows)
+                continue
             for space, m, efc in [(sp, m, efc) for sp in args.spaces for m in args.ms for efc in args.ef_constructions]:
                 t = time.perf_counter()
                 hnsw = HNSWIndex(exact, m=m, ef_construction=efc, space=space).build()
@@ -124,6 +301,10 @@ def main() -> None:
                     rows.append(row)
                     print(row, file=sys.stderr)
                 del hnsw
+    if args.engines:
+        print_engines(rows)
+        save_results(args.out, rows)
+        return
     print(markdown_table(
         ["vectors", "N", "space", "M", "efc", "ef", "build (s)", "index size (MB)", "queries/s", "exact queries/s", "speed-up",
          "recall@1", "recall@20", "recall@100"],

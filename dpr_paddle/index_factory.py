@@ -85,13 +85,27 @@ def hnsw_bytes(n: int, dim: int, m: int) -> int:
     return int(n * per)
 
 
-def milvus_lite_bytes(n: int, dim: int, index_type: str, m: int, pq_m: int) -> int:
-    """milvus-lite holds the raw vectors of a loaded collection and, beside them, the faiss index
-    (a second copy for HNSW/IVF_FLAT, codes for IVF_SQ8/IVF_PQ); see bench/index.py's Milvus rows."""
+# milvus-lite (pure Python + faiss, in this process) measured at 100k and 1M x 384 (bench/index.py
+# --engines, docs/benchmarks.md 3d): ~1.5 GB of its own plus these multiples of the raw float32
+# vectors as anonymous memory, and the shards' pages mapped while loading. IVF_SQ8 saves little
+# there: milvus-lite keeps the raw vectors of every segment beside the codes.
+_LITE_FIXED = 1.5 * 2**30
+_LITE_FACTOR = {"HNSW": 1.75, "IVF_FLAT": 1.75, "IVF_SQ8": 1.4, "IVF_PQ": 1.4, "FLAT": 1.0}
+
+
+def milvus_lite_bytes(n: int, dim: int, index_type: str) -> int:
+    """Peak memory of milvus-lite loading and indexing n vectors of dim (see _LITE_FACTOR)."""
     raw = n * dim * 4
-    index = {"HNSW": raw + n * (2 * m * 4 + (4 * m) / math.log(m)), "IVF_FLAT": raw, "FLAT": 0,
-             "IVF_SQ8": n * dim, "IVF_PQ": n * (pq_m or max(1, dim // 4))}[index_type]
-    return int(raw + index)
+    return int(_LITE_FIXED + (1 + _LITE_FACTOR[index_type]) * raw)
+
+
+def milvus_server_bytes(n: int, dim: int, index_type: str, m: int, pq_m: int) -> int:
+    """What a Milvus server's query nodes hold for the index (computed, not measured): raw vectors
+    and links for HNSW, raw for IVF_FLAT/FLAT, one byte per dimension for IVF_SQ8, pq_m bytes per
+    vector for IVF_PQ."""
+    raw = n * dim * 4
+    return int({"HNSW": raw + n * (2 * m * 4 + 4 * m / math.log(m)), "IVF_FLAT": raw, "FLAT": raw,
+                "IVF_SQ8": n * dim, "IVF_PQ": n * (pq_m or max(1, dim // 4))}[index_type])
 
 
 @dataclass
@@ -122,7 +136,7 @@ def plan_memory(spec: IndexSpec, sizes: List[int], dim: int, available: Optional
     # the graph: vectors + graph, as measured (1M x 384, M 32: 3.5 GB peak RSS, bench/index.py)
     one = n * dim * 4 + hnsw_bytes(n, dim, spec.hnsw_m)
     per_shard = max(sizes, default=0) * dim * 4 + hnsw_bytes(max(sizes, default=0), dim, spec.hnsw_m)
-    lite = {t: milvus_lite_bytes(n, dim, t, spec.hnsw_m, spec.milvus_pq_m) for t in ("HNSW", "IVF_SQ8", "IVF_PQ")}
+    lite_sq8 = milvus_lite_bytes(n, dim, "IVF_SQ8")
     remote = spec.milvus_uri and spec.milvus_uri.split("://")[0] in ("http", "https", "tcp", "unix", "grpc")
     if spec.kind == "exact":
         needed, detail = 0, "streams the memory-mapped shards block by block"
@@ -131,15 +145,17 @@ def plan_memory(spec: IndexSpec, sizes: List[int], dim: int, available: Optional
     elif spec.kind == "hnsw_per_shard":
         needed, detail = per_shard, f"the largest of {len(sizes)} shards and its graph, one at a time"
     elif remote:
-        needed, detail = 0, f"held by the Milvus server at {spec.milvus_uri}, not here"
+        server = milvus_server_bytes(n, dim, spec.milvus_index_type, spec.hnsw_m, spec.milvus_pq_m)
+        needed, detail = 0, (f"the Milvus server at {spec.milvus_uri} holds ~{server / GB:.1f} GB of "
+                             f"{spec.milvus_index_type} index, not this machine")
     else:
-        needed = lite[spec.milvus_index_type] if spec.milvus_index_type in lite else \
-            milvus_lite_bytes(n, dim, spec.milvus_index_type, spec.hnsw_m, spec.milvus_pq_m)
-        detail = f"milvus-lite {spec.milvus_index_type}: raw vectors ({vec_gb:.2f} GB) and the index"
+        needed = milvus_lite_bytes(n, dim, spec.milvus_index_type)
+        detail = f"milvus-lite {spec.milvus_index_type}: its own 1.5 GB, the raw vectors ({vec_gb:.2f} GB) and the index"
     alternatives = []
     if len(sizes) > 1 and per_shard < one:
         alternatives.append(f"--hnsw_per_shard (~{per_shard / GB:.2f} GB: one of {len(sizes)} shard graphs at a time)")
-    alternatives.append(f"--index milvus --milvus_index_type IVF_SQ8 (~{lite['IVF_SQ8'] / GB:.2f} GB in milvus-lite)")
+    if lite_sq8 < one:
+        alternatives.append(f"--index milvus --milvus_index_type IVF_SQ8 (~{lite_sq8 / GB:.2f} GB in milvus-lite)")
     alternatives.append("--index milvus --milvus_uri http://HOST:19530 (a Milvus server or cluster holds it)")
     alternatives.append("exact search (streams the shards; slower per question, no index memory)")
     return MemoryPlan(spec.kind if spec.kind != "milvus" else f"milvus {spec.milvus_index_type}", needed, available,

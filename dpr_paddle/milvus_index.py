@@ -57,8 +57,13 @@ def default_uri(shard_dir: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(shard_dir)), "milvus.db")
 
 
+LITE_SEGMENT_ROWS = 100_000  # milvus-lite seals a segment at 100k rows (MAX_SEGMENT_ROWS)
+SERVER_SEGMENT_ROWS = 1_000_000  # a server's 1 GB segments hold ~0.3-0.7M vectors of 384-768 floats
+
+
 def default_nlist(n: int) -> int:
-    """IVF cells: ~4 sqrt(n), and at least 39 training points per cell (k-means needs them)."""
+    """IVF cells for a segment of n vectors: ~4 sqrt(n), and at least 39 training points per cell
+    (k-means needs them). Milvus builds one IVF index per segment, so n is a segment's size."""
     return int(max(1, min(4 * math.sqrt(max(n, 1)), n // 39 or 1, 65536)))
 
 
@@ -100,7 +105,8 @@ class MilvusIndex:
         self.nprobe = nprobe
         params = {"HNSW": {"M": m, "efConstruction": ef_construction}, "FLAT": {}}.get(index_type)
         if params is None:
-            params = {"nlist": nlist or default_nlist(self.count)}
+            segment = LITE_SEGMENT_ROWS if not is_remote(self.uri) else SERVER_SEGMENT_ROWS
+            params = {"nlist": nlist or default_nlist(min(self.count, segment))}
             if index_type == "IVF_PQ":  # pq_m sub-vectors of 8 bits: dim / pq_m floats share one byte
                 params.update({"m": pq_m or max(1, self.dim // 4), "nbits": 8})
         self.params = params
@@ -202,8 +208,17 @@ class MilvusIndex:
         # reads only a JSON "params" key and would silently build with its defaults (M 16, nlist 128)
         params = self.params if is_remote(self.uri) else {"params": self.params}
         index_params.add_index(field_name="vector", index_type=self.index_type, metric_type="IP", params=params)
-        with _quiet("grpc._server"):  # milvus-lite logs a traceback for a call it lacks; the index is made
-            self.client.create_index(self.collection, index_params)
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            with _quiet("grpc._server"):  # milvus-lite logs a traceback for a call it lacks; the index is made
+                self.client.create_index(self.collection, index_params)
+        except MilvusException as e:
+            # a long build can outlive the RPC deadline; the client's retry then finds the index made
+            made = self.client.describe_index(self.collection, "vector") if "already exists" in str(e) else {}
+            if made.get("index_type") != self.index_type:
+                raise MilvusIndexError(f"Milvus collection {self.collection!r}: creating its {self.index_type} "
+                                       f"index failed ({e.message})") from None
         self.client.alter_collection_properties(self.collection, properties={_INDEX: json.dumps(wanted)})
         logger.info("Milvus index %s %s on %s", self.index_type, self.params, self.collection)
 
