@@ -71,16 +71,24 @@ class FastWordPiece:
 
     def ids(self, texts: Sequence[str]) -> List[List[int]]:
         """WordPiece ids of each text, without special tokens or truncation."""
-        return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
+        encode = getattr(self.hf, "encode_batch_fast", self.hf.encode_batch)  # no character offsets: ~10% faster
+        return [e.ids for e in encode(list(texts), add_special_tokens=False)]
+
+    def unique_ids(self, texts: Sequence[str]) -> List[List[int]]:
+        """`ids`, tokenizing each distinct text once (titles repeat: every passage of a page has its title)."""
+        distinct = list(dict.fromkeys(texts))
+        if len(distinct) == len(texts):
+            return self.ids(texts)
+        table = dict(zip(distinct, self.ids(distinct)))
+        return [table[t] for t in texts]
 
     def encode(self, first: Sequence[str], second: Optional[Sequence[str]], max_length: int):
         """(input_ids, token_type_ids) per item, framed and truncated as PaddleNLP frames and truncates."""
-        a_ids = self.ids(first)
         if second is None:
             return [([self.cls] + a[: max_length - 2] + [self.sep], [0] * (min(len(a), max_length - 2) + 2))
-                    for a in a_ids]
+                    for a in self.ids(first)]
         out = []
-        for a, b in zip(a_ids, self.ids(second)):
+        for a, b in zip(self.unique_ids(first), self.ids(second)):
             n1, n2 = longest_first(len(a), len(b), max_length - 3)
             out.append(([self.cls] + a[:n1] + [self.sep] + b[:n2] + [self.sep], [0] * (n1 + 2) + [1] * (n2 + 1)))
         return out
