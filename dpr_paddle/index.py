@@ -61,6 +61,12 @@ class ExactIndex:
         lists = [self.search_shard(i, queries, k) for i in range(len(self.shards)) if len(self.shards[i].ids)]
         return merge_topk(lists, k)
 
+    def build(self) -> "ExactIndex":
+        """Nothing to build: the shards are the index (kept for the backends' common interface)."""
+        return self
+
+    load = build
+
     def describe(self) -> dict:
         """What a metrics file records about this index."""
         return {"index": "exact"}
