@@ -198,6 +198,10 @@ def test_a_repeated_id_names_both_lines_within_and_across_chunks(tmp_path):
         path = write(tmp_path / "dup.tsv", rows + extra)
         with pytest.raises(DataFormatError, match=r"line 2501: passage id '17' occurs twice, at lines 18 and 2501"):
             list(iter_passage_chunks(path, chunk))
+    # a lone \r inside texts: the re-read that names the lines numbers rows as the reader does
+    carriage = "id\ttext\ttitle\n" + "".join(f"{i}\ttext\r{i}\tT\n" for i in range(1, 2500))
+    with pytest.raises(DataFormatError, match=r"line 2501: passage id '17' occurs twice, at lines 18 and 2501"):
+        list(iter_passage_chunks(write(tmp_path / "cr.tsv", carriage + "17\tagain\tT\n"), 1000))
     path = write(tmp_path / "dup.tsv.gz", rows + "17\tagain\tT\n", gz=True)
     with pytest.raises(DataFormatError, match=r"at lines 18 and 2501"):
         list(iter_passage_chunks(path, 1000))

@@ -213,18 +213,10 @@ def iter_passage_chunks(path: str, chunksize: int = 100_000) -> Iterator[Tuple[L
     tracked = _TrackedBinary(gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb"))
     short = _ShortRowCheck(path, len(header))
     try:
-        reader = pd.read_csv(
-            # Only empty fields are NA ("NA" or "null" are real titles); a short row's missing fields are NA too.
-            tracked, sep="\t", dtype=str, keep_default_na=False, na_filter=True, na_values=[""],
-            chunksize=chunksize, engine="c", on_bad_lines="error",
-            # Only \n ends a row: pandas' default also splits at a lone \r inside a text, which
-            # shifts every line number after it. A CRLF file's \r is stripped from its last column.
-            lineterminator="\n", header=0, names=header,
-            encoding="utf-8-sig",  # a byte-order mark is not part of the header
-        )
-        crlf = header_line.endswith("\r\n")
+        reader = _tsv_reader(tracked, header, chunksize)
+        crlf = header_line.endswith("\r\n")  # its \r is stripped from the last column below
         row0, held = 0, None
-        ids_seen = _DuplicateIds(path)
+        ids_seen = _DuplicateIds(path, header)
         for chunk in reader:
             if crlf:
                 chunk[header[-1]] = chunk[header[-1]].str.removesuffix("\r")
@@ -282,13 +274,30 @@ def _check_single_line(path: str, row0: int, ids, texts, titles) -> None:
                                   "opened here swallows the rows after it (an unbalanced '\"'?)")
 
 
+def _tsv_reader(source, header: List[str], chunksize: int, **extra):
+    """pandas' chunked reader of a passages TSV, with the settings every read of one must share (so
+    that row numbers agree)."""
+    import pandas as pd
+
+    return pd.read_csv(
+        # Only empty fields are NA ("NA" or "null" are real titles); a short row's missing fields are NA too.
+        source, sep="\t", dtype=str, keep_default_na=False, na_filter=True, na_values=[""],
+        chunksize=chunksize, engine="c", on_bad_lines="error",
+        # Only \n ends a row: pandas' default also splits at a lone \r inside a text, which
+        # shifts every line number after it.
+        lineterminator="\n", header=0, names=header,
+        encoding="utf-8-sig",  # a byte-order mark is not part of the header
+        **extra,
+    )
+
+
 class _DuplicateIds:
     """Passage ids must be unique, or hits report one passage's text for another's. Within a chunk
     the strings are compared; across chunks 8-byte hashes are kept (168 MB for 21M passages) and
     compared once at the end, and only a hit re-reads the file to name the id and both lines."""
 
-    def __init__(self, path: str):
-        self.path, self.hashes = path, []
+    def __init__(self, path: str, header: List[str]):
+        self.path, self.header, self.hashes = path, header, []
 
     def add(self, ids, row0: int) -> None:
         """Check one chunk's ids (data row row0 first) and remember their hashes."""
@@ -317,11 +326,8 @@ class _DuplicateIds:
                     self._raise(ids[b], a, b)
 
     def _ids_at(self, rows) -> dict:
-        import pandas as pd
-
         out, row0 = {}, 0
-        for chunk in pd.read_csv(self.path, sep="\t", dtype=str, keep_default_na=False, usecols=["id"],
-                                 chunksize=100_000, encoding="utf-8-sig"):
+        for chunk in _tsv_reader(self.path, self.header, 100_000, usecols=["id"]):
             for r in rows:
                 if row0 <= r < row0 + len(chunk):
                     out[r] = chunk["id"].iat[r - row0]
