@@ -97,6 +97,15 @@ class HNSWIndex:
         self.index = index
         return self
 
+    def open(self, path: Optional[str] = None) -> "HNSWIndex":
+        """Load the graph saved at `path` when it was built from these shards with these settings;
+        else build it (and save it there)."""
+        if not (path and self.load(path)):
+            self.build()
+            if path:
+                self.save(path)
+        return self
+
     def save(self, path: str) -> None:
         """Write the graph to `path` and its identity (shards, phi, params) to `path`.json, atomically."""
         with atomic_path(path) as tmp:
@@ -154,8 +163,6 @@ class HNSWIndex:
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
 
-
-
 class ShardGraphs:
     """One hnswlib graph per shard, saved inside the shard directory, so that K machines can build
     K graphs at once right after encoding (generate_dense_embedding.py --hnsw_per_shard). A search
@@ -179,13 +186,11 @@ class ShardGraphs:
     def build(self) -> "ShardGraphs":
         """Load every shard's graph, building (and saving beside the shard) any that is missing or stale."""
         for i, shard in enumerate(self.exact.shards):
-            graph = self._graph(i)
-            if not graph.load(self.graph_path(i)):
-                if not os.path.exists(self.graph_path(i)):
-                    logger.warning("%s has no hnsw graph for M %d, ef_construction %d, space %s: building it here "
-                                   "(build it where the shard is encoded: generate_dense_embedding.py --hnsw_per_shard)",
-                                   shard.path, self.m, self.ef_construction, self.space)
-                graph.build().save(self.graph_path(i))
+            if not os.path.exists(self.graph_path(i)):
+                logger.warning("%s has no hnsw graph for M %d, ef_construction %d, space %s: building it here "
+                               "(build it where the shard is encoded: generate_dense_embedding.py --hnsw_per_shard)",
+                               shard.path, self.m, self.ef_construction, self.space)
+            graph = self._graph(i).open(self.graph_path(i))  # a stale one is rebuilt, with its own warning
             self.spaces[i] = graph.space
             self.graphs[i] = graph if self.resident else None
         return self
@@ -222,7 +227,5 @@ def graph_path(shard_dir: str, m: int, ef_construction: int, space: str) -> str:
 def build_shard_graph(shard, m: int = 32, ef_construction: int = 200, space: str = "auto") -> str:
     """Build and save one shard's graph (unless a current one is there); returns its path."""
     path = graph_path(shard.path, m, ef_construction, space)
-    graph = HNSWIndex(ExactIndex([shard]), m, ef_construction, space)
-    if not graph.load(path):
-        graph.build().save(path)
+    HNSWIndex(ExactIndex([shard]), m, ef_construction, space).open(path)
     return path

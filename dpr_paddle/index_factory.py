@@ -16,6 +16,7 @@ from typing import List, Optional
 
 from .errors import DprError
 from .index import ExactIndex
+from .milvus_index import is_remote
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def plan_memory(spec: IndexSpec, sizes: List[int], dim: int, available: Optional
     one = n * dim * 4 + hnsw_bytes(n, dim, spec.hnsw_m)
     per_shard = max(sizes, default=0) * dim * 4 + hnsw_bytes(max(sizes, default=0), dim, spec.hnsw_m)
     lite_sq8 = milvus_lite_bytes(n, dim, "IVF_SQ8")
-    remote = spec.milvus_uri and spec.milvus_uri.split("://")[0] in ("http", "https", "tcp", "unix", "grpc")
+    remote = spec.milvus_uri and is_remote(spec.milvus_uri)
     if spec.kind == "exact":
         needed, detail = 0, "streams the memory-mapped shards block by block"
     elif spec.kind == "hnsw":
@@ -180,22 +181,17 @@ def open_index(spec: IndexSpec, exact: ExactIndex):
     """The backend `spec` names over `exact`'s shards: loaded if it was saved, else built."""
     if spec.kind not in KINDS:
         raise DprError(f"--index {spec.kind}: one of {', '.join(KINDS)}")
+    if spec.kind == "exact":
+        return exact  # streams the shards: nothing to plan or build
     sizes = [len(s.ids) for s in exact.shards]
     dim = int(exact.shards[0].meta["dim"])
     plan = plan_memory(spec, sizes, dim)
-    if spec.kind != "exact":
-        check_memory(plan, spec.force)
-    if spec.kind == "exact":
-        return exact
+    check_memory(plan, spec.force)
     if spec.kind == "hnsw":
         from .hnsw_index import HNSWIndex
 
-        index = HNSWIndex(exact, m=spec.hnsw_m, ef_construction=spec.ef_construction, space=spec.space)
-        if not (spec.index_path and index.load(spec.index_path)):
-            index.build()
-            if spec.index_path:
-                index.save(spec.index_path)
-        return index
+        return HNSWIndex(exact, m=spec.hnsw_m, ef_construction=spec.ef_construction, space=spec.space).open(
+            spec.index_path)
     if spec.kind == "hnsw_per_shard":
         from .hnsw_index import ShardGraphs
 

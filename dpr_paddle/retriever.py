@@ -274,9 +274,9 @@ def search_some_shards(args, encode_fn, tensorizer, questions: List[str], questi
 
     scores, ids = dense_search(args, encode_fn, tensorizer, questions, args.n_docs, question_info, metrics,
                                partial=True)
-    shards = load_shards(args.encoded_ctx_file, partial=True)
-    meta = {"model_fingerprint": shards[0].meta.get("model_fingerprint"), "num_shards": shards[0].meta["num_shards"],
-            "shard_ids": sorted(s.meta["shard_id"] for s in shards), "qa_file": os.path.abspath(args.qa_file),
+    metas = [read_meta(p) for p in shard_paths(args.encoded_ctx_file)]  # checked by dense_search's load
+    meta = {"model_fingerprint": metas[0].get("model_fingerprint"), "num_shards": metas[0]["num_shards"],
+            "shard_ids": sorted(m["shard_id"] for m in metas), "qa_file": os.path.abspath(args.qa_file),
             "qa": file_fingerprint(args.qa_file)["sha1_ends"], "questions": len(questions), "k": args.n_docs,
             "index": metrics.get("index"), "passages": metrics["passages"]}
     write_topk(args.topk_out, scores, ids, meta)
