@@ -1,6 +1,10 @@
 """Passage encoding throughput (MiniLM): backends x length-sorted batching, on real passages.
 
-    .venv/bin/python bench/encode.py --ctx ../shared/data/squad1_open/passages.tsv --limit 512
+    .venv/bin/python bench/encode.py --ctx ../shared/data/squad1_open/passages.tsv --limit 512 \
+        --backends onnxruntime onnxruntime-int8 inference --peer_python .venv-peer/bin/python
+
+With --peer_python (a venv made from bench/requirements-peer.txt), sentence-transformers' `encode`
+of the same passages runs before and after ours (bench/peer.py), and the ratio uses their mean.
 
 Each configuration encodes the same first --limit passages ("title" + "text" pairs, max length
 --max_length, batch --batch_size) once after a warm-up batch; tokenization is timed separately
@@ -12,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -21,12 +27,24 @@ from common import FWD_FLOP_PER_TOKEN, ROOT, markdown_table, save_results  # als
 import dpr_paddle  # noqa: E402,F401
 
 
+def run_peer(args) -> dict:
+    """sentence-transformers' encode of the same passages, in the peer's venv (bench/peer.py)."""
+    out = subprocess.run([args.peer_python, os.path.join(ROOT, "bench", "peer.py"), "encode", "--ctx", args.ctx,
+                          "--limit", str(args.limit), "--max_length", str(args.max_length),
+                          "--batch_size", str(args.batch_size)], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"peer: {result['passages_per_s']:.1f} passages/s", file=sys.stderr)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ctx", required=True, help="passages TSV")
     ap.add_argument("--limit", type=int, default=512)
     ap.add_argument("--max_length", type=int, default=256)
     ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--backends", nargs="+", default=["onnxruntime", "onnxruntime-int8", "inference", "dygraph"])
+    ap.add_argument("--peer_python", help="python of a venv with bench/requirements-peer.txt")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "encode.json"))
     args = ap.parse_args()
 
@@ -37,8 +55,10 @@ def main() -> None:
     from dpr_paddle.inference import load_tower
     from dpr_paddle.model import CONTEXT
     passages = list(itertools.islice(iter_passages(args.ctx), args.limit))
-    rows = []
-    for backend in ("inference", "dygraph"):
+    rows, peer = [], []
+    if args.peer_python:
+        peer.append(run_peer(args))
+    for backend in args.backends:
         encode, tensorizer, _ = load_tower(CONTEXT, model_name_or_path="minilm", max_passage_length=args.max_length,
                                            backend=backend)
         t = time.perf_counter()
@@ -69,15 +89,23 @@ def main() -> None:
         for b in batches:
             encode(b)
         rows[-2]["forward_only_passages_per_s"] = len(passages) / (time.perf_counter() - t)
+    if args.peer_python:
+        peer.append(run_peer(args))
+        mean = sum(p["passages_per_s"] for p in peer) / len(peer)
+        for r in rows:
+            r["vs_peer"] = r["passages_per_s"] / mean
+        print(f"peer ({peer[0]['peer']}): {peer[0]['passages_per_s']:.1f} passages/s before ours, "
+              f"{peer[1]['passages_per_s']:.1f} after; {peer[0]['real_tokens']} real tokens "
+              f"(ours {rows[0]['real_tokens']})")
     print(f"{len(passages)} passages of {args.ctx}, max length {args.max_length}, batch {args.batch_size}; "
           f"tokenization {rows[0]['tokenize_s']:.2f} s ({len(passages) / rows[0]['tokenize_s']:.0f} passages/s)\n")
     print(markdown_table(
-        ["backend", "length-sorted", "passages/s (incl. tokenization)", "padded / real tokens", "useful GFLOP/s",
-         "forward only, warm (passages/s)"],
+        ["backend", "length-sorted", "passages/s (incl. tokenization)", "vs peer", "padded / real tokens",
+         "useful GFLOP/s", "forward only, warm (passages/s)"],
         [[r["backend"], "yes" if r["sorted"] else "no", f"{r['passages_per_s']:.1f}",
-          f"{r['padded_tokens'] / r['real_tokens']:.2f}", f"{r['useful_gflops']:.1f}",
+          f"{r['vs_peer']:.2f}x" if "vs_peer" in r else "", f"{r['padded_tokens'] / r['real_tokens']:.2f}", f"{r['useful_gflops']:.1f}",
           f"{r['forward_only_passages_per_s']:.1f}" if "forward_only_passages_per_s" in r else ""] for r in rows]))
-    save_results(args.out, rows)
+    save_results(args.out, rows, peer=peer)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ warm-up step on 2 chunks of questions, then --steps timed steps. Inputs: questio
 The peer's setting (sentence-transformers' CachedMultipleNegativesRankingLoss, issue #6):
     .venv/bin/python bench/train_step.py --batches 64 --chunks 16 --plain_up_to 0 \
         --q_len 128 --hard_negatives 0 --compare_fast_cpu
+With --peer_python (a venv made from bench/requirements-peer.txt), the peer's step on the same
+random ids runs before and after ours, for each (batch, chunk), and the ratio uses their mean:
+    .venv/bin/python bench/train_step.py --batches 64 --chunks 16 --plain_up_to 0 --q_len 32 --p_len 128 \
+        --hard_negatives 1 --peer_python .venv-peer/bin/python
 The machine's matmul peak is measured in the same run, so utilisation is a ratio of two
 numbers taken minutes apart on the same machine. Prints a markdown table; writes JSON.
 """
@@ -93,6 +97,17 @@ def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int) -
             "fast_cpu": os.environ.get("DPR_PADDLE_FAST_CPU") != "0"}
 
 
+def run_peer(args, batch: int, chunk: int) -> dict:
+    """sentence-transformers' CachedMNRL step at (batch, chunk) on the same ids, in the peer's venv."""
+    out = subprocess.run([args.peer_python, os.path.join(ROOT, "bench", "peer.py"), "train_step", "--batch", str(batch),
+                          "--chunk", str(chunk), "--q_len", str(args.q_len), "--p_len", str(args.p_len),
+                          "--hard_negatives", str(args.hard_negatives), "--steps", str(args.steps)],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"peer batch {batch} chunk {chunk}: {result['step_s']:.1f} s/step", file=sys.stderr)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64, 128, 256])
@@ -103,6 +118,7 @@ def main() -> None:
     ap.add_argument("--p_len", type=int, default=128)
     ap.add_argument("--hard_negatives", type=int, default=1)
     ap.add_argument("--compare_fast_cpu", action="store_true", help="also run with DPR_PADDLE_FAST_CPU=0")
+    ap.add_argument("--peer_python", help="python of a venv with bench/requirements-peer.txt")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "train_step.json"))
     ap.add_argument("--one", type=int, nargs=2, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -114,6 +130,7 @@ def main() -> None:
     for b in args.batches:
         configs = [c for c in args.chunks if c < b] + ([0] if b <= args.plain_up_to else [])
         for c in configs:
+            peer = [run_peer(args, b, c)] if args.peer_python and c else []
             for fast in ([True, False] if args.compare_fast_cpu else [True]):
                 env = dict(os.environ, DPR_PADDLE_FAST_CPU="1" if fast else "0")
                 out = subprocess.run([sys.executable, __file__, "--one", str(b), str(c), "--steps", str(args.steps),
@@ -125,10 +142,18 @@ def main() -> None:
                 rows.append(row)
                 print(f"batch {b} chunk {c or 'plain'} fast_cpu {fast}: {row['step_s']:.1f} s/step, "
                       f"{row['examples_per_s']:.2f} ex/s, peak RSS {row['peak_rss_mb']:.0f} MB", file=sys.stderr)
+            if peer:
+                peer.append(run_peer(args, b, c))
+                mean = sum(p["step_s"] for p in peer) / 2
+                for r in rows[-(2 if args.compare_fast_cpu else 1):]:
+                    r.update(peer_step_s=[p["step_s"] for p in peer], vs_peer=mean / r["step_s"], peer=peer[0]["peer"])
     print(f"matmul peak (paddle, 2048^2 float32): {peak:.1f} GFLOP/s\n")
     print(markdown_table(
-        ["batch", "chunk", "fast_cpu", "s/step", "examples/s", "peak RSS (MB)", "step TFLOP", "GFLOP/s", "utilisation"],
-        [[str(r["batch"]), str(r["chunk"] or "plain"), "on" if r["fast_cpu"] else "off", f"{r['step_s']:.2f}", f"{r['examples_per_s']:.2f}",
+        ["batch", "chunk", "fast_cpu", "s/step", "peer s/step (before, after)", "speed vs peer", "examples/s",
+         "peak RSS (MB)", "step TFLOP", "GFLOP/s", "utilisation"],
+        [[str(r["batch"]), str(r["chunk"] or "plain"), "on" if r["fast_cpu"] else "off", f"{r['step_s']:.2f}",
+          ", ".join(f"{s:.2f}" for s in r.get("peer_step_s", [])), f"{r['vs_peer']:.2f}x" if "vs_peer" in r else "",
+          f"{r['examples_per_s']:.2f}",
           f"{r['peak_rss_mb']:.0f}", f"{r['step_tflop']:.3f}", f"{r['gflops']:.1f}", f"{r['utilisation']:.2f}"]
          for r in rows]))
     save_results(args.out, rows, matmul_peak_gflops=peak)

@@ -19,8 +19,9 @@ def _f(default, help: str, aliases: Sequence[str] = (), **kw):
 
 
 def _backend_field():
-    return _f("auto", "inference (Paddle Inference + oneDNN, CPU default) | dygraph (GPU default) | auto",
-              choices=("auto", "inference", "dygraph"))
+    return _f("auto", "onnxruntime (CPU default when installed) | onnxruntime-int8 (int8 weights; changes the "
+              "vectors) | inference (Paddle Inference + oneDNN) | dygraph (GPU default) | auto",
+              choices=("auto", "onnxruntime", "onnxruntime-int8", "inference", "dygraph"))
 
 
 @dataclass

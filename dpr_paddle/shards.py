@@ -52,10 +52,10 @@ def shard_path(out_file: str, shard_id: int) -> str:
     return f"{out_file}_{shard_id}"
 
 
-# what makes two shards the same work; the backend is not among them (inference and dygraph
-# give the same vectors within 2e-6)
-SHARD_IDENTITY = ("model_fingerprint", "pooling", "similarity", "max_length", "dtype", "ctx_file", "corpus",
-                  "shard_id", "num_shards")
+# what makes two shards the same work; the backend is not among them (onnxruntime, inference and
+# dygraph give the same vectors within 2e-6), but int8 weights are ("quantization", absent otherwise)
+SHARD_IDENTITY = ("model_fingerprint", "pooling", "similarity", "max_length", "dtype", "quantization", "ctx_file",
+                  "corpus", "shard_id", "num_shards")
 
 
 def check_same_job(path: str, meta: dict, identity: dict) -> None:
@@ -126,7 +126,7 @@ def load_shards(pattern: str, partial: bool = False) -> List[Shard]:
         shards.append(Shard(p, meta, vectors, ids))
     first = shards[0].meta
     for s in shards[1:]:
-        for key in ("dim", "model_fingerprint", "num_shards"):
+        for key in ("dim", "model_fingerprint", "quantization", "num_shards"):
             if s.meta.get(key) != first.get(key):
                 raise EmbeddingError(f"shards disagree on {key}: {shards[0].path} has {first.get(key)!r}, "
                                      f"{s.path} has {s.meta.get(key)!r}")

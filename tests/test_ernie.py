@@ -31,12 +31,14 @@ def test_ernie_trains_encodes_and_retrieves_with_the_default_backend(sample_dir,
     run_cli("train_dense_encoder.py", "--model_name_or_path", "tiny-ernie", "--train_data_path",
             f"{sample_dir}/train.json", "--batch_size", 8, "--chunk_size", 3, "--max_steps", 2, "--epochs", 1,
             "--save_dir", tmp_path / "save", "--max_passage_length", 32)
-    for backend in ("auto", "dygraph"):  # auto on CPU: Paddle Inference
+    backends = ("auto", "inference", "dygraph")  # auto on CPU: ONNX Runtime
+    for backend in backends:
         run_cli("generate_dense_embedding.py", "--model_file", tmp_path / "save" / "latest", "--ctx_file",
                 tmp_path / "p.tsv", "--out_file", tmp_path / f"emb_{backend}", "--backend", backend)
-    static, eager = (load_shards(str(tmp_path / f"emb_{b}"))[0] for b in ("auto", "dygraph"))
-    assert static.meta["backend"] == "inference" and eager.meta["backend"] == "dygraph"
+    onnx, static, eager = (load_shards(str(tmp_path / f"emb_{b}"))[0] for b in backends)
+    assert [s.meta["backend"] for s in (onnx, static, eager)] == ["onnxruntime", "inference", "dygraph"]
     np.testing.assert_allclose(static.vectors, eager.vectors, atol=1e-5)
+    np.testing.assert_allclose(onnx.vectors, eager.vectors, atol=1e-5)
     proc = run_cli("dense_retriever.py", "--model_file", tmp_path / "save" / "latest", "--ctx_file", tmp_path / "p.tsv",
                    "--qa_file", tmp_path / "qa.csv", "--encoded_ctx_file", tmp_path / "emb_auto", "--n_docs", 5,
                    "--out_file", tmp_path / "out.json")

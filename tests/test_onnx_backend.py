@@ -1,0 +1,64 @@
+"""The ONNX Runtime backend: converted once, checked against Paddle Inference, int8 kept apart."""
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from dpr_paddle import onnx_backend
+from dpr_paddle.inference import load_tower, paddle_inference_encoder
+from dpr_paddle.model import CONTEXT, QUESTION
+from dpr_paddle.shards import load_shards
+
+PAIRS = [("Paris", "Paris is the capital of France."), ("", "a b c"), ("Long", "the quick brown fox " * 30)]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """An empty model cache for this module, so that the conversion happens inside its first test."""
+    path = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DPR_PADDLE_HOME", str(path))
+        yield path
+
+
+def _arrays(tensorizer):
+    return tensorizer.pad(tensorizer.encode_passages_ids(PAIRS))
+
+
+def test_onnxruntime_is_the_cpu_default_converted_once_and_equals_paddle_inference(home):
+    encode, tensorizer, info = load_tower(CONTEXT, model_name_or_path="tiny", max_passage_length=64)
+    assert info["backend"] == "onnxruntime" and "quantization" not in info
+    converted = [os.path.join(r, f) for r, _, fs in os.walk(home) for f in fs if f.endswith(".onnx")]
+    assert len(converted) == 1
+    mtime = os.stat(converted[0]).st_mtime_ns
+    reference, _, ref_info = load_tower(CONTEXT, model_name_or_path="tiny", max_passage_length=64, backend="inference")
+    arrays = _arrays(tensorizer)
+    assert np.abs(encode(arrays) - reference(arrays)).max() <= 1e-5
+    again, _, _ = load_tower(QUESTION, model_name_or_path="tiny", backend="onnxruntime")  # shared tower: same file
+    assert os.stat(converted[0]).st_mtime_ns == mtime
+    assert np.abs(again(arrays) - reference(arrays)).max() <= 1e-5
+
+
+def test_int8_is_close_but_not_faithful_and_is_refused_by_the_float_check(home):
+    exact, tensorizer, _ = load_tower(CONTEXT, model_name_or_path="tiny", backend="onnxruntime")
+    int8, _, info = load_tower(CONTEXT, model_name_or_path="tiny", backend="onnxruntime-int8")
+    assert info["quantization"] == "int8-dynamic"
+    a, b = exact(_arrays(tensorizer)), int8(_arrays(tensorizer))
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.99 and np.abs(a - b).max() > onnx_backend.PROBE_TOLERANCE
+    # the check a fresh float conversion must pass would refuse these int8 vectors
+    prefix = next(os.path.join(r, f[: -len(".json")]) for r, _, fs in os.walk(home) for f in fs if f == "tower.json")
+    with pytest.raises(onnx_backend.OnnxUnavailable, match="differs from Paddle Inference by"):
+        onnx_backend.check_faithful(int8, paddle_inference_encoder(prefix), onnx_backend.probe_arrays(30522), prefix)
+
+
+def test_int8_shards_are_another_job(tmp_path, sample_dir):
+    ctx = os.path.join(sample_dir, "passages.tsv")
+    common = ["--model_name_or_path", "tiny", "--ctx_file", ctx, "--max_passage_length", 32]
+    run_cli("generate_dense_embedding.py", *common, "--out_file", tmp_path / "emb", "--backend", "onnxruntime-int8")
+    shard = load_shards(str(tmp_path / "emb_*"))[0]
+    assert shard.meta["backend"] == "onnxruntime-int8" and shard.meta["quantization"] == "int8-dynamic"
+    proc = run_cli("generate_dense_embedding.py", *common, "--out_file", tmp_path / "emb", check=False)
+    assert proc.returncode != 0 and "quantization 'int8-dynamic' there, None now" in proc.stderr
+    assert "Traceback" not in proc.stderr
