@@ -76,10 +76,6 @@ def _silence_paddle_omp_warning() -> None:
 
 
 cpu_defaults()
-# Paddle's C++ logs INFO and WARNING lines through glog when a static program first runs (training's
-# static towers: "New Executor is Running ...", "not support input out tensor"); none is a user's to
-# act on. Errors still print; a user's own GLOG_minloglevel is kept.
-os.environ.setdefault("GLOG_minloglevel", "2")
 
 
 def __getattr__(name):

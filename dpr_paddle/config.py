@@ -76,9 +76,6 @@ class TrainArgs(ModelArgs):
                                          "(deletes its checkpoint-*, best and latest)")
     fp16: bool = _f(False, "mixed precision on GPU (float16 with loss scaling)")
     amp_dtype: str = _f("float16", "AMP dtype on GPU: float16 | bfloat16")
-    static_graph: str = _f("auto", "run each tower's training forward as one static program: auto (on CPU "
-                                   "without --fp16) | on | off (eager, with fast_cpu's kernels)",
-                           choices=("auto", "on", "off"))
     dev_batch_size: int = _f(64, "questions per dev batch")
 
 

@@ -85,9 +85,8 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 # --------------------------------------------------------------------------- one step
 
 def train_step(model, batch, q_chunk: int, p_chunk: int, world: World, amp: Optional[dict] = None,
-               scale_loss=None, temperature: float = 1.0, towers: Optional[dict] = None):
-    """Forward and backward of one batch; gradients are left in the parameters. `towers`
-    ({tower: encode(**chunk)}, static_towers.py) replaces the model's eager forward.
+               scale_loss=None, temperature: float = 1.0):
+    """Forward and backward of one batch; gradients are left in the parameters.
 
     Returns (loss, number of questions whose positive scored highest) over the global batch.
     """
@@ -104,8 +103,6 @@ def train_step(model, batch, q_chunk: int, p_chunk: int, world: World, amp: Opti
 
     def encoder(tower):
         def encode(chunk):
-            if towers:
-                return towers[tower](**chunk)
             if amp:
                 with paddle.amp.auto_cast(**amp):
                     return model(**chunk, tower=tower)
@@ -222,21 +219,6 @@ def setup_amp(fp16: bool, amp_dtype: str):
     return None, None
 
 
-def training_forward(model, static_graph: str, amp: Optional[dict]) -> Optional[dict]:
-    """The towers' training forward: static programs (static_towers.py; `auto`: on CPU without
-    AMP, 1.46x faster there), else the eager model with fast_cpu's kernels; returns the towers or None."""
-    on_cpu = not (paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device())
-    if static_graph == "on" and amp:
-        logger.warning("--static_graph on ignored: mixed precision (--fp16) runs the eager forward")
-    if not amp and (static_graph == "on" or (static_graph == "auto" and on_cpu)):
-        from .static_towers import static_towers
-
-        logger.info("training forward: one static program per tower (--static_graph %s)", static_graph)
-        return static_towers(model)
-    model.speed_up_training()
-    return None
-
-
 def apply_update(model, optimizer, scheduler, scaler):
     """Unscale, measure, step and clear the gradients; returns (grad norm, learning rate used)."""
     if scaler:
@@ -345,8 +327,7 @@ def train(args) -> Dict[str, float]:
                                             normalize=recipe["similarity"] == "cosine")
     if args.dropout is not None:
         set_dropout(model, args.dropout)
-    amp, scaler = setup_amp(args.fp16, args.amp_dtype)
-    towers = training_forward(model, args.static_graph, amp)
+    model.speed_up_training()
     collator = BiEncoderCollator(Tensorizer(tokenizer, args.max_query_length, args.max_passage_length))
     optimizer, scheduler = build_optimizer(model, args.learning_rate, total_steps, args.warmup_steps,
                                            args.weight_decay, args.adam_epsilon, args.max_grad_norm)
@@ -362,6 +343,7 @@ def train(args) -> Dict[str, float]:
         logger.info("resuming from %s at step %d (epoch %d, batch %d)", resume_from, state["global_step"],
                     state["epoch"], state["batch_in_epoch"])
     resumed_step = state["global_step"] if resume_from else None
+    amp, scaler = setup_amp(args.fp16, args.amp_dtype)
     saver = Saver(args.save_dir, args.keep_last, world, model, tokenizer, optimizer, scheduler, state, cfg,
                   dataclasses.asdict(args))
 
@@ -395,7 +377,7 @@ def train(args) -> Dict[str, float]:
             try:
                 loss, correct = train_step(model, batch, q_chunk, p_chunk, world, amp,
                                            scale_loss=scaler.scale if scaler else None,
-                                           temperature=recipe["temperature"], towers=towers)
+                                           temperature=recipe["temperature"])
             except RuntimeError as e:
                 if world.size == 1:
                     raise

@@ -7,13 +7,9 @@ import pytest
 
 from dpr_paddle.grad_cache import RandContext, cached_step, graph_reference_step
 from dpr_paddle.train import numpy_chunks as split_chunks  # the chunker training uses
-from dpr_paddle.model import CONTEXT, QUESTION, BiEncoder, nll_loss, positive_indices, set_dropout
+from dpr_paddle.model import CONTEXT, QUESTION, BiEncoder, nll_loss, positive_indices
 from dpr_paddle.pooling import DEFAULT_TAU, POOLINGS, SIMILARITIES
 from dpr_paddle.pretrained import load_encoder
-from dpr_paddle.static_towers import static_towers
-
-# the training forwards: Paddle's eager layers, eager with fast_cpu's kernels, one static program per tower
-FORWARDS = ["paddle_dropout", "fast_cpu", "static"]
 
 
 def make_batch(rng, n, length, ragged=True):
@@ -38,12 +34,11 @@ def minilm():
 RECIPES = [(p, s) for p in POOLINGS for s in SIMILARITIES]
 
 
-def setup(name_or_model, batch, hard=1, q_len=10, p_len=20, seed=0, pooling="cls", similarity="dot",
-          forward="paddle_dropout"):
+def setup(name_or_model, batch, hard=1, q_len=10, p_len=20, seed=0, pooling="cls", similarity="dot", fast=False):
     paddle.seed(seed)
     if isinstance(name_or_model, str):
         model = BiEncoder(load_encoder(name_or_model)[0], load_encoder(name_or_model)[0])
-        if forward == "fast_cpu":  # fast_cpu's kernels, as eager training installs them
+        if fast:  # fast_cpu's kernels, as training installs them
             model.speed_up_training()
     else:
         model = name_or_model
@@ -55,9 +50,6 @@ def setup(name_or_model, batch, hard=1, q_len=10, p_len=20, seed=0, pooling="cls
     p = make_batch(rng, batch * (1 + hard), p_len)
     pos = positive_indices(batch, 1 + hard)
     encoders = [lambda c: model(**c, tower=QUESTION), lambda c: model(**c, tower=CONTEXT)]
-    if forward == "static":  # as training runs on CPU (train.training_forward)
-        towers = static_towers(model)
-        encoders = [lambda c: towers[QUESTION](**c), lambda c: towers[CONTEXT](**c)]
     return model, q, p, encoders, lambda qr, pr: nll_loss(qr, pr, pos, tau)
 
 
@@ -88,10 +80,10 @@ def test_dropout_off_equals_full_batch(minilm, batch, q_chunk, p_chunk):
     assert compare(ref, got) <= 1e-5  # measured: <= 2.3e-6
 
 
-@pytest.mark.parametrize("forward", FORWARDS)
+@pytest.mark.parametrize("fast", [False, True], ids=["paddle_dropout", "fast_cpu"])
 @pytest.mark.parametrize("batch,q_chunk,p_chunk", [(8, 2, 4), (7, 3, 5), (6, 1, 12), (6, 6, 2)])
-def test_dropout_on_equals_chunked_graph_reference_bitwise(tiny_dir, batch, q_chunk, p_chunk, forward):
-    model, q, p, encs, loss_fn = setup(tiny_dir, batch, forward=forward)
+def test_dropout_on_equals_chunked_graph_reference_bitwise(tiny_dir, batch, q_chunk, p_chunk, fast):
+    model, q, p, encs, loss_fn = setup(tiny_dir, batch, fast=fast)
     model.train()
     chunks = [split_chunks(q, q_chunk), split_chunks(p, p_chunk)]
     paddle.seed(7)
@@ -112,23 +104,10 @@ def test_dropout_on_equals_chunked_graph_reference_bitwise(tiny_dir, batch, q_ch
     assert compare(ref, grads(model)) > 1e-3
 
 
-@pytest.fixture(scope="module")
-def minilm_dropout_0():
-    """MiniLM in train mode with every dropout at 0 (`--dropout 0`): static towers run only in train mode."""
-    model = BiEncoder(load_encoder("minilm")[0], load_encoder("minilm")[0])
-    set_dropout(model, 0.0)
-    return model
-
-
-@pytest.mark.parametrize("forward", ["paddle_dropout", "static"])
 @pytest.mark.parametrize("pooling,similarity", RECIPES)
-def test_every_recipe_dropout_off_equals_full_batch(minilm, minilm_dropout_0, pooling, similarity, forward):
-    if forward == "static":
-        model, q, p, encs, loss_fn = setup(minilm_dropout_0, 8, pooling=pooling, similarity=similarity, forward=forward)
-        model.train()
-    else:
-        model, q, p, encs, loss_fn = setup(minilm, 8, pooling=pooling, similarity=similarity, forward=forward)
-        model.eval()
+def test_every_recipe_dropout_off_equals_full_batch(minilm, pooling, similarity):
+    model, q, p, encs, loss_fn = setup(minilm, 8, pooling=pooling, similarity=similarity)
+    model.eval()
     ref_loss, _ = graph_reference_step(encs, [split_chunks(q, 0), split_chunks(p, 0)], loss_fn)
     ref = grads(model)
     loss, _ = cached_step(encs, [split_chunks(q, 3), split_chunks(p, 5)], loss_fn)
@@ -150,10 +129,10 @@ def dropout_on_steps(model, encs, chunks, loss_fn, seed):
     return ref_loss, ref, loss, grads(model)
 
 
-@pytest.mark.parametrize("forward", FORWARDS)
+@pytest.mark.parametrize("fast", [False, True], ids=["paddle_dropout", "fast_cpu"])
 @pytest.mark.parametrize("pooling,similarity", RECIPES)
-def test_every_recipe_dropout_on_bitwise(tiny_dir, pooling, similarity, forward):
-    model, q, p, encs, loss_fn = setup(tiny_dir, 6, pooling=pooling, similarity=similarity, forward=forward)
+def test_every_recipe_dropout_on_bitwise(tiny_dir, pooling, similarity, fast):
+    model, q, p, encs, loss_fn = setup(tiny_dir, 6, pooling=pooling, similarity=similarity, fast=fast)
     chunks = [split_chunks(q, 4), split_chunks(p, 5)]
     ref_loss, ref, loss, got = dropout_on_steps(model, encs, chunks, loss_fn, seed=5)
     assert float(loss) == float(ref_loss)
@@ -163,30 +142,14 @@ def test_every_recipe_dropout_on_bitwise(tiny_dir, pooling, similarity, forward)
     assert compare(ref, grads(model)) > 1e-3
 
 
-@pytest.mark.parametrize("forward", FORWARDS)
-def test_dropout_on_minilm_bitwise(forward):
+@pytest.mark.parametrize("fast", [False, True], ids=["paddle_dropout", "fast_cpu"])
+def test_dropout_on_minilm_bitwise(fast):
     model = BiEncoder(load_encoder("minilm")[0], load_encoder("minilm")[0])
-    if forward == "fast_cpu":
+    if fast:
         model.speed_up_training()
-    model, q, p, encs, loss_fn = setup(model, batch=4, q_len=8, p_len=16, forward=forward)
+    model, q, p, encs, loss_fn = setup(model, batch=4, q_len=8, p_len=16)
     _, ref, _, got = dropout_on_steps(model, encs, [split_chunks(q, 2), split_chunks(p, 3)], loss_fn, seed=11)
     assert max(np.abs(ref[k] - got[k]).max() for k in ref) == 0.0
-
-
-def test_static_towers_first_called_without_a_graph_still_train(tiny_dir):
-    # training's first call is the cache's no-grad forward; the program traced then has no backward,
-    # so the step with a graph must not reuse it (it did: the parameters never moved)
-    model, q, p, encs, loss_fn = setup(tiny_dir, 6, forward="static")
-    model.train()
-    chunks = [split_chunks(q, 4), split_chunks(p, 5)]
-    paddle.seed(5)
-    loss, _ = cached_step(encs, chunks, loss_fn)  # the towers' first calls: no grad, then with a graph
-    got = grads(model)
-    assert len(got) > 10 and all(np.abs(v).max() > 0 for k, v in got.items() if "pooler" not in k)
-    paddle.seed(5)
-    ref_loss, _ = graph_reference_step(encs, chunks, loss_fn)
-    ref = grads(model)
-    assert float(loss) == float(ref_loss) and all(np.array_equal(ref[k], got[k]) for k in ref)
 
 
 def test_rand_context_replays_and_restores():
