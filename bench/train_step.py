@@ -46,8 +46,8 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
     return best
 
 
-def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int) -> dict:
-    """Time `steps` training steps in this process; chunk 0 = plain step."""
+def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int, q_chunk: int = 0) -> dict:
+    """Time `steps` training steps in this process; chunk 0 = plain step; q_chunk 0 = chunk."""
     import numpy as np
     import paddle
 
@@ -80,7 +80,7 @@ def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int) -
     times = []
     for i in range(steps + 1):
         t = time.perf_counter()
-        train_step(model, warm_arrays if i == 0 else batch_arrays, chunk, chunk, world)
+        train_step(model, warm_arrays if i == 0 else batch_arrays, q_chunk or chunk, chunk, world)
         global_grad_norm(model.parameters())
         opt.step()
         sched.step()
@@ -94,7 +94,7 @@ def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int) -
             "step_tflop": tokens * FWD_FLOP_PER_TOKEN * passes / 1e12,
             "gflops": tokens * FWD_FLOP_PER_TOKEN * passes / step_s / 1e9,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "fast_cpu": os.environ.get("DPR_PADDLE_FAST_CPU") != "0"}
+            "fast_cpu": os.environ.get("DPR_PADDLE_FAST_CPU") != "0", "q_chunk": q_chunk or chunk}
 
 
 def run_peer(args, batch: int, chunk: int) -> dict:
@@ -120,10 +120,13 @@ def main() -> None:
     ap.add_argument("--compare_fast_cpu", action="store_true", help="also run with DPR_PADDLE_FAST_CPU=0")
     ap.add_argument("--peer_python", help="python of a venv with bench/requirements-peer.txt")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "train_step.json"))
+    ap.add_argument("--q_chunks", type=int, nargs="+", default=[0],
+                    help="question chunk sizes to try (0: the passage chunk, as --chunk_size alone does)")
     ap.add_argument("--one", type=int, nargs=2, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
+    ap.add_argument("--q_chunk", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(*args.one, args.steps, args.q_len, args.p_len, args.hard_negatives)))
+        print(json.dumps(one(*args.one, args.steps, args.q_len, args.p_len, args.hard_negatives, args.q_chunk)))
         return
     peak = matmul_peak()
     rows = []
@@ -131,27 +134,30 @@ def main() -> None:
         configs = [c for c in args.chunks if c < b] + ([0] if b <= args.plain_up_to else [])
         for c in configs:
             peer = [run_peer(args, b, c)] if args.peer_python and c else []
-            for fast in ([True, False] if args.compare_fast_cpu else [True]):
+            variants = [(fast, qc) for qc in args.q_chunks for fast in ([True, False] if args.compare_fast_cpu else [True])]
+            for fast, qc in variants:
                 env = dict(os.environ, DPR_PADDLE_FAST_CPU="1" if fast else "0")
                 out = subprocess.run([sys.executable, __file__, "--one", str(b), str(c), "--steps", str(args.steps),
                                       "--q_len", str(args.q_len), "--p_len", str(args.p_len),
-                                      "--hard_negatives", str(args.hard_negatives)],
+                                      "--hard_negatives", str(args.hard_negatives), "--q_chunk", str(qc)],
                                      capture_output=True, text=True, check=True, env=env)
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 row["utilisation"] = row["gflops"] / peak
                 rows.append(row)
-                print(f"batch {b} chunk {c or 'plain'} fast_cpu {fast}: {row['step_s']:.1f} s/step, "
+                print(f"batch {b} chunk {c or 'plain'} question chunk {row['q_chunk'] or 'plain'} fast_cpu {fast}: "
+                      f"{row['step_s']:.1f} s/step, "
                       f"{row['examples_per_s']:.2f} ex/s, peak RSS {row['peak_rss_mb']:.0f} MB", file=sys.stderr)
             if peer:
                 peer.append(run_peer(args, b, c))
                 mean = sum(p["step_s"] for p in peer) / 2
-                for r in rows[-(2 if args.compare_fast_cpu else 1):]:
+                for r in rows[-len(variants):]:
                     r.update(peer_step_s=[p["step_s"] for p in peer], vs_peer=mean / r["step_s"], peer=peer[0]["peer"])
     print(f"matmul peak (paddle, 2048^2 float32): {peak:.1f} GFLOP/s\n")
     print(markdown_table(
-        ["batch", "chunk", "fast_cpu", "s/step", "peer s/step (before, after)", "speed vs peer", "examples/s",
+        ["batch", "chunk", "question chunk", "fast_cpu", "s/step", "peer s/step (before, after)", "speed vs peer", "examples/s",
          "peak RSS (MB)", "step TFLOP", "GFLOP/s", "utilisation"],
-        [[str(r["batch"]), str(r["chunk"] or "plain"), "on" if r["fast_cpu"] else "off", f"{r['step_s']:.2f}",
+        [[str(r["batch"]), str(r["chunk"] or "plain"), str(r.get("q_chunk") or "plain"), "on" if r["fast_cpu"] else "off",
+          f"{r['step_s']:.2f}",
           ", ".join(f"{s:.2f}" for s in r.get("peer_step_s", [])), f"{r['vs_peer']:.2f}x" if "vs_peer" in r else "",
           f"{r['examples_per_s']:.2f}",
           f"{r['peak_rss_mb']:.0f}", f"{r['step_tflop']:.3f}", f"{r['gflops']:.1f}", f"{r['utilisation']:.2f}"]

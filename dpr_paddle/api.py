@@ -16,6 +16,8 @@ import os
 import threading
 from typing import Dict, List, Optional, Sequence
 
+from .hnsw_index import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+
 logger = logging.getLogger(__name__)
 
 MODES = ("dense", "bm25", "hybrid")
@@ -35,8 +37,8 @@ class Retriever:
     @classmethod
     def load(cls, model: Optional[str] = None, index: Optional[str] = None, passages: Optional[str] = None,
              question_encoder: Optional[str] = None, context_encoder: Optional[str] = None, mode: str = "dense",
-             hnsw: bool = False, index_path: Optional[str] = None, hnsw_m: int = 32, ef_construction: int = 200,
-             hnsw_space: str = "auto", ef_search: int = 0, bm25_index: Optional[str] = None,
+             hnsw: bool = False, index_path: Optional[str] = None, hnsw_m: int = DEFAULT_M,
+             ef_construction: int = DEFAULT_EF_CONSTRUCTION, hnsw_space: str = "auto", ef_search: int = 0, bm25_index: Optional[str] = None,
              fusion: str = "weighted", alpha: float = 1.0, depth: int = 1000, store: Optional[str] = None,
              index_spec=None, **tower_kw) -> "Retriever":
         """Load the model, index and passage store once. `model` is a checkpoint directory or an encoder

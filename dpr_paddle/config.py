@@ -11,6 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from .hnsw_index import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from .tokenization import DEFAULT_MAX_PASSAGE_LENGTH, DEFAULT_MAX_QUERY_LENGTH
 
 
@@ -96,8 +97,8 @@ class EmbedArgs(ModelArgs):
     backend: str = _backend_field()
     hnsw_per_shard: bool = _f(False, "also build this shard's hnswlib graph, saved inside it, for dense_retriever.py "
                                      "--hnsw_per_shard")
-    hnsw_m: int = _f(32, "hnswlib M of --hnsw_per_shard")
-    ef_construction: int = _f(200, "hnswlib ef_construction of --hnsw_per_shard")
+    hnsw_m: int = _f(DEFAULT_M, "hnswlib M of --hnsw_per_shard")
+    ef_construction: int = _f(DEFAULT_EF_CONSTRUCTION, "hnswlib ef_construction of --hnsw_per_shard")
     hnsw_space: str = _f("auto", "hnswlib space of --hnsw_per_shard: ip | l2 | auto", choices=("auto", "ip", "l2"))
 
 
@@ -125,11 +126,11 @@ class SearchArgs(ModelArgs):
     hnsw_index: bool = _f(False, "search with hnswlib instead of exact inner product (= --index hnsw)")
     hnsw_per_shard: bool = _f(False, "one hnswlib graph per shard, saved beside it (= --index hnsw_per_shard)")
     index_path: Optional[str] = _f(None, "save/load the hnsw index here (a second run skips the build)")
-    hnsw_m: int = _f(32, "hnswlib M (also Milvus HNSW's M)")
+    hnsw_m: int = _f(DEFAULT_M, "hnswlib M (also Milvus HNSW's M)")
     hnsw_space: str = _f("auto", "hnswlib space: ip (hnswlib's inner product) | l2 (DPR's inner-product-to-L2 "
                                  "transform) | auto (ip when passage norms spread <= 2x, else l2)",
                          choices=("auto", "ip", "l2"))
-    ef_construction: int = _f(200, "hnswlib ef_construction (also Milvus HNSW's efConstruction)")
+    ef_construction: int = _f(DEFAULT_EF_CONSTRUCTION, "hnswlib ef_construction (also Milvus HNSW's efConstruction)")
     ef_search: int = _f(0, "hnsw ef at query time (default: max(8 * n_docs, 256))")
     milvus_uri: Optional[str] = _f(None, "a milvus-lite file (*.db; default: milvus.db beside the shards) or a Milvus "
                                          "server/cluster, http://host:19530")

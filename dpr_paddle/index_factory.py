@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from .errors import DprError
+from .hnsw_index import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from .index import ExactIndex
 from .milvus_index import is_remote
 
@@ -33,8 +34,8 @@ class IndexSpec:
     """Which index, with which settings (built from the CLI flags by `config.index_spec`)."""
 
     kind: str = "exact"
-    hnsw_m: int = 32
-    ef_construction: int = 200
+    hnsw_m: int = DEFAULT_M
+    ef_construction: int = DEFAULT_EF_CONSTRUCTION
     space: str = "auto"
     index_path: Optional[str] = None  # the single hnsw graph's file
     milvus_uri: Optional[str] = None

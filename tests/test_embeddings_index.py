@@ -144,7 +144,7 @@ def test_merge_topk_keeps_best():
 def test_hnsw_mips_recall_and_reload(tmp_path, space):
     # "l2" is DPR's transform, "ip" hnswlib's inner-product space. Encoder outputs are clustered
     # (topics) with norms that vary, unlike isotropic noise, on which every graph index does badly.
-    # The defaults: M=32, ef_construction=200, ef_search = max(8 * n_docs, 256) = 800.
+    # M 32, ef_construction 200 (the defaults before M 48 / 400), ef_search = max(8 * n_docs, 256) = 800.
     rng = np.random.default_rng(1)
     centers = rng.standard_normal((40, 32)) * 2
     vecs = (centers[rng.integers(0, 40, 4000)] + rng.standard_normal((4000, 32)) * 0.6) * rng.uniform(0.5, 2.0, (4000, 1))

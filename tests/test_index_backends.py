@@ -185,7 +185,7 @@ def encoded(sample_dir, tmp_path_factory, tiny_dir):
     for shard in range(3):  # three machines, each encoding its shard and building its graph
         run_cli("generate_dense_embedding.py", "--model_name_or_path", tiny_dir, "--ctx_file", d / "p.tsv",
                 "--out_file", d / "emb", "--shard_id", shard, "--num_shards", 3, "--hnsw_per_shard")
-        assert (d / f"emb_{shard}" / "hnsw_M32_efc200_auto.bin").is_file()
+        assert (d / f"emb_{shard}" / "hnsw_M48_efc400_auto.bin").is_file()
     return d, tiny_dir
 
 

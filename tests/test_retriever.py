@@ -57,7 +57,11 @@ def test_exact_and_hnsw_results_in_dpr_format(corpus, tmp_path):
     for h, e in zip(hnsw, results):
         assert [float(c["score"]) for c in h["ctxs"]] == pytest.approx([float(c["score"]) for c in e["ctxs"]], rel=1e-5)
     m = json.load(open(str(tmp_path / "hnsw.json") + ".metrics.json"))
-    assert m["hnsw_recall"]["1"] == 1.0 and os.path.exists(tmp_path / "g.hnsw")
+    # recall@1 counts ids: a question whose top-1 differs from exact search's must be a score tie
+    same_top1 = [h["ctxs"][0]["id"] == e["ctxs"][0]["id"] for h, e in zip(hnsw, results)]
+    assert m["hnsw_recall"]["1"] == sum(same_top1) / len(same_top1) >= 0.9 and os.path.exists(tmp_path / "g.hnsw")
+    for same, h, e in zip(same_top1, hnsw, results):
+        assert same or float(h["ctxs"][0]["score"]) == pytest.approx(float(e["ctxs"][0]["score"]), rel=1e-6)
     assert m["hnsw"]["space"] in ("ip", "l2") and m["hnsw"]["ef_search"] == 256  # max(8 * 10, 256)
     # DPR's inner-product-to-L2 transform (the default is hnswlib's inner-product space) agrees too
     retrieve(corpus, "--hnsw_index", "--hnsw_space", "l2", "--encoded_ctx_file", str(corpus / "emb"),
