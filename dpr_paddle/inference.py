@@ -97,9 +97,6 @@ def onnx_encoder(prefix: str, int8: bool, vocab_size: int) -> Callable[[Dict[str
     return onnx_backend.session(onnx_backend.quantize_int8(path) if int8 else path)
 
 
-BACKENDS = ("auto", "onnxruntime", "onnxruntime-int8", "inference", "dygraph")
-
-
 def resolve_backend(backend: str, on_gpu: bool) -> str:
     """`auto`: dygraph on GPU; on CPU onnxruntime when installed, else Paddle Inference."""
     if backend != "auto":
@@ -152,8 +149,8 @@ def load_tower(tower: str, model_file: Optional[str] = None, que_model_path: Opt
 
     The encoders come from `model_file` (a checkpoint) or the path flags; a checkpoint's
     dpr_config.json overrides the lengths and projection given here, and `auto` pooling and
-    similarity take the encoder's own. `fp16` runs float16 autocast on GPU only; `backend` is one
-    of BACKENDS (`auto`: resolve_backend).
+    similarity take the encoder's own. `fp16` runs float16 autocast on GPU only; `backend` is
+    auto (resolve_backend), onnxruntime, onnxruntime-int8, inference or dygraph.
     """
     model, tokenizer, label, cfg, recipe = _build_tower(tower, model_file, que_model_path, con_model_path,
                                                         model_name_or_path, projection_dim, pooling, similarity)
