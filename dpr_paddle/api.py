@@ -38,7 +38,8 @@ class Retriever:
     def load(cls, model: Optional[str] = None, index: Optional[str] = None, passages: Optional[str] = None,
              question_encoder: Optional[str] = None, context_encoder: Optional[str] = None, mode: str = "dense",
              hnsw: bool = False, index_path: Optional[str] = None, hnsw_m: int = DEFAULT_M,
-             ef_construction: int = DEFAULT_EF_CONSTRUCTION, hnsw_space: str = "auto", ef_search: int = 0, bm25_index: Optional[str] = None,
+             ef_construction: int = DEFAULT_EF_CONSTRUCTION, hnsw_space: str = "auto", ef_search: int = 0,
+             bm25_index: Optional[str] = None,
              fusion: str = "weighted", alpha: float = 1.0, depth: int = 1000, store: Optional[str] = None,
              index_spec=None, **tower_kw) -> "Retriever":
         """Load the model, index and passage store once. `model` is a checkpoint directory or an encoder

@@ -178,8 +178,7 @@ class ShardGraphs:
     loaded for its turn and freed after it, so peak memory is one shard's graph."""
 
     def __init__(self, exact: ExactIndex, m: int = DEFAULT_M, ef_construction: int = DEFAULT_EF_CONSTRUCTION,
-                 space: str = "auto",
-                 resident: bool = False):
+                 space: str = "auto", resident: bool = False):
         self.exact, self.m, self.ef_construction, self.space = exact, m, ef_construction, space
         self.resident = resident
         self.graphs: List[Optional[HNSWIndex]] = [None] * len(exact.shards)

@@ -4,7 +4,7 @@ Backends:
 - `onnxruntime` (the default on CPU when paddle2onnx and onnxruntime are installed): the Paddle
   export below, converted once to ONNX and run by ONNX Runtime; checked against Paddle Inference
   on a probe batch when converted (same vectors within 1e-6 for MiniLM), and measured here 1.3-1.6x
-  faster than Paddle Inference (docs/benchmarks.md, section 6).
+  faster than Paddle Inference (docs/benchmarks.md, section 2a).
 - `onnxruntime-int8`: the same with int8 MatMul weights (onnx_backend.py); opt-in, it changes the vectors.
 - `inference`: the tower is exported once with `paddle.jit.save` (cached
   under the model's fingerprint) and run by Paddle Inference with oneDNN and IR optimisation;
