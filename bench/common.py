@@ -19,6 +19,18 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def run_peer(peer_python: str, mode: str, **options) -> dict:
+    """bench/peer.py `mode` with `--key value` options, in the peer's venv; its JSON result."""
+    import json
+    import subprocess
+
+    argv = [peer_python, os.path.join(ROOT, "bench", "peer.py"), mode]
+    for key, value in options.items():
+        argv += [f"--{key}", str(value)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def save_results(path: str, rows: list, **extra) -> None:
     """Write the rows, the command line and any extra fields to `path` as JSON, atomically."""
     from dpr_paddle.utils import write_json_atomic

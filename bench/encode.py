@@ -16,23 +16,19 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
-import subprocess
 import sys
 import time
 
-from common import FWD_FLOP_PER_TOKEN, ROOT, markdown_table, save_results  # also puts the repo on sys.path
+from common import FWD_FLOP_PER_TOKEN, ROOT, markdown_table, run_peer, save_results  # also puts the repo on sys.path
 
 import dpr_paddle  # noqa: E402,F401
 
 
-def run_peer(args) -> dict:
+def peer_encode(args) -> dict:
     """sentence-transformers' encode of the same passages, in the peer's venv (bench/peer.py)."""
-    out = subprocess.run([args.peer_python, os.path.join(ROOT, "bench", "peer.py"), "encode", "--ctx", args.ctx,
-                          "--limit", str(args.limit), "--max_length", str(args.max_length),
-                          "--batch_size", str(args.batch_size)], capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_peer(args.peer_python, "encode", ctx=args.ctx, limit=args.limit, max_length=args.max_length,
+                      batch_size=args.batch_size)
     print(f"peer: {result['passages_per_s']:.1f} passages/s", file=sys.stderr)
     return result
 
@@ -57,7 +53,7 @@ def main() -> None:
     passages = list(itertools.islice(iter_passages(args.ctx), args.limit))
     rows, peer = [], []
     if args.peer_python:
-        peer.append(run_peer(args))
+        peer.append(peer_encode(args))
     for backend in args.backends:
         encode, tensorizer, _ = load_tower(CONTEXT, model_name_or_path="minilm", max_passage_length=args.max_length,
                                            backend=backend)
@@ -90,7 +86,7 @@ def main() -> None:
             encode(b)
         rows[-2]["forward_only_passages_per_s"] = len(passages) / (time.perf_counter() - t)
     if args.peer_python:
-        peer.append(run_peer(args))
+        peer.append(peer_encode(args))
         mean = sum(p["passages_per_s"] for p in peer) / len(peer)
         for r in rows:
             r["vs_peer"] = r["passages_per_s"] / mean

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from common import FWD_FLOP_PER_TOKEN, ROOT, markdown_table, save_results  # also puts the repo on sys.path
+from common import FWD_FLOP_PER_TOKEN, ROOT, markdown_table, run_peer, save_results  # also puts the repo on sys.path
 
 import dpr_paddle  # noqa: E402,F401  (CPU defaults before paddle loads)
 
@@ -97,13 +97,10 @@ def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int, q
             "fast_cpu": os.environ.get("DPR_PADDLE_FAST_CPU") != "0", "q_chunk": q_chunk or chunk}
 
 
-def run_peer(args, batch: int, chunk: int) -> dict:
+def peer_step(args, batch: int, chunk: int) -> dict:
     """sentence-transformers' CachedMNRL step at (batch, chunk) on the same ids, in the peer's venv."""
-    out = subprocess.run([args.peer_python, os.path.join(ROOT, "bench", "peer.py"), "train_step", "--batch", str(batch),
-                          "--chunk", str(chunk), "--q_len", str(args.q_len), "--p_len", str(args.p_len),
-                          "--hard_negatives", str(args.hard_negatives), "--steps", str(args.steps)],
-                         capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_peer(args.peer_python, "train_step", batch=batch, chunk=chunk, q_len=args.q_len, p_len=args.p_len,
+                      hard_negatives=args.hard_negatives, steps=args.steps)
     print(f"peer batch {batch} chunk {chunk}: {result['step_s']:.1f} s/step", file=sys.stderr)
     return result
 
@@ -133,7 +130,7 @@ def main() -> None:
     for b in args.batches:
         configs = [c for c in args.chunks if c < b] + ([0] if b <= args.plain_up_to else [])
         for c in configs:
-            peer = [run_peer(args, b, c)] if args.peer_python and c else []
+            peer = [peer_step(args, b, c)] if args.peer_python and c else []
             variants = [(fast, qc) for qc in args.q_chunks for fast in ([True, False] if args.compare_fast_cpu else [True])]
             for fast, qc in variants:
                 env = dict(os.environ, DPR_PADDLE_FAST_CPU="1" if fast else "0")
@@ -148,7 +145,7 @@ def main() -> None:
                       f"{row['step_s']:.1f} s/step, "
                       f"{row['examples_per_s']:.2f} ex/s, peak RSS {row['peak_rss_mb']:.0f} MB", file=sys.stderr)
             if peer:
-                peer.append(run_peer(args, b, c))
+                peer.append(peer_step(args, b, c))
                 mean = sum(p["step_s"] for p in peer) / 2
                 for r in rows[-len(variants):]:
                     r.update(peer_step_s=[p["step_s"] for p in peer], vs_peer=mean / r["step_s"], peer=peer[0]["peer"])

@@ -26,7 +26,7 @@ from . import onnx_backend
 from .model import CONTEXT, QUESTION
 from .pretrained import cache_root
 from .tokenization import DEFAULT_MAX_PASSAGE_LENGTH, DEFAULT_MAX_QUERY_LENGTH, Tensorizer
-from .utils import atomic_dir
+from .utils import atomic_dir, cpu_threads
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def make_predictor(prefix: str, threads: Optional[int] = None):
     config = paddle.inference.Config(model_file, prefix + ".pdiparams")
     config.disable_gpu()
     config.enable_mkldnn()
-    config.set_cpu_math_library_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    config.set_cpu_math_library_num_threads(threads or cpu_threads())
     config.switch_ir_optim(True)
     config.disable_glog_info()
     return paddle.inference.create_predictor(config)
@@ -172,15 +172,16 @@ def load_tower(tower: str, model_file: Optional[str] = None, que_model_path: Opt
         if not onnx_backend.available():
             raise onnx_backend.OnnxUnavailable(
                 f"--backend {backend} needs paddle2onnx and onnxruntime: pip install paddle2onnx onnxruntime")
+        int8 = backend == "onnxruntime-int8"
         prefix = export_static(model, info["model_fingerprint"])
         try:
-            encode = onnx_encoder(prefix, backend.endswith("int8"), len(tokenizer.vocab))
+            encode = onnx_encoder(prefix, int8, len(tokenizer.vocab))
             info["backend"] = backend
-            if backend.endswith("int8"):
+            if int8:
                 info["quantization"] = "int8-dynamic"
             return encode, tensorizer, info
         except onnx_backend.OnnxUnavailable as e:
-            if backend.endswith("int8"):
+            if int8:  # no float fallback for a run that asked for int8 vectors
                 raise
             logger.warning("%s; using Paddle Inference instead", e)
             backend = "inference"

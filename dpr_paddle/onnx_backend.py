@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterator, Optional
 import numpy as np
 
 from .errors import DprError
-from .utils import atomic_path
+from .utils import atomic_path, cpu_threads
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def session(path: str, threads: Optional[int] = None) -> Callable[[Dict[str, np.
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+    options.intra_op_num_threads = threads or cpu_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: its warnings name graph nodes, nothing a user can act on
     sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

@@ -18,6 +18,12 @@ def _umask() -> int:
     return mask
 
 
+def cpu_threads() -> int:
+    """Threads for a CPU inference engine: OMP_NUM_THREADS (which `import dpr_paddle` sets to the
+    usable cores unless the user did), else the CPU count."""
+    return int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Configure the root logger once with a compact format (CLIs call this in main())."""
     logging.basicConfig(
