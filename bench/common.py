@@ -33,6 +33,6 @@ def run_peer(peer_python: str, mode: str, **options) -> dict:
 
 def save_results(path: str, rows: list, **extra) -> None:
     """Write the rows, the command line and any extra fields to `path` as JSON, atomically."""
-    from dpr_paddle.utils import write_json_atomic
+    from dpr_paddle.common.files import write_json_atomic
 
     write_json_atomic(path, {**extra, "rows": rows, "argv": sys.argv[1:]})

@@ -22,7 +22,9 @@ import time
 
 from common import FWD_FLOP_PER_TOKEN, ROOT, markdown_table, run_peer, save_results  # also puts the repo on sys.path
 
-import dpr_paddle  # noqa: E402,F401
+from dpr_paddle.common.runtime import prepare_process  # noqa: E402
+
+prepare_process()  # MKL/OpenMP defaults where unset, before paddle loads
 
 
 def peer_encode(args) -> dict:
@@ -47,9 +49,9 @@ def main() -> None:
     import numpy as np
 
     from dpr_paddle.data import iter_passages
-    from dpr_paddle.embeddings import encode_passages
-    from dpr_paddle.inference import load_tower
-    from dpr_paddle.model import CONTEXT
+    from dpr_paddle.encoding.writer import encode_passages
+    from dpr_paddle.encoding.towers import load_tower
+    from dpr_paddle.modeling.model import CONTEXT
     passages = list(itertools.islice(iter_passages(args.ctx), args.limit))
     rows, peer = [], []
     if args.peer_python:

@@ -50,10 +50,10 @@ def real_vectors(data_dir: str, limit_questions: int):
     import itertools
 
     from dpr_paddle.data import iter_passages, read_qa
-    from dpr_paddle.embeddings import encode_passages
-    from dpr_paddle.inference import load_tower
-    from dpr_paddle.model import CONTEXT, QUESTION
-    from dpr_paddle.retriever import encode_questions
+    from dpr_paddle.encoding.writer import encode_passages
+    from dpr_paddle.encoding.towers import load_tower
+    from dpr_paddle.modeling.model import CONTEXT, QUESTION
+    from dpr_paddle.retrieval.dense import encode_questions
 
     # [CLS] + dot, as the tables in docs/benchmarks.md §3 were measured
     opts = dict(model_name_or_path="minilm", max_passage_length=256, pooling="cls", similarity="dot")
@@ -88,7 +88,7 @@ def write_shards(directory: str, data, num_shards: int) -> str:
 
     import numpy as np
 
-    from dpr_paddle.shards import shard_path, shard_range
+    from dpr_paddle.index.shards import shard_path, shard_range
 
     shutil.rmtree(directory, ignore_errors=True)
     for i in range(num_shards):
@@ -126,9 +126,9 @@ def engine_child(job: dict) -> list:
     """Build one engine in a fresh process and measure it: build time, peak RSS, size, speed, recall."""
     import numpy as np
 
-    from dpr_paddle.index import ExactIndex, recall_at_k
-    from dpr_paddle.index_factory import IndexSpec, open_index
-    from dpr_paddle.shards import load_shards
+    from dpr_paddle.index.exact import ExactIndex, recall_at_k
+    from dpr_paddle.index.factory import IndexSpec, open_index
+    from dpr_paddle.index.shards import load_shards
 
     queries, exact_rows = np.load(job["queries"]), np.load(job["exact_rows"])
     exact = ExactIndex(load_shards(job["pattern"]))
@@ -244,9 +244,9 @@ def main() -> None:
         with open(sys.argv[2] + ".out", "w") as f:
             json.dump(rows, f)
         return
-    from dpr_paddle.hnsw_index import HNSWIndex
-    from dpr_paddle.index import ExactIndex, recall_at_k
-    from dpr_paddle.shards import Shard
+    from dpr_paddle.index.hnsw import HNSWIndex
+    from dpr_paddle.index.exact import ExactIndex, recall_at_k
+    from dpr_paddle.index.shards import Shard
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])

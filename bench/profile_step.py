@@ -20,7 +20,9 @@ import time
 
 from common import FWD_FLOP_PER_TOKEN, ROOT, markdown_table, save_results
 
-import dpr_paddle  # noqa: F401  (CPU defaults before paddle loads)
+from dpr_paddle.common.runtime import prepare_process  # noqa: E402
+
+prepare_process()  # MKL/OpenMP defaults where unset, before paddle loads
 
 
 def main() -> None:
@@ -37,8 +39,8 @@ def main() -> None:
     import paddle
     import paddle.profiler as profiler
 
-    from dpr_paddle.model import BiEncoder
-    from dpr_paddle.pretrained import load_encoder
+    from dpr_paddle.modeling.model import BiEncoder
+    from dpr_paddle.modeling.pretrained import load_encoder
 
     loaded = load_encoder("minilm")[0]
     bi = BiEncoder(load_encoder("minilm")[0]).speed_up_training()

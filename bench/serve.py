@@ -31,7 +31,7 @@ def percentiles(ms):
 
 def store_at_scale(n_rows: int, lookups: int) -> dict:
     """Build a passage store from n_rows synthetic 60-word passages; time lookups of 10 and 100 ids."""
-    from dpr_paddle.passage_store import PassageStore
+    from dpr_paddle.retrieval.passage_store import PassageStore
 
     rng = random.Random(0)
     words = [f"w{i}" for i in range(5000)]
@@ -122,8 +122,9 @@ def main() -> None:
         t0 = time.perf_counter()
         v = r.encode_questions([q])
         t1 = time.perf_counter()
-        scores, rows = r.dense.search(v, 10)
-        ids = r.dense.ids(rows)
+        index = r.searcher.dense.index
+        scores, rows = index.search(v, 10)
+        ids = index.ids(rows)
         t2 = time.perf_counter()
         r.store.get(ids[0])
         t3 = time.perf_counter()

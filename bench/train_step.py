@@ -29,7 +29,9 @@ import time
 
 from common import FWD_FLOP_PER_TOKEN, ROOT, markdown_table, run_peer, save_results  # also puts the repo on sys.path
 
-import dpr_paddle  # noqa: E402,F401  (CPU defaults before paddle loads)
+from dpr_paddle.common.runtime import prepare_process  # noqa: E402
+
+prepare_process()  # MKL/OpenMP defaults where unset, before paddle loads
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
@@ -51,9 +53,10 @@ def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int, q
     import numpy as np
     import paddle
 
-    from dpr_paddle.checkpoint import build_biencoder
-    from dpr_paddle.distributed import World
-    from dpr_paddle.train import build_optimizer, global_grad_norm, train_step
+    from dpr_paddle.modeling.builder import build_biencoder
+    from dpr_paddle.training.distributed import World
+    from dpr_paddle.training.optim import build_optimizer, global_grad_norm
+    from dpr_paddle.training.step import train_step
 
     paddle.seed(0)
     model, _ = build_biencoder("minilm", "minilm")

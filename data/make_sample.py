@@ -25,8 +25,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dpr_paddle.evaluation import has_answer  # noqa: E402
-from dpr_paddle.utils import write_json_atomic, write_text_atomic  # noqa: E402
+from dpr_paddle.retrieval.evaluation import has_answer  # noqa: E402
+from dpr_paddle.common.files import write_json_atomic, write_text_atomic  # noqa: E402
 
 SEED = 20261122
 N_ENTITIES = 1100  # x 2 passages = 2,200 passages
@@ -289,7 +289,7 @@ def make_records(entities, passages, ids, rng, per_entity):
 
 def check_answers(items, passages) -> None:
     """Every answer is found (DPR has_answer) in its gold passage and in no other passage."""
-    from dpr_paddle.evaluation import normalize, tokenize_words
+    from dpr_paddle.retrieval.evaluation import normalize, tokenize_words
 
     by_token = {}  # token -> passages containing it, so each answer is checked against few passages
     for p in passages:

@@ -1,15 +1,16 @@
-"""What the three CLIs share: logging setup and turning expected errors into one clear line."""
+"""What every command shares: process set-up (logging, CPU defaults, quiet imports) and turning
+expected errors into one clear line."""
 from __future__ import annotations
 
 import sys
 import warnings
 
-from .utils import setup_logging
+from .common.runtime import prepare_process, setup_logging
 
 
 def expected_errors() -> tuple:
     """Error types whose message is meant for the user: printed as one line, no traceback."""
-    from .errors import DprError
+    from .common.errors import DprError
 
     return (DprError, OSError)
 
@@ -23,20 +24,22 @@ def one_line(e: BaseException) -> str:
     return str(e)
 
 
-def run_main(body) -> None:
-    """Run a CLI body; an expected error exits with status 2 and `error: <message>`."""
+def run_main(body, needs_paddle: bool = True) -> None:
+    """Run a command's body; an expected error exits with status 2 and `error: <message>`."""
     setup_logging()
     # Paddle warns about a missing ccache and setuptools on import; neither concerns a user.
     warnings.filterwarnings("ignore", message="No ccache found")
     warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
     # PaddleNLP says this about every truncated (title, text) pair; truncation is what we asked for.
     warnings.filterwarnings("ignore", message="Be aware, overflowing tokens are not returned")
-    try:
-        from paddlenlp.utils.log import logger as paddlenlp_logger
+    prepare_process(needs_paddle)  # CPU defaults before paddle's first import, only where the user set nothing
+    if needs_paddle:
+        try:
+            from paddlenlp.utils.log import logger as paddlenlp_logger
 
-        paddlenlp_logger.set_level("WARNING")  # its INFO lines (weights saved/loaded) drown ours
-    except ImportError:
-        pass
+            paddlenlp_logger.set_level("WARNING")  # its INFO lines (weights saved/loaded) drown ours
+        except ImportError:
+            pass
     try:
         body()
     except Exception as e:  # noqa: BLE001 - filtered just below

@@ -1,214 +1,50 @@
-"""Hard-negative mining: for each training question, the passages a retriever ranks high that do
-not answer it.
+"""mine_hard_negatives.py (dpr-mine): mine hard negatives for DPR training data with BM25 or a
+trained bi-encoder.
 
-For every record of a biencoder file, the top passages of the corpus are retrieved for its
-question, with BM25 (`--retriever bm25`, bm25s) or with a trained bi-encoder over our shards
-(`--retriever dense`, exact inner product). Dropped: the record's gold passages (by passage id,
-or by text when a positive has no id) and every passage in which DPR's `has_answer` finds an
-answer. From what is left within `--rank_range LO HI` (0-based ranks of the retrieved list),
-`--num_negatives` are kept: the best ranked (`--sample top`) or a random draw seeded by
-(seed, record index) (`--sample random`). The output is the same DPR JSON (or JSONL) with
-`hard_negative_ctxs` replaced, each with its `passage_id` and retrieval `score`.
+    python mine_hard_negatives.py --train_data_path data/sample/train.json --ctx_file data/sample/passages.tsv \\
+        --output data/sample/train_mined.json --retriever bm25 --rank_range 0 50 --num_negatives 10
+    python mine_hard_negatives.py --train_data_path train.json --ctx_file psgs.tsv --output mined.json \\
+        --retriever dense --model_file save_biencoder/latest --encoded_ctx_file emb/wiki
 
-Questions go in batches of `--batch_size`. Each finished batch is written to
-OUTPUT.partial/part_NNNNNN.jsonl atomically, so an interrupted run resumes at the first
-unfinished batch; the output appears by an atomic rename at the end.
-
-Scale (NQ train: 59k questions, 21M passages; estimated, not measured at that size): memory is the
-retriever's (BM25: the bm25s index, ~7 GB per million passages to build, see bm25.py; dense: one
-shard's block of vectors at a time plus the passage ids, ~1.5 GB for 21M) plus one batch's
-candidate texts (batch_size x HI passages, ~0.6 GB for 5,000 x 100). The TSV is streamed once per
-batch to fetch candidate texts: 12 passes at --batch_size 5000.
+Gold passages and every passage containing an answer (DPR's has_answer) are never kept. How
+negatives are chosen, and how an interrupted run resumes: retrieval/mining.py.
 """
 from __future__ import annotations
 
-import glob
-import json
-import logging
 import os
-import shutil
-from typing import List, Sequence, Tuple
-
-import numpy as np
-
-from .data.readers import BiEncoderRecord, Passage, read_biencoder_records
-from .errors import DprError
-from .evaluation import has_answer
-from .retriever import fetch_passages
-from .utils import atomic_path, write_json_atomic
-
-logger = logging.getLogger(__name__)
-
-
-class MiningError(DprError, RuntimeError):
-    """Mining cannot go on (gold passages missing from the corpus, bad ranges)."""
-
-
-def gold_ids(record: BiEncoderRecord) -> set:
-    """Passage ids of a record's positives (those that have one)."""
-    return {p.id for p in record.positives if p.id is not None}
-
-
-def check_gold_in_corpus(records: Sequence[BiEncoderRecord], corpus_ids: set, train_file: str, ctx_file: str) -> None:
-    """Refuse a corpus that lacks the records' gold passages: mining against it cannot drop them."""
-    missing = [(i, pid) for i, r in enumerate(records) for pid in sorted(gold_ids(r)) if pid not in corpus_ids]
-    if missing:
-        i, pid = missing[0]
-        raise MiningError(f"{train_file}: record {i}: gold passage_id {pid!r} is not in {ctx_file} "
-                          f"({len(missing)} gold ids missing); mine against the corpus the training data was made from")
-
-
-def select_negatives(record: BiEncoderRecord, candidates: Sequence[Tuple[str, float, Passage]], num_negatives: int,
-                     sample: str, rng: np.random.Generator, match: str = "string") -> List[dict]:
-    """The hard negatives of one record from its (id, score, passage) candidates, best ranked first:
-    the retrieved list cut to --rank_range (see the module doc)."""
-    gold, gold_texts = gold_ids(record), {p.text.strip() for p in record.positives if p.id is None}
-    kept = []
-    for pid, score, passage in candidates:
-        if pid in gold or passage.text.strip() in gold_texts or has_answer(record.answers, passage.text, match):
-            continue
-        kept.append({"title": passage.title, "text": passage.text, "score": float(score), "passage_id": pid})
-    if sample == "random" and len(kept) > num_negatives:
-        chosen = sorted(rng.choice(len(kept), size=num_negatives, replace=False))
-        return [kept[i] for i in chosen]
-    return kept[:num_negatives]
-
-
-def record_to_json(record: BiEncoderRecord, hard_negatives: List[dict]) -> dict:
-    """A DPR biencoder record with the mined hard negatives."""
-    def ctx(p: Passage) -> dict:
-        return {"title": p.title, "text": p.text, **({"passage_id": p.id} if p.id is not None else {})}
-
-    return {"question": record.question, "answers": record.answers,
-            "positive_ctxs": [ctx(p) for p in record.positives],
-            "negative_ctxs": [ctx(p) for p in record.negatives],
-            "hard_negative_ctxs": hard_negatives}
-
-
-def mine(records: Sequence[BiEncoderRecord], search, ctx_file: str, output: str, job: dict,
-         rank_range: Tuple[int, int], num_negatives: int, sample: str = "top", seed: int = 0,
-         batch_size: int = 5000, match: str = "string") -> str:
-    """Mine hard negatives for `records` with `search(questions, k) -> (scores [n, k], ids [n][k])`;
-    write DPR JSON (or JSONL for a .jsonl output) to `output`, resumably. Returns `output`."""
-    from tqdm import tqdm
-
-    lo, hi = rank_range
-    if not 0 <= lo < hi:
-        raise MiningError(f"--rank_range {lo} {hi}: needs 0 <= LO < HI")
-    partial = output + ".partial"
-    job_file = os.path.join(partial, "job.json")
-    if os.path.isdir(partial):
-        previous = None
-        if os.path.isfile(job_file):
-            with open(job_file, encoding="utf-8") as f:
-                previous = json.load(f)
-        if previous != job:
-            logger.info("%s belongs to another mining job; starting over", partial)
-            shutil.rmtree(partial)
-    if not os.path.isdir(partial):
-        os.makedirs(partial)
-        write_json_atomic(job_file, job)
-    n_batches = (len(records) + batch_size - 1) // batch_size
-    stats = {"negatives": 0, "dropped_answer_or_gold": 0, "short": 0}
-    with tqdm(total=len(records), desc="mine", unit="q", dynamic_ncols=True) as bar:
-        for b in range(n_batches):
-            part = os.path.join(partial, f"part_{b:06d}.jsonl")
-            batch = records[b * batch_size : (b + 1) * batch_size]
-            if os.path.isfile(part):
-                bar.update(len(batch))
-                continue
-            scores, ids = search([r.question for r in batch], hi)
-            texts = fetch_passages(ctx_file, {pid for row in ids for pid in row[lo:hi]})  # {id: (text, title)}
-            lines = []
-            for j, (record, row_ids, row_scores) in enumerate(zip(batch, ids, scores)):
-                index = b * batch_size + j
-                candidates = [(pid, s, Passage(text=texts[pid][0], title=texts[pid][1], id=pid))
-                              for pid, s in zip(row_ids[lo:hi], row_scores[lo:hi])]
-                negs = select_negatives(record, candidates, num_negatives, sample,
-                                        np.random.default_rng([seed, index]), match)
-                stats["negatives"] += len(negs)
-                stats["short"] += len(negs) < num_negatives
-                lines.append(json.dumps(record_to_json(record, negs), ensure_ascii=False))
-            with atomic_path(part) as tmp:
-                with open(tmp, "w", encoding="utf-8") as f:
-                    f.write("\n".join(lines) + "\n")
-            bar.update(len(batch))
-    _assemble(partial, n_batches, output)
-    shutil.rmtree(partial, ignore_errors=True)
-    logger.info("wrote %s: %d records; %d hard negatives (this run's batches); %d records got fewer than %d",
-                output, len(records), stats["negatives"], stats["short"], num_negatives)
-    return output
-
-
-def _assemble(partial: str, n_batches: int, output: str) -> None:
-    parts = sorted(glob.glob(os.path.join(partial, "part_*.jsonl")))
-    if len(parts) != n_batches:
-        raise MiningError(f"{partial}: {len(parts)} of {n_batches} batches present; re-run to finish")
-    jsonl = output.endswith(".jsonl")
-    with atomic_path(output) as tmp:
-        with open(tmp, "w", encoding="utf-8") as out:
-            out.write("" if jsonl else "[\n")
-            first = True
-            for p in parts:
-                with open(p, encoding="utf-8") as f:
-                    for line in f:
-                        if not line.strip():
-                            continue
-                        out.write(line if jsonl else ("" if first else ",\n") + line.rstrip("\n"))
-                        first = False
-            out.write("" if jsonl else "\n]\n")
 
 
 def main(argv=None) -> None:
-    """CLI: python -m dpr_paddle.mine (or mine_hard_negatives.py)."""
+    """Entry point of mine_hard_negatives.py, `python -m dpr_paddle.mine` and dpr-mine."""
     from .cli import run_main
-    from .config import MineArgs, parse
+    from .flags import MineArgs, parse, tower_spec
 
     args = parse(MineArgs, argv, description=__doc__)
 
     def body():
+        from .data.readers import read_biencoder_records
+        from .retrieval.mining import MiningError, check_gold_in_corpus, mine
+        from .retrieval.searcher import Searcher, SearchSpec
+
         records = read_biencoder_records(args.train_data_path)
         job = {"train": os.path.abspath(args.train_data_path), "ctx_file": os.path.abspath(args.ctx_file),
                "retriever": args.retriever, "rank_range": list(args.rank_range), "num_negatives": args.num_negatives,
-               "sample": args.sample, "seed": args.seed, "batch_size": args.batch_size,
-               "match": args.match}
-        if args.retriever == "bm25":
-            from .bm25 import BM25Index
-
-            index = BM25Index.open(args.ctx_file, args.bm25_index)
-            corpus_ids, search = set(index.ids), index.search
+               "sample": args.sample, "seed": args.seed, "batch_size": args.batch_size, "match": args.match}
+        if args.retriever == "dense" and not args.encoded_ctx_file:
+            raise MiningError("--retriever dense needs --encoded_ctx_file (shards of the corpus) and the model flags")
+        searcher = Searcher.load(SearchSpec(mode=args.retriever, bm25_index=args.bm25_index), args.ctx_file,
+                                 tower_spec(args), args.encoded_ctx_file)
+        if searcher.dense is not None:
+            corpus_ids = {i for s in searcher.dense.index.shards for i in s.ids}
+            job["model_fingerprint"] = searcher.dense.index.shards[0].meta.get("model_fingerprint")
         else:
-            search, corpus_ids, fingerprint = _dense_searcher(args)
-            job["model_fingerprint"] = fingerprint
+            corpus_ids = set(searcher.bm25.ids)
         check_gold_in_corpus(records, corpus_ids, args.train_data_path, args.ctx_file)
         del corpus_ids
-        mine(records, search, args.ctx_file, args.output, job, tuple(args.rank_range), args.num_negatives,
+        mine(records, searcher.search, args.ctx_file, args.output, job, tuple(args.rank_range), args.num_negatives,
              args.sample, args.seed, args.batch_size, args.match)
 
-    run_main(body)
-
-
-def _dense_searcher(args):
-    """(search fn, corpus ids, model fingerprint) for dense mining over --encoded_ctx_file."""
-    from .index import ExactIndex
-    from .shards import load_shards
-    from .inference import load_tower, tower_options
-    from .model import QUESTION
-    from .retriever import check_recipe, encode_questions
-
-    if not args.encoded_ctx_file:
-        raise MiningError("--retriever dense needs --encoded_ctx_file (shards of the corpus) and the model flags")
-    encode_fn, tensorizer, info = load_tower(QUESTION, **tower_options(args))
-    shards = load_shards(args.encoded_ctx_file)
-    check_recipe(shards, info)
-    exact = ExactIndex(shards)
-
-    def search(questions, k):
-        q = encode_questions(encode_fn, tensorizer, list(questions), 64)
-        scores, rows = exact.search(q, k)
-        return scores, [[exact.row_id(int(r)) for r in row] for row in rows]
-
-    return search, {i for s in shards for i in s.ids}, shards[0].meta.get("model_fingerprint")
+    run_main(body, needs_paddle=args.retriever == "dense")
 
 
 if __name__ == "__main__":

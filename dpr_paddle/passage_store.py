@@ -1,162 +1,21 @@
-"""Passage texts by id without reading the TSV: an SQLite file built once by streaming it.
-
-Table `passages(id TEXT PRIMARY KEY, row INTEGER, title TEXT, text TEXT)`, `row` being the
-0-based data row of the TSV; table `meta(key, value)` records the corpus (path, size, a hash of
-its head and tail: utils.file_fingerprint), the rows stored so far and, once complete, the row
-count. Inserts go in batches, one transaction each, and `rows_done` is updated in the same
-transaction, so an interrupted build resumes after its last committed batch with nothing lost
-or doubled. A store built from another corpus is refused; a passage id that occurs twice in the
-corpus is an error naming both lines.
-"""
+"""`python -m dpr_paddle.passage_store CTX_FILE --output PATH`: build (or finish) the SQLite passage
+store that the API, the server and dense_retriever.py read passage texts from."""
 from __future__ import annotations
 
-import json
-import logging
-import os
-import sqlite3
-from typing import Dict, Iterable, Optional, Tuple
-
-from .data.readers import iter_passage_chunks
-from .errors import DprError
-from .utils import file_fingerprint
-
-logger = logging.getLogger(__name__)
-
-FORMAT = "dpr_paddle.passages/1"
-STORE_NAME = "passages.sqlite"
-
-
-class PassageStoreError(DprError, RuntimeError):
-    """A passage store is from another corpus, incomplete, or the corpus repeats an id."""
-
-
-def default_store_path(shard_dir: str) -> str:
-    """The store kept beside embedding shards: SHARDS_PARENT/passages.sqlite."""
-    return os.path.join(os.path.dirname(os.path.abspath(shard_dir)), STORE_NAME)
-
-
-class PassageStore:
-    """Look up (text, title) by passage id; `build` streams a TSV into it, `open` checks it."""
-
-    def __init__(self, path: str, conn: sqlite3.Connection, meta: dict):
-        self.path, self.conn, self.meta = path, conn, meta
-
-    def __len__(self) -> int:
-        return int(self.meta["count"])
-
-    @staticmethod
-    def _meta(conn) -> dict:
-        return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-
-    @classmethod
-    def build(cls, ctx_file: str, path: str, batch: int = 50_000) -> "PassageStore":
-        """Stream `ctx_file` into the store at `path`, resuming an interrupted build of the same corpus."""
-        from tqdm import tqdm
-
-        corpus = file_fingerprint(ctx_file)
-        conn = sqlite3.connect(path, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        conn.execute("CREATE TABLE IF NOT EXISTS passages (id TEXT PRIMARY KEY, row INTEGER, title TEXT, text TEXT)")
-        meta = cls._meta(conn)
-        if meta and meta.get("corpus") != corpus:
-            conn.close()
-            raise PassageStoreError(f"{path}: a passage store of {meta.get('corpus', {}).get('path')}, not of "
-                                    f"{ctx_file}; delete it or pass another path")
-        with conn:
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?), ('corpus', ?), ('rows_done', '0')",
-                         (json.dumps(FORMAT), json.dumps(corpus)))
-        done = int(cls._meta(conn)["rows_done"])
-        row = 0
-        with tqdm(total=None, initial=done, desc="passage store", unit="psg", dynamic_ncols=True) as bar:
-            for ids, texts, titles in iter_passage_chunks(ctx_file, batch):
-                if row + len(ids) <= done:  # committed by an earlier run
-                    row += len(ids)
-                    continue
-                skip = max(done - row, 0)
-                rows = [(pid, row + i, title, text) for i, (pid, text, title) in enumerate(zip(ids, texts, titles))][skip:]
-                cls._insert(conn, ctx_file, rows, row + len(ids))
-                row += len(ids)
-                bar.update(len(rows))
-        with conn:
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('count', ?)", (json.dumps(row),))
-        logger.info("passage store %s: %d passages", path, row)
-        return cls(path, conn, cls._meta(conn))
-
-    @staticmethod
-    def _insert(conn, ctx_file: str, rows, rows_done: int) -> None:
-        try:
-            with conn:  # one transaction: the rows and the progress mark together
-                conn.executemany("INSERT INTO passages VALUES (?, ?, ?, ?)", rows)
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'rows_done'", (json.dumps(rows_done),))
-        except sqlite3.IntegrityError:
-            seen = {}
-            for pid, r, _, _ in rows:  # find the first repeat, within the batch or against the store
-                first = seen.get(pid)
-                if first is None:
-                    hit = conn.execute("SELECT row FROM passages WHERE id = ?", (pid,)).fetchone()
-                    first = hit[0] if hit else None
-                if first is not None:
-                    raise PassageStoreError(f"{ctx_file}: passage id {pid!r} occurs twice, at lines {first + 2} "
-                                            f"and {r + 2}; ids must be unique") from None
-                seen[pid] = r
-            raise
-
-    @classmethod
-    def open(cls, path: str, ctx_file: Optional[str] = None) -> "PassageStore":
-        """Open a complete store; with `ctx_file`, refuse one that was built from another corpus."""
-        if not os.path.isfile(path):
-            raise PassageStoreError(f"{path}: no passage store; build it with python -m dpr_paddle.passage_store")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        meta = cls._meta(conn)
-        if "count" not in meta:
-            conn.close()
-            raise PassageStoreError(f"{path}: incomplete passage store; re-run its build to finish it")
-        if ctx_file is not None and meta["corpus"] != file_fingerprint(ctx_file):
-            conn.close()
-            raise PassageStoreError(f"{path}: built from {meta['corpus']['path']} ({meta['corpus']['size']} bytes), "
-                                    f"not from {ctx_file}; delete it to rebuild")
-        return cls(path, conn, meta)
-
-    @classmethod
-    def is_complete(cls, path: str) -> bool:
-        """Whether `path` is a finished store (an interrupted build has no row count yet)."""
-        if not os.path.isfile(path):
-            return False
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            has_meta = conn.execute("SELECT name FROM sqlite_master WHERE name = 'meta'").fetchone()
-            return bool(has_meta) and "count" in cls._meta(conn)
-        finally:
-            conn.close()
-
-    @classmethod
-    def open_or_build(cls, ctx_file: str, path: str) -> "PassageStore":
-        """The store of `ctx_file` at `path`, built (or finished) first when needed."""
-        return cls.open(path, ctx_file) if cls.is_complete(path) else cls.build(ctx_file, path)
-
-    def get(self, ids: Iterable[str]) -> Dict[str, Tuple[str, str]]:
-        """{id: (text, title)} for the ids that are in the store."""
-        ids = list(dict.fromkeys(ids))
-        out = {}
-        for i in range(0, len(ids), 900):  # SQLite's default limit on bound parameters is 999
-            part = ids[i : i + 900]
-            q = f"SELECT id, text, title FROM passages WHERE id IN ({','.join('?' * len(part))})"
-            out.update({pid: (text, title) for pid, text, title in self.conn.execute(q, part)})
-        return out
+import argparse
 
 
 def main(argv=None) -> None:
-    """CLI: python -m dpr_paddle.passage_store CTX_FILE --output PATH (builds or finishes the store)."""
-    import argparse
-
+    """Entry point of `python -m dpr_paddle.passage_store` (dpr-passage-store)."""
     from .cli import run_main
+    from .retrieval import passage_store
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=passage_store.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ctx_file")
     p.add_argument("--output", required=True, help="the SQLite file (e.g. beside the shards: emb/passages.sqlite)")
     args = p.parse_args(argv)
-    run_main(lambda: print(f"{PassageStore.open_or_build(args.ctx_file, args.output).path}"))
+    run_main(lambda: print(f"{passage_store.PassageStore.open_or_build(args.ctx_file, args.output).path}"),
+             needs_paddle=False)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Ask the retriever from the command line: a ranked table per question.
+"""`python -m dpr_paddle.search` (dpr-search): ask the retriever from the command line, a ranked table
+per question.
 
     python -m dpr_paddle.search --model_file save_biencoder/latest --encoded_ctx_file 'emb/wiki_*' \
         --ctx_file psgs.tsv "who wrote hamlet" --answers Shakespeare
@@ -37,16 +38,15 @@ def format_hits(question: str, hits: List[Dict], answers: Sequence[str] = (), ch
 
 def main(argv=None) -> None:
     """CLI entry point."""
-    from .api import from_args
     from .cli import run_main
-    from .config import AskArgs, build_parser
+    from .flags import AskArgs, build_parser, load_retriever
 
     parser = build_parser(AskArgs, __doc__)
     parser.set_defaults(n_docs=DEFAULT_K)
     args = AskArgs(**vars(parser.parse_args(argv)))
 
     def body():
-        retriever = from_args(args)
+        retriever = load_retriever(args)
         questions = args.questions or None
         interactive = questions is None and sys.stdin.isatty()
         if questions is None:
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
             print(flush=True)
 
     try:
-        run_main(body)
+        run_main(body, needs_paddle=not args.bm25)
     except (EOFError, KeyboardInterrupt):
         print()
 

@@ -7,7 +7,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("DPR_PADDLE_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
-sys.path.insert(0, ROOT)
 
 
 def shared_path(*parts):
@@ -41,7 +40,7 @@ def sample_head(sample_dir, out_dir, n):
 @pytest.fixture(scope="session")
 def tiny_dir():
     """Directory of the tiny random-init BERT (made once, cached)."""
-    from dpr_paddle.pretrained import resolve_model
+    from dpr_paddle.modeling.pretrained import resolve_model
 
     return resolve_model("tiny")
 

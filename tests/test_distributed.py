@@ -56,7 +56,7 @@ def test_two_ranks_equal_one_process_with_the_doubled_batch(sample_dir, tmp_path
 
 
 def params_from_dir(tmp_path):
-    from dpr_paddle.pretrained import resolve_model
+    from dpr_paddle.modeling.pretrained import resolve_model
 
     state = paddle.load(os.path.join(resolve_model("tiny"), "model_state.pdparams"))
     return {f"{t}/{k}": v.numpy() for t in ("question_encoder", "context_encoder") for k, v in state.items()}
@@ -103,7 +103,7 @@ def test_embedding_shard_follows_rank(sample_dir, tmp_path):
         ctx.write_text("".join(f.readlines()[:31]), encoding="utf-8")
     launch("generate_dense_embedding.py", tmp_path / "log", "--model_name_or_path", "tiny", "--ctx_file", ctx,
            "--out_file", tmp_path / "emb", "--max_passage_length", "32")
-    from dpr_paddle.shards import load_shards
+    from dpr_paddle.index.shards import load_shards
 
     shards = load_shards(str(tmp_path / "emb"))
     assert [(s.meta["shard_id"], s.meta["num_shards"], len(s.ids)) for s in shards] == [(0, 2, 15), (1, 2, 15)]
@@ -138,7 +138,7 @@ def test_a_failing_rank_stops_the_job_cleanly(sample_dir, tmp_path):
     assert "rank 0 lost the other ranks" in log0 and "--resume auto" in log0
     leftovers = [p.name for p in save.iterdir() if p.name.endswith((".tmp", ".old"))]
     assert not leftovers  # no half-written checkpoint
-    from dpr_paddle.checkpoint import list_checkpoints
+    from dpr_paddle.training.checkpoint import list_checkpoints
 
     for _, path in list_checkpoints(str(save)):  # every checkpoint on disk is complete and loadable
         assert checkpoint_params(path)

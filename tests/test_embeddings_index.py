@@ -8,9 +8,9 @@ import pytest
 
 from conftest import run_cli
 from dpr_paddle.data import iter_passages
-from dpr_paddle.hnsw_index import HNSWIndex
-from dpr_paddle.index import ExactIndex, merge_topk, recall_at_k
-from dpr_paddle.shards import EmbeddingError, Shard, load_shards, shard_range
+from dpr_paddle.index.hnsw import HNSWIndex
+from dpr_paddle.index.exact import ExactIndex, merge_topk, recall_at_k
+from dpr_paddle.index.shards import EmbeddingError, Shard, load_shards, shard_range
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 10, 11, 100, 2067])

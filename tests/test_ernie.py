@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, sample_head
-from dpr_paddle.grad_cache import cached_step, graph_reference_step
-from dpr_paddle.shards import load_shards
+from dpr_paddle.training.grad_cache import cached_step, graph_reference_step
+from dpr_paddle.index.shards import load_shards
 from test_grad_cache import compare, dropout_on_steps, grads, setup, split_chunks
 
 

@@ -3,7 +3,7 @@ import unicodedata
 
 import pytest
 
-from dpr_paddle.evaluation import format_top_k_table, has_answer, tokenize_words, top_k_accuracy
+from dpr_paddle.retrieval.evaluation import format_top_k_table, has_answer, tokenize_words, top_k_accuracy
 
 
 @pytest.mark.parametrize("answers,text,expected", [

@@ -5,9 +5,9 @@ import numpy as np
 import paddle
 import pytest
 
-from dpr_paddle import fast_cpu
-from dpr_paddle.model import set_dropout
-from dpr_paddle.pretrained import load_encoder
+from dpr_paddle.modeling import fast_cpu
+from dpr_paddle.modeling.model import set_dropout
+from dpr_paddle.modeling.pretrained import load_encoder
 
 
 def inputs(seed=0, n=5, length=24):

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from dpr_paddle.data.readers import DataFormatError, iter_passage_chunks, read_biencoder_records, read_qa
+from dpr_paddle.data import DataFormatError, iter_passage_chunks, read_biencoder_records, read_qa
 
 PASSAGES = ("id\ttext\ttitle\n"
             "1\tAaron is a prophet in the Hebrew Bible.\tAaron\n"

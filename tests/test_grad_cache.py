@@ -5,11 +5,11 @@ import numpy as np
 import paddle
 import pytest
 
-from dpr_paddle.grad_cache import RandContext, cached_step, graph_reference_step
-from dpr_paddle.train import numpy_chunks as split_chunks  # the chunker training uses
-from dpr_paddle.model import CONTEXT, QUESTION, BiEncoder, nll_loss, positive_indices
-from dpr_paddle.pooling import DEFAULT_TAU, POOLINGS, SIMILARITIES
-from dpr_paddle.pretrained import load_encoder
+from dpr_paddle.training.grad_cache import RandContext, cached_step, graph_reference_step
+from dpr_paddle.training.step import numpy_chunks as split_chunks  # the chunker training uses
+from dpr_paddle.modeling.model import CONTEXT, QUESTION, BiEncoder, nll_loss, positive_indices
+from dpr_paddle.modeling.pooling import DEFAULT_TAU, POOLINGS, SIMILARITIES
+from dpr_paddle.modeling.pretrained import load_encoder
 
 
 def make_batch(rng, n, length, ragged=True):
@@ -193,7 +193,7 @@ def test_chunks_cover_the_batch_and_trim_padding_per_chunk():
 
 def test_cached_gradients_are_float32_for_half_precision_reps():
     # What AMP hands build_cache: float16 representations. The loss and the cache stay float32.
-    from dpr_paddle.grad_cache import build_cache
+    from dpr_paddle.training.grad_cache import build_cache
 
     rng = np.random.default_rng(0)
     q = [paddle.to_tensor(rng.standard_normal((2, 8)).astype("float16")) for _ in range(2)]

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli, sample_head
-from dpr_paddle.errors import DprError
-from dpr_paddle.hnsw_index import HNSWIndex, ShardGraphs, graph_path
-from dpr_paddle.index import ExactIndex, recall_at_k
-from dpr_paddle.index_factory import IndexMemoryError, IndexSpec, check_memory, open_index, plan_memory
-from dpr_paddle.milvus_index import MilvusIndex, MilvusIndexError
-from dpr_paddle.shards import load_shards
+from dpr_paddle.common.errors import DprError
+from dpr_paddle.index.hnsw import HNSWIndex, ShardGraphs, graph_path
+from dpr_paddle.index.exact import ExactIndex, recall_at_k
+from dpr_paddle.index.factory import IndexMemoryError, IndexSpec, check_memory, open_index, plan_memory
+from dpr_paddle.index.milvus import MilvusIndex, MilvusIndexError
+from dpr_paddle.index.shards import load_shards
 from test_embeddings_index import fake_shards
 
 
@@ -62,7 +62,7 @@ def test_milvus_ivf_sq8_recall_and_reopen(data, tmp_path):
 
 
 def test_an_interrupted_milvus_load_resumes_without_loss_or_duplicates(data, tmp_path, monkeypatch):
-    import dpr_paddle.milvus_index as mi
+    import dpr_paddle.index.milvus as mi
 
     _, _, queries, exact = data
     monkeypatch.setattr(mi, "LOAD_BATCH", 700)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from dpr_paddle import onnx_backend
-from dpr_paddle.inference import load_tower, paddle_inference_encoder
-from dpr_paddle.model import CONTEXT, QUESTION
-from dpr_paddle.shards import load_shards
+from dpr_paddle.encoding import onnx_backend
+from dpr_paddle.encoding.towers import load_tower, paddle_inference_encoder
+from dpr_paddle.modeling.model import CONTEXT, QUESTION
+from dpr_paddle.index.shards import load_shards
 
 PAIRS = [("Paris", "Paris is the capital of France."), ("", "a b c"), ("Long", "the quick brown fox " * 30)]
 

@@ -6,10 +6,10 @@ import numpy as np
 import paddle
 import pytest
 
-from dpr_paddle.checkpoint import encoder_recipe
-from dpr_paddle.model import CONTEXT, BiEncoder, nll_loss, positive_indices
-from dpr_paddle.pooling import RecipeError, native_recipe, resolve_recipe, sentence_transformers_recipe
-from dpr_paddle.pretrained import load_encoder
+from dpr_paddle.modeling.builder import encoder_recipe
+from dpr_paddle.modeling.model import CONTEXT, BiEncoder, nll_loss, positive_indices
+from dpr_paddle.modeling.pooling import RecipeError, native_recipe, resolve_recipe, sentence_transformers_recipe
+from dpr_paddle.modeling.pretrained import load_encoder
 
 
 def test_minilm_resolves_to_its_own_recipe_and_plain_bert_to_dprs():
@@ -93,8 +93,8 @@ def test_temperature_divides_the_scores():
 
 
 def test_converted_minilm_records_its_recipe():
-    from dpr_paddle.pooling import RECIPE_FILE
-    from dpr_paddle.pretrained import minilm_dir
+    from dpr_paddle.modeling.pooling import RECIPE_FILE
+    from dpr_paddle.modeling.pretrained import minilm_dir
 
     with open(os.path.join(minilm_dir(), RECIPE_FILE), encoding="utf-8") as f:
         assert json.load(f)["pooling"] == "mean"

@@ -6,8 +6,8 @@ import paddle
 import pytest
 
 from conftest import shared_path
-from dpr_paddle.pretrained import ModelNotFoundError, export, load_encoder, resolve_model
-from dpr_paddle.tokenization import Tensorizer
+from dpr_paddle.modeling.pretrained import ModelNotFoundError, export, load_encoder, resolve_model
+from dpr_paddle.modeling.tokenization import Tensorizer
 
 
 def test_minilm_matches_pytorch_reference():

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import ROOT, run_cli, sample_head
-from dpr_paddle.errors import DprError
-from dpr_paddle.passage_store import PassageStore, PassageStoreError
+from dpr_paddle.common.errors import DprError
+from dpr_paddle.retrieval.passage_store import PassageStore, PassageStoreError
 
 
 def write_tsv(path, rows):
@@ -36,7 +36,7 @@ def test_store_looks_up_resumes_and_refuses_another_corpus(tmp_path):
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
     conn.execute("CREATE TABLE passages (id TEXT PRIMARY KEY, row INTEGER, title TEXT, text TEXT)")
     conn.executemany("INSERT INTO passages VALUES (?, ?, ?, ?)", part.conn.execute("SELECT * FROM passages"))
-    from dpr_paddle.utils import file_fingerprint
+    from dpr_paddle.common.files import file_fingerprint
 
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [("format", json.dumps("dpr_paddle.passages/1")),
                                                         ("corpus", json.dumps(file_fingerprint(ctx))),

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from conftest import run_cli
-from dpr_paddle.evaluation import has_answer
+from dpr_paddle.retrieval.evaluation import has_answer
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_bad_inputs_fail_clearly(corpus, tmp_path):
 
 
 def test_default_ef_search():
-    from dpr_paddle.retriever import default_ef
+    from dpr_paddle.index.factory import default_ef
 
     assert default_ef(100, 100) == 800  # the README's n_docs: 8 x 100
     assert default_ef(10, 10) == 256 and default_ef(50, 50) == 400

@@ -6,7 +6,7 @@ import sys
 
 from conftest import ROOT
 from dpr_paddle.data import BiEncoderDataset, count_passages, iter_passages, read_biencoder_records, read_qa
-from dpr_paddle.evaluation import has_answer
+from dpr_paddle.retrieval.evaluation import has_answer
 
 
 def digest(d):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, sample_head
-from dpr_paddle.bm25 import BM25Error, BM25Index
+from dpr_paddle.retrieval.bm25 import BM25Error, BM25Index
 from dpr_paddle.data.readers import read_biencoder_records
-from dpr_paddle.evaluation import has_answer
-from dpr_paddle.fusion import rrf, weighted_sum
-from dpr_paddle.mine import MiningError, check_gold_in_corpus, mine
+from dpr_paddle.retrieval.evaluation import has_answer
+from dpr_paddle.retrieval.fusion import rrf, weighted_sum
+from dpr_paddle.retrieval.mining import MiningError, check_gold_in_corpus, mine
 
 CORPUS = [("1", "Hamlet is a tragedy written by William Shakespeare around 1600.", "Hamlet"),
           ("2", "The Danube flows through ten countries into the Black Sea.", "Danube"),

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import ROOT, sample_head, shared_path
 from dpr_paddle.data import iter_passages, read_qa
-from dpr_paddle.pretrained import load_encoder
-from dpr_paddle.tokenization import Tensorizer, longest_first
+from dpr_paddle.modeling.pretrained import load_encoder
+from dpr_paddle.modeling.tokenization import Tensorizer, longest_first
 
 
 def both(name, max_q=32, max_p=256):
@@ -92,10 +92,10 @@ def test_verify_command(sample_dir, tmp_path):
 
 
 def test_the_next_block_is_tokenized_while_the_current_one_encodes(sample_dir, tmp_path):
-    from dpr_paddle.embeddings import generate_shard
-    from dpr_paddle.inference import load_tower
-    from dpr_paddle.model import CONTEXT
-    from dpr_paddle.shards import load_shards
+    from dpr_paddle.encoding.writer import generate_shard
+    from dpr_paddle.encoding.towers import load_tower
+    from dpr_paddle.modeling.model import CONTEXT
+    from dpr_paddle.index.shards import load_shards
 
     sample_head(sample_dir, tmp_path, 120)
     encode, tensorizer, info = load_tower(CONTEXT, model_name_or_path="tiny", backend="dygraph")

@@ -8,9 +8,9 @@ import paddle
 import pytest
 
 from conftest import checkpoint_params, run_cli
-from dpr_paddle.model import BiEncoder
-from dpr_paddle.pretrained import load_encoder
-from dpr_paddle.train import build_optimizer, global_grad_norm, no_decay
+from dpr_paddle.modeling.model import BiEncoder
+from dpr_paddle.modeling.pretrained import load_encoder
+from dpr_paddle.training.optim import build_optimizer, global_grad_norm, no_decay
 
 
 def tiny_args(sample_dir, save_dir, *extra):
@@ -75,7 +75,7 @@ def test_visualdl_curves_and_checkpoint_contents(sample_dir, tmp_path):
                                                        "--eval_steps", "2"))
     logged = {}
     for line in proc.stderr.splitlines():
-        if "dpr_paddle.train: step " in line:
+        if "dpr_paddle.training.loop: step " in line:  # the loop logs as its module
             step = int(line.split("step ")[1].split("/")[0])
             logged[step] = float(line.split("loss ")[1].split(",")[0])
     assert sorted(logged) == [1, 2, 3, 4]
@@ -154,7 +154,7 @@ def test_projection_checkpoint_round_trip(sample_dir, tmp_path):
             "--backend", "dygraph")
     np.testing.assert_allclose(np.load(tmp_path / "eager_0" / "vectors.npy"), vecs, atol=1e-5)
     # and what is applied is the trained projection saved next to the encoder, not a fresh one
-    from dpr_paddle.checkpoint import build_biencoder
+    from dpr_paddle.modeling.builder import build_biencoder
 
     model, _ = build_biencoder(str(ckpt / "context_encoder"), str(ckpt / "context_encoder"), shared=True,
                                projection_dim=16)

@@ -1,13 +1,6 @@
-"""Data: readers for DPR's formats, datasets that return text, and the collator that makes tensors."""
-from .readers import (  # noqa: F401
-    BiEncoderRecord,
-    DataFormatError,
-    Passage,
-    QAPair,
-    count_passages,
-    iter_passage_chunks,
-    iter_passages,
-    read_biencoder_records,
-    read_qa,
-)
-from .dataset import BiEncoderCollator, BiEncoderDataset, TrainExample, epoch_batches, rank_slice  # noqa: F401,E402
+"""Data: readers for DPR's formats (`readers`: biencoder records and QA pairs; `passages`: the passages
+TSV), the dataset that returns text (`dataset`) and the collator that makes token arrays (`collator`)."""
+from .collator import BiEncoderCollator  # noqa: F401
+from .dataset import BiEncoderDataset, TrainExample, epoch_batches, rank_slice  # noqa: F401
+from .passages import count_passages, iter_passage_chunks, iter_passages  # noqa: F401
+from .readers import BiEncoderRecord, DataFormatError, Passage, QAPair, read_biencoder_records, read_qa  # noqa: F401

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -92,19 +92,3 @@ def rank_slice(batch: List[int], rank: int, world_size: int) -> List[int]:
     """This rank's contiguous part of a global batch (rank order = single-process order)."""
     per = len(batch) // world_size
     return batch[rank * per : (rank + 1) * per]
-
-
-class BiEncoderCollator:
-    """Tokenizes a list of `TrainExample`s into question and passage tensors (numpy int64)."""
-
-    def __init__(self, tensorizer):
-        self.tensorizer = tensorizer
-
-    def __call__(self, examples: Sequence[TrainExample]) -> Dict[str, Dict[str, np.ndarray]]:
-        questions = [e.question for e in examples]
-        passages = [p for e in examples for p in e.passages]  # [pos_0, neg_0.., pos_1, neg_1.., ...]
-        return {
-            "question": self.tensorizer.encode_questions(questions),
-            "context": self.tensorizer.encode_passages(passages),
-            "passages_per_question": len(examples[0].passages),
-        }

@@ -3,7 +3,7 @@ top-k lists and measuring recall.
 
 Exact search multiplies the queries with each shard in blocks (memory-mapped, never loaded
 whole), keeps each shard's top k, and merges the per-shard lists; the result is the same as
-one search over all vectors. The approximate backends (hnsw_index.py, milvus_index.py) return
+one search over all vectors. The approximate backends (hnsw.py, milvus.py) return
 the same kind of result: exact inner products recomputed from the stored vectors, global rows.
 """
 from __future__ import annotations

@@ -1,12 +1,10 @@
-"""Passage embeddings, one shard at a time, resumable block by block (the format: shards.py).
+"""Passage embeddings, one shard at a time, resumable block by block (the format: index/shards.py).
 
 While a shard is being made, finished blocks are kept in `OUT_FILE_k.partial/`, so an
 interrupted run continues from the last finished block instead of starting over.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -15,23 +13,13 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from .data.readers import Passage, count_passages, iter_passage_chunks
-from .shards import FORMAT, assemble_shard, check_same_job, read_meta, shard_path, shard_range
-from .utils import atomic_path, file_fingerprint, write_json_atomic
+from ..data.passages import count_passages, iter_passage_chunks
+from ..data.readers import Passage
+from ..index.shards import FORMAT, assemble_shard, check_same_job, read_meta, shard_path, shard_range
+from ..common.files import atomic_path, file_fingerprint
+from ..common.jobs import open_job_dir
 
 logger = logging.getLogger(__name__)
-
-def model_fingerprint(model) -> str:
-    """A short hash of the encoder's parameters, so shards made by different models are caught."""
-    h = hashlib.sha1()
-    for name, p in model.named_parameters():
-        v = p.numpy().ravel()
-        h.update(name.encode())
-        h.update(str(tuple(p.shape)).encode())
-        h.update(np.ascontiguousarray(v[:64]).tobytes())
-        h.update(np.float64(v.astype(np.float64).sum()).tobytes())
-    return h.hexdigest()[:16]
-
 
 def iter_range(ctx_file: str, start: int, end: int, block: int) -> Iterator[Tuple[int, List[Passage]]]:
     """Stream passages [start, end) of a TSV in blocks of `block`, as (block index, passages)."""
@@ -120,17 +108,7 @@ def generate_shard(encode_fn, tensorizer, ctx_file: str, out_file: str, shard_id
     n = count_passages(ctx_file) if total is None else total
     start, end = shard_range(n, shard_id, num_shards)
     job = {**identity, "start": start, "end": end, "block": block}
-    partial = final + ".partial"
-    job_file = os.path.join(partial, "job.json")
-    if os.path.isdir(partial):
-        with open(job_file, encoding="utf-8") as f:
-            previous = json.load(f) if os.path.getsize(job_file) else {}
-        if previous != job or overwrite:
-            logger.info("%s belongs to another job; starting the shard over", partial)
-            shutil.rmtree(partial)
-    if not os.path.isdir(partial):
-        os.makedirs(partial)
-        write_json_atomic(job_file, job)
+    partial = open_job_dir(final + ".partial", job, fresh=overwrite)
     logger.info("shard %d/%d: passages [%d, %d) of %s", shard_id, num_shards, start, end, ctx_file)
 
     done = {f.split(".")[0] for f in os.listdir(partial) if f.endswith(".npy")}

@@ -18,7 +18,7 @@ import json
 import os
 from typing import Optional
 
-from .errors import DprError
+from ..common.errors import DprError
 
 POOLINGS = ("cls", "mean", "pooler")
 SIMILARITIES = ("dot", "cosine")

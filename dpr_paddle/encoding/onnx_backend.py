@@ -5,7 +5,7 @@ A conversion is used only after it has reproduced Paddle Inference's vectors on 
 (max abs difference ≤ PROBE_TOLERANCE); otherwise the caller falls back to Paddle Inference.
 `int8` quantises the weights of every MatMul to int8 per output channel (ONNX Runtime's dynamic
 quantisation: activations are quantised per batch at run time). That changes the vectors
-(cosine ~0.995 to float32 for MiniLM), so int8 shards are a job of their own (shards.py).
+(cosine ~0.995 to float32 for MiniLM), so int8 shards are a job of their own (index/shards.py).
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from typing import Callable, Dict, Iterator, Optional
 
 import numpy as np
 
-from .errors import DprError
-from .utils import atomic_path, cpu_threads
+from ..common.errors import DprError
+from ..common.files import atomic_path
+from ..common.runtime import cpu_threads
 
 logger = logging.getLogger(__name__)
 

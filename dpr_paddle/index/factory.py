@@ -11,13 +11,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
-from .errors import DprError
-from .hnsw_index import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
-from .index import ExactIndex
-from .milvus_index import is_remote
+import numpy as np
+
+from ..common.errors import DprError
+from .hnsw import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+from .exact import ExactIndex
+from .shards import load_shards
+from .milvus import is_remote
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ class IndexMemoryError(DprError, MemoryError):
 
 @dataclass
 class IndexSpec:
-    """Which index, with which settings (built from the CLI flags by `config.index_spec`)."""
+    """Which index, with which settings (the commands build it from their flags)."""
 
     kind: str = "exact"
     hnsw_m: int = DEFAULT_M
@@ -46,6 +50,7 @@ class IndexSpec:
     milvus_pq_m: int = 0
     force: bool = False
     resident: Optional[bool] = None  # hnsw_per_shard: keep every graph loaded (None: when they fit easily)
+    ef_search: int = 0  # hnsw ef at query time (0: `default_ef`)
 
 
 # --------------------------------------------------------------------------- memory
@@ -189,18 +194,67 @@ def open_index(spec: IndexSpec, exact: ExactIndex):
     plan = plan_memory(spec, sizes, dim)
     check_memory(plan, spec.force)
     if spec.kind == "hnsw":
-        from .hnsw_index import HNSWIndex
+        from .hnsw import HNSWIndex
 
         return HNSWIndex(exact, m=spec.hnsw_m, ef_construction=spec.ef_construction, space=spec.space).open(
             spec.index_path)
     if spec.kind == "hnsw_per_shard":
-        from .hnsw_index import ShardGraphs
+        from .hnsw import ShardGraphs
 
         # all graphs stay loaded when they fit together (a server answering many requests)
         together = sum(hnsw_bytes(n, dim, spec.hnsw_m) for n in sizes)
         resident = spec.resident if spec.resident is not None else together <= 0.5 * plan.available
         return ShardGraphs(exact, spec.hnsw_m, spec.ef_construction, spec.space, resident=resident).build()
-    from .milvus_index import MilvusIndex
+    from .milvus import MilvusIndex
 
     return MilvusIndex(exact, spec.milvus_uri, spec.milvus_collection, spec.milvus_index_type, spec.hnsw_m,
                        spec.ef_construction, spec.milvus_nlist, spec.milvus_nprobe, spec.milvus_pq_m).build()
+
+
+# --------------------------------------------------------------------------- shards + backend
+
+def default_ef(k: int, n_docs: int, ef_search: int = 0) -> int:
+    """hnswlib's ef: `ef_search` when given, else max(8 * n_docs, 256) (docs/benchmarks.md: at 1M
+    vectors, ip, M 32, recall@100 0.945 at ef 400 and 0.979 at 800); never below the depth k."""
+    return max(ef_search or max(8 * min(k, n_docs), 256), k)
+
+
+class DenseIndex:
+    """Embedding shards and the index that searches them, picked once by `open_index`
+    (exact, one hnsw graph, a graph per shard, or Milvus); loaded when saved, else built."""
+
+    def __init__(self, pattern: str, spec: Optional[IndexSpec] = None, partial: bool = False):
+        self.shards = load_shards(pattern, partial=partial)
+        self.exact = ExactIndex(self.shards)
+        self.spec = spec or IndexSpec()
+        t0 = time.perf_counter()
+        self.backend = open_index(self.spec, self.exact)
+        self.build_seconds = time.perf_counter() - t0
+
+    @property
+    def approximate(self) -> bool:
+        """Whether search may miss what exact search finds (recall can be measured)."""
+        return self.backend is not self.exact
+
+    def __len__(self) -> int:
+        return int(self.exact.offsets[-1])
+
+    def ef_for(self, k: int, n_docs: int) -> int:
+        """hnsw's ef for a search of depth k (see `default_ef`)."""
+        return default_ef(k, n_docs, self.spec.ef_search)
+
+    def search(self, q: np.ndarray, k: int, n_docs: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Top k of [n, D] question vectors: (exact scores [n, k], global rows [n, k]), best first."""
+        k = min(k, len(self))
+        if not self.approximate:
+            return self.exact.search(q, k)
+        return self.backend.search(q, k, ef=self.ef_for(k, n_docs or k))
+
+    def ids(self, rows: np.ndarray) -> List[List[str]]:
+        """Passage ids of [n, k] global rows."""
+        return [[self.exact.row_id(int(r)) for r in row] for row in rows]
+
+    def describe(self) -> dict:
+        """What a metrics file records about the index."""
+        return {**self.backend.describe(), "passages": len(self),
+                "model_fingerprint": self.shards[0].meta.get("model_fingerprint")}

@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import paddle
 
-from . import checkpoint as ckpt
+from ..common.files import atomic_dir, cache_root
+from ..common.runtime import cpu_threads
+from ..modeling.builder import build_biencoder, encoder_recipe, model_fingerprint, resolve_encoder_paths
+from ..modeling.model import CONTEXT, QUESTION
+from ..modeling.tokenization import DEFAULT_MAX_PASSAGE_LENGTH, DEFAULT_MAX_QUERY_LENGTH, Tensorizer
 from . import onnx_backend
-from .model import CONTEXT, QUESTION
-from .pretrained import cache_root
-from .tokenization import DEFAULT_MAX_PASSAGE_LENGTH, DEFAULT_MAX_QUERY_LENGTH, Tensorizer
-from .utils import atomic_dir, cpu_threads
 
 logger = logging.getLogger(__name__)
 
@@ -106,68 +107,66 @@ def resolve_backend(backend: str, on_gpu: bool) -> str:
     return "onnxruntime" if onnx_backend.available() else "inference"
 
 
-TOWER_OPTIONS = ("model_file", "que_model_path", "con_model_path", "model_name_or_path", "projection_dim",
-                 "max_query_length", "max_passage_length", "pooling", "similarity", "fp16", "backend")
+@dataclass(frozen=True)
+class TowerSpec:
+    """Which encoder a tower loads and how it runs (the commands build it from their flags).
+
+    The encoders come from `model_file` (a checkpoint) or the path fields; a checkpoint's
+    dpr_config.json overrides the lengths and projection given here, and `auto` pooling and
+    similarity take the encoder's own. `fp16` runs float16 autocast on GPU only; `backend` is
+    auto (`resolve_backend`), onnxruntime, onnxruntime-int8, inference or dygraph.
+    """
+
+    model_name_or_path: str = "minilm"
+    model_file: Optional[str] = None
+    que_model_path: Optional[str] = None
+    con_model_path: Optional[str] = None
+    projection_dim: int = 0
+    max_query_length: int = DEFAULT_MAX_QUERY_LENGTH
+    max_passage_length: int = DEFAULT_MAX_PASSAGE_LENGTH
+    pooling: str = "auto"
+    similarity: str = "auto"
+    fp16: bool = False
+    backend: str = "auto"
 
 
-def tower_options(args) -> dict:
-    """The `load_tower` keyword arguments that a CLI's argument dataclass carries."""
-    return {k: getattr(args, k) for k in TOWER_OPTIONS if hasattr(args, k)}
-
-
-def _build_tower(tower: str, model_file: Optional[str], que_model_path: Optional[str], con_model_path: Optional[str],
-                 model_name_or_path: str, projection_dim: int, pooling: str = "auto", similarity: str = "auto"):
+def _build_tower(tower: str, spec: TowerSpec):
     """(model, tokenizer, label, checkpoint config, recipe): one tower as a shared BiEncoder in eval
     mode; its projection (if any) is loaded from the tower's dir into q_proj."""
-    que, con, cfg = ckpt.resolve_encoder_paths(model_file, que_model_path, con_model_path, model_name_or_path)
+    que, con, cfg = resolve_encoder_paths(spec.model_file, spec.que_model_path, spec.con_model_path,
+                                          spec.model_name_or_path)
     path = que if tower == QUESTION else con
-    recipe = ckpt.encoder_recipe(path, pooling, similarity)
-    model, tokenizer = ckpt.build_biencoder(path, path, shared=True,
-                                            projection_dim=int(cfg.get("projection_dim", projection_dim)),
-                                            pooling=recipe["pooling"], normalize=recipe["similarity"] == "cosine")
+    recipe = encoder_recipe(path, spec.pooling, spec.similarity)
+    model, tokenizer = build_biencoder(path, path, shared=True,
+                                       projection_dim=int(cfg.get("projection_dim", spec.projection_dim)),
+                                       pooling=recipe["pooling"], normalize=recipe["similarity"] == "cosine")
     model.eval()
     return model, tokenizer, (os.path.abspath(path) if os.path.isdir(path) else path), cfg, recipe
 
 
-def tower_fingerprint(tower: str, model_file: Optional[str] = None, que_model_path: Optional[str] = None,
-                      con_model_path: Optional[str] = None, model_name_or_path: str = "minilm", projection_dim: int = 0,
-                      **_) -> Tuple[str, str]:
+def tower_fingerprint(tower: str, spec: Optional[TowerSpec] = None, **fields) -> Tuple[str, str]:
     """(path, fingerprint) of one tower's weights, as `load_tower` records them, without exporting it."""
-    from .embeddings import model_fingerprint
-
-    model, _, label, _, _ = _build_tower(tower, model_file, que_model_path, con_model_path, model_name_or_path,
-                                         projection_dim)
+    model, _, label, _, _ = _build_tower(tower, spec or TowerSpec(**fields))
     return label, model_fingerprint(model)
 
 
-def load_tower(tower: str, model_file: Optional[str] = None, que_model_path: Optional[str] = None,
-               con_model_path: Optional[str] = None, model_name_or_path: str = "minilm", projection_dim: int = 0,
-               max_query_length: int = DEFAULT_MAX_QUERY_LENGTH, max_passage_length: int = DEFAULT_MAX_PASSAGE_LENGTH,
-               pooling: str = "auto", similarity: str = "auto", fp16: bool = False,
-               backend: str = "auto") -> Tuple[Callable[[Dict[str, np.ndarray]], np.ndarray], Tensorizer, dict]:
-    """(encode_fn, tensorizer, info) for the `question` or `context` tower.
-
-    The encoders come from `model_file` (a checkpoint) or the path flags; a checkpoint's
-    dpr_config.json overrides the lengths and projection given here, and `auto` pooling and
-    similarity take the encoder's own. `fp16` runs float16 autocast on GPU only; `backend` is
-    auto (resolve_backend), onnxruntime, onnxruntime-int8, inference or dygraph.
-    """
-    model, tokenizer, label, cfg, recipe = _build_tower(tower, model_file, que_model_path, con_model_path,
-                                                        model_name_or_path, projection_dim, pooling, similarity)
-    max_q = int(cfg.get("max_query_length", max_query_length))
-    max_p = int(cfg.get("max_passage_length", max_passage_length))
+def load_tower(tower: str, spec: Optional[TowerSpec] = None,
+               **fields) -> Tuple[Callable[[Dict[str, np.ndarray]], np.ndarray], Tensorizer, dict]:
+    """(encode_fn, tensorizer, info) for the `question` or `context` tower of `spec` (or of a
+    TowerSpec made from `fields`, e.g. `load_tower(CONTEXT, model_name_or_path="tiny")`)."""
+    spec = spec or TowerSpec(**fields)
+    model, tokenizer, label, cfg, recipe = _build_tower(tower, spec)
+    max_q = int(cfg.get("max_query_length", spec.max_query_length))
+    max_p = int(cfg.get("max_passage_length", spec.max_passage_length))
     tensorizer = Tensorizer(tokenizer, max_q, max_p)
     on_gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device()
-    use_fp16 = bool(fp16) and on_gpu
-
-    from .embeddings import model_fingerprint
-
+    use_fp16 = bool(spec.fp16) and on_gpu
     info = {"model": label,
             "model_fingerprint": model_fingerprint(model), "tower": tower,
             "max_length": max_p if tower == CONTEXT else max_q,
             "pooling": recipe["pooling"], "similarity": recipe["similarity"]}
 
-    backend = resolve_backend(backend, on_gpu)
+    backend = resolve_backend(spec.backend, on_gpu)
     if backend.startswith("onnxruntime"):
         if not onnx_backend.available():
             raise onnx_backend.OnnxUnavailable(

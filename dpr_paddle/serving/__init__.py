@@ -1,0 +1,1 @@
+"""Using a retriever: the `Retriever` Python API (`api`) and its HTTP server (`http`)."""

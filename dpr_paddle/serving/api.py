@@ -1,0 +1,113 @@
+"""Ask a trained retriever questions from Python: load once, search many times.
+
+    from dpr_paddle import Retriever
+    r = Retriever.load("save_biencoder/latest", index="runs/emb", passages="psgs.tsv")
+    hits = r.search(["who wrote hamlet"], k=10)  # [[{"id", "title", "text", "score"}, ...]]
+
+`mode="bm25"` needs only `passages`; `mode="hybrid"` fuses both (as dense_retriever.py --hybrid).
+The results equal dense_retriever.py's for the same settings: both search through one
+`retrieval.searcher.Searcher`. Passage texts come from the SQLite passage store (built beside the
+shards on first load when missing), never from streaming the TSV.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+from ..index.factory import IndexSpec
+from ..index.hnsw import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+from ..retrieval.searcher import MODES, Searcher, SearchSpec
+
+logger = logging.getLogger(__name__)
+
+
+class Retriever:
+    """A loaded retriever: a Searcher (question encoder + dense index and/or BM25) and the passage store."""
+
+    def __init__(self, searcher: Searcher, store, info: Optional[dict] = None):
+        self.searcher, self.store, self.info = searcher, store, info or {}
+
+    @property
+    def mode(self) -> str:
+        """dense | bm25 | hybrid."""
+        return self.searcher.spec.mode
+
+    @property
+    def batch_size(self) -> int:
+        """Questions per encoder forward."""
+        return self.searcher.dense.batch_size if self.searcher.dense else 0
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        if self.searcher.dense:
+            self.searcher.dense.batch_size = value
+
+    @classmethod
+    def load(cls, model: Optional[str] = None, index: Optional[str] = None, passages: Optional[str] = None,
+             question_encoder: Optional[str] = None, context_encoder: Optional[str] = None, mode: str = "dense",
+             hnsw: bool = False, index_path: Optional[str] = None, hnsw_m: int = DEFAULT_M,
+             ef_construction: int = DEFAULT_EF_CONSTRUCTION, hnsw_space: str = "auto", ef_search: int = 0,
+             bm25_index: Optional[str] = None, fusion: str = "weighted", alpha: float = 1.0, depth: int = 1000,
+             store: Optional[str] = None, index_spec: Optional[IndexSpec] = None, batch_size: int = 64,
+             **tower_fields) -> "Retriever":
+        """Load the model, index and passage store once. `model` is a checkpoint directory or an encoder
+        name/dir (or give `question_encoder`/`context_encoder`); `index` the embedding shards; `passages`
+        the TSV. `index_spec` picks any backend; without it `hnsw` and its settings pick between exact
+        search and one hnsw graph. Other keywords are encoding.towers.TowerSpec fields (pooling,
+        backend, max lengths...)."""
+        from ..encoding.towers import TowerSpec
+
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        is_checkpoint = bool(model) and os.path.isdir(os.path.join(model, "question_encoder"))
+        tower = TowerSpec(model_name_or_path=model or "minilm", model_file=model if is_checkpoint else None,
+                          que_model_path=question_encoder, con_model_path=context_encoder, **tower_fields)
+        spec = index_spec or IndexSpec("hnsw" if hnsw else "exact", hnsw_m, ef_construction, hnsw_space, index_path,
+                                       ef_search=ef_search)
+        return cls.from_specs(SearchSpec(mode, fusion, alpha, depth, bm25_index), passages, tower, index, spec,
+                              store=store, batch_size=batch_size)
+
+    @classmethod
+    def from_specs(cls, search: SearchSpec, passages: Optional[str], tower=None, shards: Optional[str] = None,
+                   index_spec: Optional[IndexSpec] = None, store: Optional[str] = None,
+                   batch_size: int = 64) -> "Retriever":
+        """A Retriever from the specs the commands build from their flags (see `load`)."""
+        from ..common.runtime import prepare_process
+        from ..retrieval.passage_store import PassageStore, default_store_path
+
+        if not passages:
+            raise ValueError("passages (the TSV) is needed: it is what hits are read from")
+        if search.mode != "bm25" and not shards:
+            raise ValueError("index (the embedding shards) is needed for dense and hybrid retrieval")
+        prepare_process(needs_paddle=search.mode != "bm25")  # CPU defaults where unset, before paddle loads
+        searcher = Searcher.load(search, passages, tower, shards, index_spec, batch_size)
+        info = {"mode": search.mode}
+        if searcher.dense is not None:
+            info.update(searcher.dense.index.describe())
+            info["question_model_fingerprint"] = searcher.dense.info["model_fingerprint"]
+        if searcher.bm25 is not None:
+            info["bm25_passages"] = len(searcher.bm25.ids)
+        if store is None:
+            from ..common.files import cache_root, file_fingerprint
+
+            store = (default_store_path(searcher.dense.index.shards[0].path) if searcher.dense else
+                     os.path.join(cache_root(), "passages", file_fingerprint(passages)["sha1_ends"][:16] + ".sqlite"))
+            os.makedirs(os.path.dirname(store), exist_ok=True)
+        passage_store = PassageStore.open_or_build(passages, store)
+        info["passages"] = len(passage_store)
+        return cls(searcher, passage_store, info)
+
+    def encode_questions(self, questions: Sequence[str]):
+        """[n, D] float32 question vectors, in batches of `batch_size`, as dense_retriever.py encodes them."""
+        return self.searcher.dense.encode(questions)
+
+    def search(self, questions: Sequence[str], k: int = 10) -> List[List[Dict]]:
+        """The top k passages for each question: [[{"id", "title", "text", "score"}, ...], ...], best first."""
+        questions = list(questions)
+        if not questions:
+            return []
+        scores, ids = self.searcher.search(questions, k)
+        texts = self.store.get(pid for row in ids for pid in row[:k])
+        return [[{"id": pid, "title": texts[pid][1], "text": texts[pid][0], "score": float(s)}
+                 for pid, s in zip(row_ids[:k], row_scores[:k])] for row_ids, row_scores in zip(ids, scores)]

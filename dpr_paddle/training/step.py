@@ -1,0 +1,98 @@
+"""One training step and the dev evaluation.
+
+One step: the rank's slice of a global batch is tokenized; with chunks smaller than the batch, the
+gradient cache (grad_cache.py) encodes it chunk by chunk; the loss is DPR's NLL over every question
+against every passage of the global batch (cross-rank negatives via all_gather). Dropout is seeded
+per step from (seed, step, rank), so a resumed run repeats exactly what an uninterrupted run would.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import numpy as np
+import paddle
+
+from ..data import BiEncoderCollator, BiEncoderDataset
+from ..modeling.model import CONTEXT, QUESTION, average_rank, nll_loss, positive_indices
+from .distributed import World
+from .grad_cache import cached_step, graph_reference_step
+
+
+def numpy_chunks(arrays: Dict[str, np.ndarray], chunk_size: int) -> List[Dict[str, paddle.Tensor]]:
+    """Split padded [B, L] arrays into chunks, each trimmed to its own longest sequence, as tensors."""
+    n = arrays["input_ids"].shape[0]
+    size = n if chunk_size <= 0 else chunk_size
+    out = []
+    for i in range(0, n, size):
+        mask = arrays["attention_mask"][i : i + size]
+        length = int(mask.sum(axis=1).max())  # padding only to this chunk's longest: less work
+        out.append({k: paddle.to_tensor(v[i : i + size, :length]) for k, v in arrays.items()})
+    return out
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The dropout seed of one step on one rank (different ranks draw different masks)."""
+    return int(np.random.default_rng([seed, step, rank]).integers(1, 2**31 - 1))
+
+
+def train_step(model, batch, q_chunk: int, p_chunk: int, world: World, amp: Optional[dict] = None,
+               scale_loss=None, temperature: float = 1.0):
+    """Forward and backward of one batch; gradients are left in the parameters.
+
+    Returns (loss, number of questions whose positive scored highest) over the global batch.
+    """
+    n_per_q = batch["passages_per_question"]
+    local_q = batch["question"]["input_ids"].shape[0]
+    q_chunks = numpy_chunks(batch["question"], q_chunk)
+    p_chunks = numpy_chunks(batch["context"], p_chunk)
+    pos = positive_indices(local_q * world.size, n_per_q)  # positives' indices in the global batch
+
+    def loss_fn(q_reps, p_reps):
+        # Every rank scores all questions of the global batch against all its passages; the
+        # gradient reaches only this rank's slice (the others arrive as constants).
+        return nll_loss(world.gather_with_grad(q_reps), world.gather_with_grad(p_reps), pos, temperature)
+
+    def encoder(tower):
+        def encode(chunk):
+            if amp:
+                with paddle.amp.auto_cast(**amp):
+                    return model(**chunk, tower=tower)
+            return model(**chunk, tower=tower)
+        return encode
+
+    encoders = [encoder(QUESTION), encoder(CONTEXT)]
+    use_cache = len(q_chunks) > 1 or len(p_chunks) > 1
+    if use_cache:
+        loss, correct = cached_step(encoders, [q_chunks, p_chunks], loss_fn, scale_loss=scale_loss)
+    else:
+        loss, correct = graph_reference_step(encoders, [q_chunks, p_chunks], loss_fn, scale_loss=scale_loss)
+    world.all_reduce_gradients(model)
+    return float(loss), int(correct)
+
+
+@paddle.no_grad()
+def evaluate(model, dataset: BiEncoderDataset, collator: BiEncoderCollator, batch_size: int,
+             temperature: float = 1.0) -> Dict[str, float]:
+    """Dev metrics: DPR's in-batch NLL (batches of `batch_size`), accuracy, and average rank of
+    each positive among all dev passages (DPR's `validate_average_rank`)."""
+    was_training = model.training
+    model.eval()
+    q_all, p_all, losses, correct = [], [], [], 0
+    n_per_q = 1
+    for start in range(0, len(dataset), batch_size):
+        examples = [dataset.example(i, epoch=0) for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = collator(examples)
+        n_per_q = batch["passages_per_question"]
+        q = paddle.concat([model(**c, tower=QUESTION) for c in numpy_chunks(batch["question"], 0)])
+        p = paddle.concat([model(**c, tower=CONTEXT) for c in numpy_chunks(batch["context"], 0)])
+        loss, right = nll_loss(q, p, positive_indices(q.shape[0], n_per_q), temperature)
+        losses.append(float(loss) * q.shape[0])
+        correct += int(right)
+        q_all.append(q)
+        p_all.append(p)
+    q_all, p_all = paddle.concat(q_all), paddle.concat(p_all)
+    ranks = average_rank(q_all, p_all, positive_indices(q_all.shape[0], n_per_q))
+    if was_training:
+        model.train()
+    n = q_all.shape[0]
+    return {"nll": sum(losses) / n, "accuracy": correct / n, "avg_rank": float(ranks.astype("float32").mean())}
