@@ -54,6 +54,9 @@ class Runner:
         return entry
 
 
+from dpr_paddle.retrieval.qrels import METRIC_KEYS as GOLD_KEYS  # noqa: E402
+
+
 def accuracy(path):
     with open(path + ".metrics.json", encoding="utf-8") as f:
         return json.load(f)["top_k_accuracy"]
@@ -109,6 +112,8 @@ def main() -> None:
                     help="train on hard negatives mined with BM25 or zero-shot MiniLM instead of the file's own")
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.3, 0.5, 1.0, 2.0])
     ap.add_argument("--model_file", help="evaluate this checkpoint instead of training one")
+    ap.add_argument("--qrels", help="relevance labels of the eval questions: adds MRR@10, nDCG@10, MAP, Recall@k "
+                                    "(dense_retriever.py --qrels) to every eval row")
     args = ap.parse_args()
 
     name = os.path.basename(os.path.normpath(args.data))
@@ -119,10 +124,15 @@ def main() -> None:
     bm25_index = os.path.join(work, "bm25_index")
     plen = ["--max_passage_length", args.max_passage_length]
     run = Runner()
-    rows, times = {}, {}
+    rows, times, gold = {}, {}, {}
 
     def retrieve(label, out, *flags, qa_file=qa):
-        e = run(label, "dense_retriever.py", "--ctx_file", ctx, "--qa_file", qa_file, "--out_file", out, *flags)
+        qrels = ["--qrels", args.qrels] if args.qrels and qa_file == qa else []
+        e = run(label, "dense_retriever.py", "--ctx_file", ctx, "--qa_file", qa_file, "--out_file", out, *flags, *qrels)
+        if qrels:
+            with open(out + ".metrics.json", encoding="utf-8") as f:
+                metrics = json.load(f)
+            gold[label] = {k: metrics[k] for k in GOLD_KEYS}
         return accuracy(out), e
 
     def encode(label, out, *flags):
@@ -196,6 +206,8 @@ def main() -> None:
     print(markdown_table(["system"] + [f"top-{k}" for k in KS] + ["CPU s"],
                          [[label] + [f"{acc[k]:.3f}" for k in KS] + [f"{sum(x['cpu_s'] for x in times[label]):.0f}"]
                           for label, acc in rows.items()]))
+    if gold:
+        print(markdown_table(["run"] + list(GOLD_KEYS), [[k] + [f"{v[m]:.3f}" for m in GOLD_KEYS] for k, v in gold.items()]))
     print("\ndev curve:", json.dumps([{"step": c["step"], **{k: round(c["top_k"][k], 3) for k in KS}} for c in curve]))
     print("dev hybrid alpha:", json.dumps({a: round(v["1"], 3) for a, v in dev_alpha.items()}))
     suffix = f"_{args.tag}" if args.tag else ""
@@ -205,7 +217,7 @@ def main() -> None:
     save_results(os.path.join(ROOT, "bench", "results", f"quality_{name}{suffix}.json"),
                  [{"system": label, "top_k": acc, "cpu_s": sum(x["cpu_s"] for x in times[label]),
                    "commands": [x["command"] for x in times[label]]} for label, acc in rows.items()],
-                 dev_curve=curve, dev_hybrid_alpha=dev_alpha, chosen_alpha=alpha, runs=run.log)
+                 dev_curve=curve, dev_hybrid_alpha=dev_alpha, chosen_alpha=alpha, gold_metrics=gold, runs=run.log)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ from typing import Optional
 
 from .common.options import option
 from .index.hnsw import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+from .retrieval.analyzers import ANALYZERS
+from .retrieval.evaluation import MATCHES
+
+MATCH_HELP = ("auto (an answer with CJK characters by characters, any other as DPR) | string (DPR's token match) | "
+              "regex | char (NFKC, lower case, no spaces: the answer's characters in a row, as CMRC 2018 scores)")
 from .modeling.spec import ModelSpec
 from .training.config import TrainConfig
 
@@ -66,6 +71,10 @@ class SearchArgs(ModelArgs):
     hybrid: bool = option(False, "dense and BM25 fused (--fusion); outputs as for dense")
     bm25_index: Optional[str] = option(None, "where the BM25 index of --ctx_file is saved and reused "
                                          "(default: a cache dir keyed by the corpus)")
+    bm25_analyzer: str = option("auto", "how BM25 splits text: en (words) | cjk (CJK character bigrams, English words "
+                                        "elsewhere) | cjk+uni (bigrams and characters) | zh (jieba words) | auto "
+                                        "(cjk when a fifth of the corpus's letters are CJK, else en)",
+                                choices=ANALYZERS)
     fusion: str = option("weighted", "hybrid fusion: weighted (pyserini's normalised alpha * bm25 + dense) | rrf "
                                  "(reciprocal rank, k = 60)", choices=("weighted", "rrf"))
     hybrid_alpha: float = option(1.0, "weight of BM25 in --fusion weighted (best of 0.1-2 on squad1_open's dev questions)")
@@ -105,10 +114,14 @@ class RetrieverArgs(SearchArgs):
     qa_file: str = option(None, "questions and answers (question<TAB>[answers])", required=True)
     out_file: Optional[str] = option(None, "retrieval results JSON (DPR format)")
     validation_workers: int = option(1, "processes for answer matching")
-    match: str = option("string", "answer matching: string | regex", choices=("string", "regex"))
+    match: str = option("auto", MATCH_HELP, choices=MATCHES)
     validate_index: int = option(0, "report hnsw recall@k against exact search on this many questions")
     metrics_file: Optional[str] = option(None, "top-k accuracy JSON (default: OUT_FILE.metrics.json)")
     trec_file: Optional[str] = option(None, "also write a TREC run file")
+    qrels: Optional[str] = option(None, "relevance labels (TREC 'qid 0 pid rel', BEIR 'query-id<TAB>corpus-id<TAB>score' "
+                                        "with header, or 'qid<TAB>pid'): adds MRR@10, nDCG@10, MAP, Recall@1/5/20/100 "
+                                        "by pytrec_eval. DPR's qa.csv has no ids: its questions are keyed by line "
+                                        "order, 1..N; BEIR/MS MARCO queries by their own ids")
     topk_out: Optional[str] = option(None, "search only the shards given (e.g. this machine's emb/wiki_3) and write their "
                                        "top n_docs here (.npz), for python -m dpr_paddle.reduce; no evaluation")
 
@@ -138,12 +151,17 @@ class ServeArgs(SearchArgs):
 class MineArgs(ModelArgs):
     """mine_hard_negatives.py / python -m dpr_paddle.mine."""
 
-    train_data_path: str = option(None, "biencoder records whose hard negatives are mined (.json, .jsonl, .gz)", required=True)
+    train_data_path: Optional[str] = option(None, "biencoder records whose hard negatives are mined (.json, .jsonl, "
+                                                  ".gz); or give --qa_file and --qrels")
+    qa_file: Optional[str] = option(None, "with --qrels instead of --train_data_path: the training queries (BEIR "
+                                          "queries.jsonl, MS MARCO queries.tsv, or DPR's qa.csv keyed 1..N)")
+    qrels: Optional[str] = option(None, "relevance labels of --qa_file: each query's judged passages are its positives")
     ctx_file: str = option(None, "the passages TSV the records' gold passage ids come from", required=True)
     output: str = option(None, "output biencoder file (.json: a list, .jsonl: one record a line)", required=True)
     retriever: str = option("bm25", "bm25 (bm25s over --ctx_file) | dense (a bi-encoder over --encoded_ctx_file)",
                         choices=("bm25", "dense"))
     bm25_index: Optional[str] = option(None, "where the BM25 index of --ctx_file is kept (default: a cache dir)")
+    bm25_analyzer: str = option("auto", "how BM25 splits text (see dense_retriever.py --help)", choices=ANALYZERS)
     encoded_ctx_file: Optional[str] = option(None, "embedding shards of --ctx_file, for --retriever dense")
     model_file: Optional[str] = option(None, "a training checkpoint dir, for --retriever dense")
     rank_range: tuple = option((0, 50), "take negatives from ranks [LO, HI) of the retrieved list", nargs=2, type=int)
@@ -152,7 +170,7 @@ class MineArgs(ModelArgs):
                      choices=("top", "random"))
     seed: int = option(0, "seed of --sample random (per record: seed, record index)")
     batch_size: int = option(5000, "questions retrieved per batch (a resumable unit)")
-    match: str = option("string", "answer matching that disqualifies a passage: string | regex", choices=("string", "regex"))
+    match: str = option("auto", "answer matching that disqualifies a passage: " + MATCH_HELP, choices=MATCHES)
     fp16: bool = option(False, "run the question encoder in float16 on GPU")
     backend: str = _backend_field()
 
@@ -170,7 +188,11 @@ class ReduceArgs:
     out_file: Optional[str] = option(None, "retrieval results JSON (DPR format)")
     metrics_file: Optional[str] = option(None, "top-k accuracy JSON (default: OUT_FILE.metrics.json)")
     trec_file: Optional[str] = option(None, "also write a TREC run file")
-    match: str = option("string", "answer matching: string | regex", choices=("string", "regex"))
+    qrels: Optional[str] = option(None, "relevance labels (TREC 'qid 0 pid rel', BEIR 'query-id<TAB>corpus-id<TAB>score' "
+                                        "with header, or 'qid<TAB>pid'): adds MRR@10, nDCG@10, MAP, Recall@1/5/20/100 "
+                                        "by pytrec_eval. DPR's qa.csv has no ids: its questions are keyed by line "
+                                        "order, 1..N; BEIR/MS MARCO queries by their own ids")
+    match: str = option("auto", MATCH_HELP, choices=MATCHES)
     validation_workers: int = option(1, "processes for answer matching")
 
 
@@ -210,7 +232,7 @@ def search_spec(args):
     from .retrieval.searcher import SearchSpec, retrieval_mode
 
     return SearchSpec(mode=retrieval_mode(args.bm25, args.hybrid), fusion=args.fusion, alpha=args.hybrid_alpha,
-                      depth=args.hybrid_depth, bm25_index=args.bm25_index)
+                      depth=args.hybrid_depth, bm25_index=args.bm25_index, bm25_analyzer=args.bm25_analyzer)
 
 
 def report_spec(args):
@@ -219,7 +241,7 @@ def report_spec(args):
 
     return ReportSpec(ctx_file=args.ctx_file, passage_store=args.passage_store, match=args.match,
                       workers=args.validation_workers, out_file=args.out_file, metrics_file=args.metrics_file,
-                      trec_file=args.trec_file)
+                      trec_file=args.trec_file, qrels_file=args.qrels)
 
 
 def load_retriever(args):

@@ -6,8 +6,11 @@ trained bi-encoder.
     python mine_hard_negatives.py --train_data_path train.json --ctx_file psgs.tsv --output mined.json \\
         --retriever dense --model_file save_biencoder/latest --encoded_ctx_file emb/wiki
 
-Gold passages and every passage containing an answer (DPR's has_answer) are never kept. How
-negatives are chosen, and how an interrupted run resumes: retrieval/mining.py.
+    python mine_hard_negatives.py --qa_file queries.jsonl --qrels qrels/train.tsv --ctx_file corpus.jsonl \
+        --output train.json                      # BEIR / MS MARCO-style: positives from the qrels
+
+Gold passages and every passage containing an answer are never kept. How negatives are chosen, and
+how an interrupted run resumes: retrieval/mining.py.
 """
 from __future__ import annotations
 
@@ -23,23 +26,28 @@ def main(argv=None) -> None:
 
     def body():
         from .data.readers import read_biencoder_records
-        from .retrieval.mining import MiningError, check_gold_in_corpus, mine
+        from .retrieval.mining import MiningError, check_gold_in_corpus, mine, records_from_qrels
         from .retrieval.searcher import Searcher, SearchSpec
 
-        records = read_biencoder_records(args.train_data_path)
-        job = {"train": os.path.abspath(args.train_data_path), "ctx_file": os.path.abspath(args.ctx_file),
+        if bool(args.train_data_path) == bool(args.qa_file and args.qrels) or bool(args.qa_file) != bool(args.qrels):
+            raise MiningError("give either --train_data_path (biencoder records) or --qa_file with --qrels")
+        source = args.train_data_path or args.qrels
+        records = (read_biencoder_records(args.train_data_path) if args.train_data_path else
+                   records_from_qrels(args.qa_file, args.qrels, args.ctx_file))
+        job = {"train": os.path.abspath(source), "ctx_file": os.path.abspath(args.ctx_file),
                "retriever": args.retriever, "rank_range": list(args.rank_range), "num_negatives": args.num_negatives,
                "sample": args.sample, "seed": args.seed, "batch_size": args.batch_size, "match": args.match}
         if args.retriever == "dense" and not args.encoded_ctx_file:
             raise MiningError("--retriever dense needs --encoded_ctx_file (shards of the corpus) and the model flags")
-        searcher = Searcher.load(SearchSpec(mode=args.retriever, bm25_index=args.bm25_index), args.ctx_file,
+        searcher = Searcher.load(SearchSpec(mode=args.retriever, bm25_index=args.bm25_index,
+                                            bm25_analyzer=args.bm25_analyzer), args.ctx_file,
                                  tower_spec(args), args.encoded_ctx_file)
         if searcher.dense is not None:
             corpus_ids = {i for s in searcher.dense.index.shards for i in s.ids}
             job["model_fingerprint"] = searcher.dense.index.shards[0].meta.get("model_fingerprint")
         else:
             corpus_ids = set(searcher.bm25.ids)
-        check_gold_in_corpus(records, corpus_ids, args.train_data_path, args.ctx_file)
+        check_gold_in_corpus(records, corpus_ids, source, args.ctx_file)
         del corpus_ids
         mine(records, searcher.search, args.ctx_file, args.output, job, tuple(args.rank_range), args.num_negatives,
              args.sample, args.seed, args.batch_size, args.match)

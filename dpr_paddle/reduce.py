@@ -21,7 +21,8 @@ def main(argv=None) -> None:
     def body():
         from .common.files import check_input_file, check_output_path
         from .data.readers import read_qa
-        from .retrieval.run import report
+        from .data.passages import iter_passage_chunks
+        from .retrieval.run import load_questions, report
         from .retrieval.topk_file import TopKFileError, expand, merge_parts
 
         check_input_file(args.qa_file, "QA")
@@ -33,10 +34,14 @@ def main(argv=None) -> None:
         qa = read_qa(args.qa_file)
         if len(qa) != meta["questions"]:
             raise TopKFileError(f"{args.qa_file} has {len(qa)} questions; the parts searched {meta['questions']}")
+        qa, qrels, keep = load_questions(args.qa_file, args.qrels, lambda: {i for c in iter_passage_chunks(
+            args.ctx_file) for i in c[0]}, qa=qa)
+        scores, ids = scores[keep], [ids[i] for i in keep]
         metrics = {"mode": "dense", "questions": len(qa), "n_docs": min(args.n_docs or meta["k"], meta["k"]),
                    "match": args.match, "seconds": {}, "index": meta.get("index"), "passages": meta["passages"],
                    "reduced_from": meta["files"]}
-        report(qa, scores, ids, metrics, report_spec(args), qa_file=args.qa_file, shards_pattern=None, label="reduced")
+        report(qa, scores, ids, metrics, report_spec(args), qa_file=args.qa_file, shards_pattern=None, label="reduced",
+               qrels=qrels)
 
     run_main(body, needs_paddle=False)
 

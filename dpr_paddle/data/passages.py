@@ -14,17 +14,26 @@ from typing import Iterator, List, Tuple
 import numpy as np
 
 from ..common.files import open_text
+from .corpora import beir_corpus_chunks, id_text_chunks, passage_layout
 from .readers import BROKEN_FILE_ERRORS, DataFormatError, Passage, _check_exists, _file_errors
 
 PASSAGE_COLUMNS = ("id", "text", "title")
 
 
 def iter_passage_chunks(path: str, chunksize: int = 100_000) -> Iterator[Tuple[List[str], List[str], List[str]]]:
-    """Stream a psgs_w100-style TSV as (ids, texts, titles) lists of up to `chunksize` rows.
+    """Stream a corpus as (ids, texts, titles) lists of up to `chunksize` rows: DPR's psgs_w100 TSV,
+    BEIR's corpus.jsonl or MS MARCO's / T2Ranking's collection.tsv (data/corpora.py tells them apart)."""
+    layout = passage_layout(path)
+    if layout == "beir":
+        return beir_corpus_chunks(path, chunksize)
+    if layout.startswith("id_text"):
+        return id_text_chunks(path, layout == "id_text_header", chunksize)
+    return _dpr_tsv_chunks(path, chunksize)
 
-    pandas' C parser reads DPR's quoting (fields with `"` are quoted, quotes doubled) far faster
-    than the csv module. The file is never loaded whole.
-    """
+
+def _dpr_tsv_chunks(path: str, chunksize: int):
+    """DPR's TSV (header id, text, title). pandas' C parser reads DPR's quoting (fields with `"` are
+    quoted, quotes doubled) far faster than the csv module. The file is never loaded whole."""
     import pandas as pd
 
     _check_exists(path)
@@ -222,7 +231,7 @@ def iter_passages(path: str, chunksize: int = 100_000) -> Iterator[Passage]:
 
 
 def count_passages(path: str) -> int:
-    """Number of passages in a TSV, by streaming it once."""
+    """Number of passages in a corpus, by streaming it once."""
     return sum(len(ids) for ids, _, _ in iter_passage_chunks(path))
 
 

@@ -17,7 +17,7 @@ import os
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 
 from ..common.errors import DprError
@@ -56,10 +56,12 @@ class BiEncoderRecord:
 
 @dataclass
 class QAPair:
-    """An evaluation question and its acceptable answers."""
+    """An evaluation question, its acceptable answers (none for relevance-labelled sets) and its id:
+    a BEIR or MS MARCO query's own, for DPR's qa.csv (which has none) its position, "1".."N"."""
 
     question: str
     answers: List[str]
+    qid: Optional[str] = None
 
 
 def _first_bad_utf8(path: str) -> Tuple[int, int]:
@@ -147,6 +149,17 @@ def _line_of_offset(text: str, index: int) -> int:
     return text.count("\n", 0, index) + 1
 
 
+def json_lines(path: str, f) -> Iterator[Tuple[int, object]]:
+    """(line number, parsed value) of each non-empty line of the open JSONL file `f`."""
+    for lineno, line in enumerate(f, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(path, f"line {lineno}", f"invalid JSON: {e.msg} (column {e.colno})") from None
+
+
 def read_biencoder_records(path: str) -> List[BiEncoderRecord]:
     """Read DPR biencoder training data; records without a positive passage are skipped and counted."""
     _check_exists(path)
@@ -154,13 +167,7 @@ def read_biencoder_records(path: str) -> List[BiEncoderRecord]:
     records: List[BiEncoderRecord] = []
     with _file_errors(path), open_text(path) as f:
         if name.endswith(".jsonl"):
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataFormatError(path, f"line {lineno}", f"invalid JSON: {e.msg} (column {e.colno})") from None
+            for lineno, obj in json_lines(path, f):
                 records.append(_parse_record(obj, path, f"line {lineno}"))
         else:
             text = f.read()
@@ -205,8 +212,15 @@ def parse_answers(field: str) -> List[str]:
 
 
 def read_qa(path: str) -> List[QAPair]:
-    """Read a DPR QA file (`question<TAB>[answers]`, no header)."""
-    _check_exists(path)
+    """Read questions: DPR's QA file (`question<TAB>[answers]`, no header; ids "1".."N" by position),
+    BEIR's queries.jsonl or MS MARCO's queries.tsv (`qid<TAB>query`), told apart by data/corpora.py."""
+    from .corpora import query_layout, read_beir_queries, read_id_text_queries
+
+    layout = query_layout(path)
+    if layout == "beir":
+        return read_beir_queries(path)
+    if layout == "id_text":
+        return read_id_text_queries(path)
     out: List[QAPair] = []
     with _file_errors(path), open_text(path) as f:
         reader = csv.reader(f, delimiter="\t")
@@ -227,7 +241,7 @@ def read_qa(path: str) -> List[QAPair]:
                 parsed = parse_answers(answers)
             except ValueError as e:
                 raise DataFormatError(path, f"line {lineno}", f"field 'answers': {e}") from None
-            out.append(QAPair(question=question, answers=parsed))
+            out.append(QAPair(question=question, answers=parsed, qid=str(len(out) + 1)))
     if not out:
         raise DataFormatError(path, "line 1", "no questions (file is empty)")
     return out

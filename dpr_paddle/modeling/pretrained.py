@@ -21,10 +21,11 @@ import os
 import shutil
 import tempfile
 import zipfile
-from typing import Tuple
+import unicodedata
+from typing import Iterable, List, Optional, Tuple
 
 from ..common.errors import DprError
-from ..common.files import atomic_dir, cache_root, write_json_atomic
+from ..common.files import atomic_dir, cache_root, write_json_atomic, write_text_atomic
 from .pooling import RECIPE_FILE, sentence_transformers_recipe
 
 logger = logging.getLogger(__name__)
@@ -119,24 +120,27 @@ def minilm_dir() -> str:
     return dst
 
 
-def _tiny_encoder_dir(name: str, seed: int, arch: str) -> str:
-    """A tiny random-init encoder (TINY_CONFIG, MiniLM's vocabulary) of `arch` (bert | ernie),
-    saved once per seed under the cache; the global random state is left as it was."""
+def _tiny_encoder_dir(name: str, seed: int, arch: str, vocab_src: Optional[str] = None) -> str:
+    """A tiny random-init encoder (TINY_CONFIG; MiniLM's vocabulary unless `vocab_src` names another)
+    of `arch` (bert | ernie), saved once per seed under the cache; the global random state is left as
+    it was."""
     dst = os.path.join(cache_root(), f"{name}-seed{seed}")
     if os.path.isdir(dst) and _is_paddle_dir(dst):
         return dst
     import paddle
     from paddlenlp import transformers as T
 
-    vocab_src = os.path.join(minilm_dir(), "vocab.txt")
+    vocab_src = vocab_src or os.path.join(minilm_dir(), "vocab.txt")
+    with open(vocab_src, encoding="utf-8") as f:
+        vocab_size = sum(1 for _ in f)
     with atomic_dir(dst) as tmp:
         state = paddle.get_rng_state()
         paddle.seed(seed)
         try:
             if arch == "bert":
-                model = T.BertModel(T.BertConfig(vocab_size=30522, **TINY_CONFIG))
+                model = T.BertModel(T.BertConfig(vocab_size=vocab_size, **TINY_CONFIG))
             else:  # ERNIE 3.0's task-type embeddings on, the case that needs explicit ids under to_static
-                model = T.ErnieModel(T.ErnieConfig(vocab_size=30522, use_task_id=True, task_type_vocab_size=3,
+                model = T.ErnieModel(T.ErnieConfig(vocab_size=vocab_size, use_task_id=True, task_type_vocab_size=3,
                                                    **TINY_CONFIG))
         finally:
             paddle.set_rng_state(state)
@@ -154,6 +158,32 @@ def tiny_dir(seed: int = 0) -> str:
 def tiny_ernie_dir(seed: int = 0) -> str:
     """A tiny random-init ERNIE (2 layers, task ids on, MiniLM's vocabulary), for tests."""
     return _tiny_encoder_dir("tiny-ernie", seed, "ernie")
+
+
+def chinese_vocab(texts: Iterable[str]) -> List[str]:
+    """A character vocabulary laid out as ernie-3.0-medium-zh's vocab.txt is: the special tokens, then
+    every character of `texts` (CJK characters and punctuation as whole tokens, each also as a `##`
+    continuation), the ASCII letters and digits, and their `##` continuations, so that PaddleNLP's
+    ErnieTokenizer reads Chinese one character a token, as it does with the real vocabulary."""
+    chars = sorted({ch for text in texts for form in (text, unicodedata.normalize("NFKC", text))
+                    for ch in form.lower() if not ch.isspace()})
+    ascii_ = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    tokens = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"] + [c for c in chars if c not in ascii_] + ascii_
+    return list(dict.fromkeys(tokens + ["##" + t for t in tokens[5:]]))
+
+
+def tiny_ernie_zh_dir(texts: Iterable[str], seed: int = 0) -> str:
+    """A tiny random-init ERNIE with a Chinese character vocabulary made from `texts` (`chinese_vocab`),
+    for tests of Chinese corpora where ernie-3.0-medium-zh cannot be downloaded; cached per vocabulary."""
+    import hashlib
+
+    vocab = chinese_vocab(texts)
+    digest = hashlib.sha1("\n".join(vocab).encode()).hexdigest()[:12]
+    src = os.path.join(cache_root(), f"zh-vocab-{digest}.txt")
+    if not os.path.isfile(src):
+        os.makedirs(cache_root(), exist_ok=True)
+        write_text_atomic(src, "\n".join(vocab) + "\n")
+    return _tiny_encoder_dir(f"tiny-ernie-zh-{digest}", seed, "ernie", vocab_src=src)
 
 
 def resolve_model(name_or_path: str) -> str:

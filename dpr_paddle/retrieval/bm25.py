@@ -1,11 +1,14 @@
 """BM25 over a passage TSV, with bm25s (sparse-matrix BM25): built by streaming, saved, reused.
 
-A passage is indexed as "title text" (as DPR's and pyserini's BM25 baselines do), lowercased,
-split on words of two or more characters, English stopwords removed, no stemming; k1 = 1.5,
-b = 0.75 (bm25s' Lucene defaults). The index directory holds bm25s' own files (numpy arrays
+A passage is indexed as "title text" (as DPR's and pyserini's BM25 baselines do), lowercased and
+split into terms by an analyzer (analyzers.py: `en`, words of two or more characters; `cjk`,
+character bigrams of CJK runs; `zh`, jieba words; `auto` picks by the corpus's script), English
+stopwords removed, no stemming; k1 = 1.5, b = 0.75 (bm25s' Lucene defaults). Questions go through
+the same analyzer, and a query's terms never enter the index's vocabulary (a server's memory stays
+flat however many new words it is asked). The index directory holds bm25s' own files (numpy arrays
 and JSON, no pickle), `ids.txt` (row -> passage id) and `meta.json`, which records the corpus
-it was built from (path, size, a hash of its head and tail, row count): an index built from
-another corpus is refused.
+it was built from (path, size, a hash of its head and tail, row count) and its analyzer: an index
+built from another corpus, or with another analyzer, is refused.
 
 Memory: bm25s takes every passage's token ids as Python lists while building. Measured here:
 200,000 synthetic 100-word passages peak at 1.47 GB RSS (24 s; a 163 MB index), i.e. about 7 GB
@@ -22,6 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data.passages import iter_passage_chunks
+from . import analyzers
 from ..common.errors import DprError
 from ..common.files import atomic_dir, file_fingerprint, write_json_atomic
 
@@ -35,20 +39,32 @@ class BM25Error(DprError, RuntimeError):
     """A BM25 index is missing, incomplete or from another corpus."""
 
 
-def _tokenizer():
+def _tokenizer(analyzer: str):
     import bm25s
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)  # its DEBUG lines say nothing a user can act on
 
-    return bm25s.tokenization.Tokenizer(lower=True, stopwords=PARAMS["stopwords"])
+    return bm25s.tokenization.Tokenizer(lower=True, splitter=analyzers.splitter(analyzer),
+                                        stopwords=PARAMS["stopwords"])
 
 
-def default_index_path(ctx_file: str) -> str:
+def default_index_path(ctx_file: str, analyzer: str = "en") -> str:
     """Where the index of `ctx_file` is kept when --bm25_index is not given: the user's cache,
-    because corpora often sit in read-only directories."""
+    because corpora often sit in read-only directories; one directory per analyzer."""
     from ..common.files import cache_root
 
-    return os.path.join(cache_root(), "bm25", file_fingerprint(ctx_file)["sha1_ends"][:16])
+    name = file_fingerprint(ctx_file)["sha1_ends"][:16] + ("" if analyzer == "en" else "-" + analyzer)
+    return os.path.join(cache_root(), "bm25", name)
+
+
+def corpus_analyzer(ctx_file: str, analyzer: str) -> str:
+    """`analyzer` resolved for `ctx_file` (`auto` reads the corpus's first passages)."""
+    if analyzers.check_name(analyzer) != "auto":
+        return analyzer
+    ids, texts, titles = next(iter_passage_chunks(ctx_file, analyzers.AUTO_SAMPLE), ([], [], []))
+    chosen = analyzers.resolve("auto", (f"{title} {text}" for text, title in zip(texts, titles)))
+    logger.info("bm25 analyzer auto -> %s (CJK share of %s's first %d passages)", chosen, ctx_file, len(ids))
+    return chosen
 
 
 class BM25Index:
@@ -56,15 +72,17 @@ class BM25Index:
 
     def __init__(self, retriever, ids: List[str], meta: dict):
         self.retriever, self.ids, self.meta = retriever, ids, meta
-        self._tokenizer = _tokenizer()
+        self.analyzer = meta["params"].get("analyzer", "en")  # indexes made before analyzers were English
+        self._terms = analyzers.splitter(self.analyzer)
+        self._stopwords = set(_tokenizer(self.analyzer).stopwords)
 
     @classmethod
-    def build(cls, ctx_file: str, path: str, chunksize: int = 100_000) -> "BM25Index":
-        """Tokenize `ctx_file` chunk by chunk into one vocabulary, index it, save it to `path`."""
+    def build(cls, ctx_file: str, path: str, analyzer: str = "en", chunksize: int = 100_000) -> "BM25Index":
+        """Tokenize `ctx_file` chunk by chunk with `analyzer` into one vocabulary, index it, save it to `path`."""
         import bm25s
         from tqdm import tqdm
 
-        tokenizer = _tokenizer()
+        tokenizer = _tokenizer(analyzer)
         ids, token_ids = [], []
         with tqdm(desc="bm25 tokenize", unit="psg", dynamic_ncols=True) as bar:
             for chunk_ids, texts, titles in iter_passage_chunks(ctx_file, chunksize):
@@ -75,18 +93,20 @@ class BM25Index:
         retriever = bm25s.BM25(k1=PARAMS["k1"], b=PARAMS["b"], method=PARAMS["method"])
         retriever.index(bm25s.tokenization.Tokenized(ids=token_ids, vocab=tokenizer.get_vocab_dict()),
                         show_progress=False)
-        meta = {"format": FORMAT, "corpus": file_fingerprint(ctx_file), "count": len(ids), "params": PARAMS}
+        meta = {"format": FORMAT, "corpus": file_fingerprint(ctx_file), "count": len(ids),
+                "params": {**PARAMS, "analyzer": analyzer}}
         with atomic_dir(path) as tmp:
             retriever.save(tmp, show_progress=False)
             with open(os.path.join(tmp, "ids.txt"), "w", encoding="utf-8") as f:
                 f.write("".join(i + "\n" for i in ids))
             write_json_atomic(os.path.join(tmp, "meta.json"), meta)
-        logger.info("bm25 index of %d passages saved to %s", len(ids), path)
+        logger.info("bm25 index of %d passages (analyzer %s) saved to %s", len(ids), analyzer, path)
         return cls(retriever, ids, meta)
 
     @classmethod
-    def load(cls, path: str, ctx_file: Optional[str] = None) -> "BM25Index":
-        """Open a saved index; with `ctx_file`, refuse one that was built from another corpus."""
+    def load(cls, path: str, ctx_file: Optional[str] = None, analyzer: Optional[str] = None) -> "BM25Index":
+        """Open a saved index; with `ctx_file`, refuse one that was built from another corpus, and with
+        `analyzer` (resolved), one built with another analyzer."""
         import bm25s
 
         meta_file = os.path.join(path, "meta.json")
@@ -100,6 +120,10 @@ class BM25Index:
                 raise BM25Error(f"{path}: this BM25 index was built from {have.get('path')} "
                                 f"({have.get('size')} bytes), not from {want['path']} ({want['size']} bytes); "
                                 "pass another --bm25_index or delete it to rebuild")
+        built_with = meta.get("params", {}).get("analyzer", "en")
+        if analyzer is not None and built_with != analyzer:
+            raise BM25Error(f"{path}: this BM25 index was built with the {built_with} analyzer, not {analyzer}; pass "
+                            f"--bm25_analyzer {built_with}, or another --bm25_index, or delete it to rebuild")
         retriever = bm25s.BM25.load(path, mmap=True, show_progress=False, verbosity=0)
         with open(os.path.join(path, "ids.txt"), encoding="utf-8") as f:
             ids = f.read().splitlines()
@@ -108,18 +132,24 @@ class BM25Index:
         return cls(retriever, ids, meta)
 
     @classmethod
-    def open(cls, ctx_file: str, path: Optional[str] = None) -> "BM25Index":
-        """The index of `ctx_file` at `path` (default: the cache), built first if it is not there."""
-        path = path or default_index_path(ctx_file)
+    def open(cls, ctx_file: str, path: Optional[str] = None, analyzer: str = "auto") -> "BM25Index":
+        """The index of `ctx_file` with `analyzer` at `path` (default: the cache), built first if it is not there."""
+        analyzer = corpus_analyzer(ctx_file, analyzer)
+        path = path or default_index_path(ctx_file, analyzer)
         if os.path.isfile(os.path.join(path, "meta.json")):
-            index = cls.load(path, ctx_file)
-            logger.info("loaded bm25 index %s (%d passages)", path, len(index.ids))
+            index = cls.load(path, ctx_file, analyzer)
+            logger.info("loaded bm25 index %s (%d passages, analyzer %s)", path, len(index.ids), analyzer)
             return index
-        return cls.build(ctx_file, path)
+        return cls.build(ctx_file, path, analyzer)
+
+    def terms(self, text: str) -> List[str]:
+        """The index's analyzer applied to a question: its terms, stopwords dropped ("" when none is
+        left, as bm25s' tokenizer gives)."""
+        return [w for w in self._terms(text.lower()) if w not in self._stopwords] or [""]
 
     def search(self, questions: Sequence[str], k: int) -> Tuple[np.ndarray, List[List[str]]]:
         """Top k passages per question: (BM25 scores [n, k], passage ids [n][k]), best first."""
         k = min(k, len(self.ids))
-        tokens = self._tokenizer.tokenize(list(questions), update_vocab=True, return_as="string", show_progress=False)
+        tokens = [self.terms(q) for q in questions]  # unknown terms are dropped by bm25s, never added
         rows, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=0)
         return np.asarray(scores, dtype=np.float32), [[self.ids[r] for r in row] for row in rows]

@@ -34,7 +34,9 @@ import numpy as np
 from ..common.errors import DprError
 from ..common.files import atomic_path
 from ..common.jobs import open_job_dir
+from ..data.passages import iter_passage_chunks
 from ..data.readers import BiEncoderRecord, Passage
+from ..index.shards import EmbeddingError
 from .evaluation import has_answer
 from .passage_store import fetch_passages
 
@@ -50,6 +52,34 @@ def gold_ids(record: BiEncoderRecord) -> set:
     return {p.id for p in record.positives if p.id is not None}
 
 
+def records_from_qrels(qa_file: str, qrels_file: str, ctx_file: str) -> List[BiEncoderRecord]:
+    """Training records from relevance labels: each query with its judged-relevant passages (rel > 0) as
+    positives, answers as the queries carry them (none for BEIR / MS MARCO). Queries without a relevant
+    passage are left out, with a count in the log; a label naming an unknown query is an error."""
+    from ..data.readers import read_qa
+    from .qrels import QrelsError, read_qrels
+
+    queries, qrels = read_qa(qa_file), read_qrels(qrels_file)
+    known = {q.qid for q in queries}
+    for qid, line in qrels.qid_line.items():
+        if qid not in known:
+            raise QrelsError(f"{qrels_file}: line {line}: query {qid!r} is not in {qa_file}")
+    gold = {pid for q in queries for pid, rel in qrels.get(q.qid, {}).items() if rel > 0}
+    try:
+        texts = fetch_passages(ctx_file, gold)
+    except EmbeddingError:
+        missing = sorted(gold - {i for ids, _, _ in iter_passage_chunks(ctx_file) for i in ids})
+        raise QrelsError(f"{qrels_file}: line {qrels.pid_line[missing[0]]}: passage {missing[0]!r} is not in {ctx_file} "
+                         f"({len(missing)} judged passages are missing): are these the qrels of another corpus?") from None
+    records = [BiEncoderRecord(q.question, q.answers, [Passage(texts[pid][0], texts[pid][1], pid)
+                                                       for pid, rel in qrels[q.qid].items() if rel > 0])
+               for q in queries if any(rel > 0 for rel in qrels.get(q.qid, {}).values())]
+    if len(records) < len(queries):
+        logger.info("%s: %d of %d queries have no relevant passage in %s; left out", qa_file,
+                    len(queries) - len(records), len(queries), qrels_file)
+    return records
+
+
 def check_gold_in_corpus(records: Sequence[BiEncoderRecord], corpus_ids: set, train_file: str, ctx_file: str) -> None:
     """Refuse a corpus that lacks the records' gold passages: mining against it cannot drop them."""
     missing = [(i, pid) for i, r in enumerate(records) for pid in sorted(gold_ids(r)) if pid not in corpus_ids]
@@ -60,7 +90,7 @@ def check_gold_in_corpus(records: Sequence[BiEncoderRecord], corpus_ids: set, tr
 
 
 def select_negatives(record: BiEncoderRecord, candidates: Sequence[Tuple[str, float, Passage]], num_negatives: int,
-                     sample: str, rng: np.random.Generator, match: str = "string") -> List[dict]:
+                     sample: str, rng: np.random.Generator, match: str = "auto") -> List[dict]:
     """The hard negatives of one record from its (id, score, passage) candidates, best ranked first:
     the retrieved list cut to --rank_range (see the module doc)."""
     gold, gold_texts = gold_ids(record), {p.text.strip() for p in record.positives if p.id is None}
@@ -88,7 +118,7 @@ def record_to_json(record: BiEncoderRecord, hard_negatives: List[dict]) -> dict:
 
 def mine(records: Sequence[BiEncoderRecord], search, ctx_file: str, output: str, job: dict,
          rank_range: Tuple[int, int], num_negatives: int, sample: str = "top", seed: int = 0,
-         batch_size: int = 5000, match: str = "string") -> str:
+         batch_size: int = 5000, match: str = "auto") -> str:
     """Mine hard negatives for `records` with `search(questions, k) -> (scores [n, k], ids [n][k])`;
     write DPR JSON (or JSONL for a .jsonl output) to `output`, resumably. Returns `output`."""
     from tqdm import tqdm

@@ -2,8 +2,9 @@
 
 `retrieve` searches with a `Searcher` (dense, BM25 or hybrid), records what it measured (index
 settings, recall against exact search, seconds) and hands the ranked lists to `report`, which
-matches answers (DPR's has_answer), prints and returns top-k accuracy and writes the results JSON,
-the metrics JSON and a TREC run. `search_some_shards` is one machine's part of a sharded search
+matches answers (evaluation.has_answer), prints and returns top-k accuracy, with relevance labels
+(`--qrels`) also MRR@10, nDCG@10, MAP and Recall@k by pytrec_eval (qrels.py), and writes the
+results JSON, the metrics JSON and a TREC run. `search_some_shards` is one machine's part of a sharded search
 (its top k written for `python -m dpr_paddle.reduce`, which calls `report` on the merged parts).
 """
 from __future__ import annotations
@@ -12,17 +13,19 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
 from ..common.errors import DprError
 from ..common.files import atomic_path, file_fingerprint, write_json_atomic
+from ..data.corpora import query_layout
 from ..data.readers import QAPair, read_qa
 from ..index.exact import recall_at_k
 from ..index.shards import read_meta, shard_paths
 from .evaluation import DEFAULT_TOP_K, format_top_k_table, has_answer, top_k_accuracy
 from .passage_store import passage_texts
+from .qrels import Qrels, check_qrels, format_gold_table, gold_metrics, read_qrels
 from .searcher import Searcher
 from .topk_file import write_topk
 
@@ -40,11 +43,40 @@ class ReportSpec:
 
     ctx_file: str
     passage_store: Optional[str] = None
-    match: str = "string"
+    match: str = "auto"
     workers: int = 1
     out_file: Optional[str] = None
     metrics_file: Optional[str] = None
     trec_file: Optional[str] = None
+    qrels_file: Optional[str] = None
+
+
+def load_questions(qa_file: str, qrels_file: Optional[str], corpus_ids,
+                   qa: Optional[List[QAPair]] = None) -> Tuple[List[QAPair], Optional[Qrels], List[int]]:
+    """(questions, relevance labels or None, the positions kept): with `qrels_file` the labels are checked
+    against the questions and the corpus (`corpus_ids`, a set or a callable that makes one) before
+    anything is searched. Of a BEIR queries.jsonl, which holds every split's queries, only the judged
+    ones are kept (BEIR's rule). `qa`: the questions, when they were read already."""
+    qa = qa if qa is not None else read_qa(qa_file)
+    keep = list(range(len(qa)))
+    if not qrels_file:
+        return qa, None, keep
+    qrels = read_qrels(qrels_file)
+    if query_layout(qa_file) == "beir":
+        keep = [i for i, x in enumerate(qa) if x.qid in qrels]
+        if len(keep) < len(qa):
+            logger.info("%s: %d of %d queries are judged in %s; the others are left out, as BEIR does", qa_file,
+                        len(keep), len(qa), qrels_file)
+        qa = [qa[i] for i in keep]
+    check_qrels(qrels, [x.qid for x in qa], qa_file, corpus_ids() if callable(corpus_ids) else corpus_ids)
+    return qa, qrels, keep
+
+
+def corpus_ids_of(searcher: Searcher) -> set:
+    """Every passage id the searcher can return."""
+    if searcher.dense is not None:
+        return {i for shard in searcher.dense.index.shards for i in shard.ids}
+    return set(searcher.bm25.ids)
 
 
 def _match_one(job):
@@ -63,12 +95,14 @@ def match_answers(jobs, match: str, workers: int = 1) -> List[List[bool]]:
 
 
 def write_trec(path: str, qa: List[QAPair], ids: List[List[str]], scores: np.ndarray, run: str = "dpr_paddle") -> None:
-    """A TREC run file: `qid Q0 docid rank score run` (qid = question's line number from 1)."""
+    """A TREC run file as trec_eval reads it: `qid Q0 docid rank score run` (qid: the question's own id;
+    for DPR's qa.csv its position from 1)."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            for q, (row_ids, row_scores) in enumerate(zip(ids, scores)):
+            for q, (item, row_ids, row_scores) in enumerate(zip(qa, ids, scores)):
+                qid = item.qid or str(q + 1)
                 for rank, (pid, s) in enumerate(zip(row_ids, row_scores), start=1):
-                    f.write(f"{q + 1} Q0 {pid} {rank} {float(s):.6f} {run}\n")
+                    f.write(f"{qid} Q0 {pid} {rank} {float(s):.6f} {run}\n")
 
 
 def index_metrics(index, trace: dict, k: int, n_docs: int, validate: int) -> dict:
@@ -95,8 +129,9 @@ def index_metrics(index, trace: dict, k: int, n_docs: int, validate: int) -> dic
 def retrieve(searcher: Searcher, qa_file: str, n_docs: int, out: ReportSpec, shards: Optional[str] = None,
              validate_index: int = 0, seconds: Optional[dict] = None) -> dict:
     """Retrieve the top `n_docs` for every question of `qa_file` with `searcher`; write and return
-    top-k accuracy with what was measured (`seconds` holds the loading times already spent)."""
-    qa = read_qa(qa_file)
+    top-k accuracy (and with `out.qrels_file` the gold-passage metrics) with what was measured
+    (`seconds` holds the loading times already spent)."""
+    qa, qrels, _ = load_questions(qa_file, out.qrels_file, lambda: corpus_ids_of(searcher))
     questions = [x.question for x in qa]
     mode = searcher.spec.mode
     metrics = {"mode": mode, "questions": len(qa), "n_docs": n_docs, "match": out.match, "seconds": dict(seconds or {})}
@@ -116,7 +151,7 @@ def retrieve(searcher: Searcher, qa_file: str, n_docs: int, out: ReportSpec, sha
         metrics["fusion"] = searcher.spec.describe()
     label = mode if mode != "dense" else os.path.basename((shards or "").rstrip("*_")) or "retriever"
     return report(qa, scores, ids, metrics, out, qa_file=qa_file, shards_pattern=shards if mode != "bm25" else None,
-                  label=label)
+                  label=label, qrels=qrels)
 
 
 def search_some_shards(dense, qa_file: str, n_docs: int, shards: str, topk_out: str) -> dict:
@@ -140,40 +175,58 @@ def search_some_shards(dense, qa_file: str, n_docs: int, shards: str, topk_out: 
 
 
 def report(qa: List[QAPair], scores: np.ndarray, ids: List[List[str]], metrics: dict, out: ReportSpec, *, qa_file: str,
-           shards_pattern: Optional[str], label: str) -> dict:
-    """Score a finished retrieval (scores [n, >=k], ids): top-k accuracy printed and returned, and the
-    results JSON, metrics JSON and TREC run written where `out` asks."""
-    no_answer = sum(1 for x in qa if not x.answers)
-    if no_answer:
-        logger.warning("%s: %d of %d questions have an empty answers list; they count as misses", qa_file, no_answer,
-                       len(qa))
+           shards_pattern: Optional[str], label: str, qrels: Optional[Qrels] = None) -> dict:
+    """Score a finished retrieval (scores [n, >=k], ids): answer-match top-k accuracy (when the questions
+    have answers) and gold-passage metrics (with `qrels`) printed and returned, and the results JSON,
+    metrics JSON and TREC run written where `out` asks."""
     k = min(metrics["n_docs"], metrics["passages"])
     metrics["n_docs"] = k
     scores, ids = scores[:, :k], [row[:k] for row in ids]
-
-    passages = passage_texts(out.ctx_file, {i for row in ids for i in row}, out.passage_store, shards_pattern)
-    hits = match_answers([(item.answers, [passages[pid][0] for pid in row]) for item, row in zip(qa, ids)],
-                         out.match, out.workers)
-    ks = [x for x in DEFAULT_TOP_K if x <= k] or [k]
-    acc = top_k_accuracy(hits, ks)
-    print(format_top_k_table({label: acc}, ks))
-    metrics["top_k_accuracy"] = {str(a): b for a, b in acc.items()}
-
+    by_answers = qrels is None or any(x.answers for x in qa)
+    passages = None
+    if by_answers or out.out_file:
+        passages = passage_texts(out.ctx_file, {i for row in ids for i in row}, out.passage_store, shards_pattern)
+    hits = [[False] * len(row) for row in ids]
+    if by_answers:
+        hits = answer_hits(qa, ids, passages, out, qa_file)
+        ks = [x for x in DEFAULT_TOP_K if x <= k] or [k]
+        acc = top_k_accuracy(hits, ks)
+        print(format_top_k_table({label: acc}, ks))
+        metrics["top_k_accuracy"] = {str(a): b for a, b in acc.items()}
+    if qrels is not None:
+        gold = gold_metrics(qrels, [x.qid for x in qa], ids)
+        print(format_gold_table({label: gold}))
+        metrics.update(gold, qrels=os.path.abspath(qrels.path))
     if out.out_file:
-        results = []
-        for item, row_ids, row_scores, row_hits in zip(qa, ids, scores, hits):
-            results.append({
-                "question": item.question, "answers": item.answers,
-                "ctxs": [{"id": pid, "title": passages[pid][1], "text": passages[pid][0], "score": f"{float(s):.6f}",
-                          "has_answer": h} for pid, s, h in zip(row_ids, row_scores, row_hits)],
-            })
-        with atomic_path(out.out_file) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(results, f, indent=2, ensure_ascii=False)
-        logger.info("wrote %s", out.out_file)
+        write_results(out.out_file, qa, ids, scores, hits, passages)
     metrics_file = out.metrics_file or (out.out_file + ".metrics.json" if out.out_file else None)
     if metrics_file:
         write_json_atomic(metrics_file, metrics)
     if out.trec_file:
         write_trec(out.trec_file, qa, ids, scores, run=f"dpr_paddle_{metrics['mode']}")
     return metrics
+
+
+def answer_hits(qa: List[QAPair], ids: List[List[str]], passages: dict, out: ReportSpec, qa_file: str):
+    """has_answer of every retrieved passage ([n][k] booleans); questions without answers count as misses."""
+    no_answer = sum(1 for x in qa if not x.answers)
+    if no_answer:
+        logger.warning("%s: %d of %d questions have an empty answers list; they count as misses", qa_file, no_answer,
+                       len(qa))
+    return match_answers([(item.answers, [passages[pid][0] for pid in row]) for item, row in zip(qa, ids)],
+                         out.match, out.workers)
+
+
+def write_results(path: str, qa: List[QAPair], ids, scores, hits, passages) -> None:
+    """The retrieval results JSON in DPR's format."""
+    results = []
+    for item, row_ids, row_scores, row_hits in zip(qa, ids, scores, hits):
+        results.append({
+            "question": item.question, "answers": item.answers,
+            "ctxs": [{"id": pid, "title": passages[pid][1], "text": passages[pid][0], "score": f"{float(s):.6f}",
+                      "has_answer": h} for pid, s, h in zip(row_ids, row_scores, row_hits)],
+        })
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2, ensure_ascii=False)
+    logger.info("wrote %s", path)

@@ -27,13 +27,15 @@ def retrieval_mode(bm25: bool, hybrid: bool) -> str:
 class SearchSpec:
     """How questions are searched: `mode` dense | bm25 | hybrid; in hybrid mode `fusion` (weighted |
     rrf) of each retriever's top `depth`, BM25 weighted by `alpha`; `bm25_index` where BM25's index
-    is kept (default: a cache directory keyed by the corpus)."""
+    is kept (default: a cache directory keyed by the corpus), `bm25_analyzer` how BM25 splits text
+    (analyzers.py; `auto` picks by the corpus's script)."""
 
     mode: str = "dense"
     fusion: str = "weighted"
     alpha: float = 1.0
     depth: int = 1000
     bm25_index: Optional[str] = None
+    bm25_analyzer: str = "auto"
 
     def describe(self) -> dict:
         """What a metrics file records about the fusion."""
@@ -65,7 +67,7 @@ class Searcher:
             from .bm25 import BM25Index
 
             t0 = time.perf_counter()
-            bm25 = BM25Index.open(ctx_file, spec.bm25_index)
+            bm25 = BM25Index.open(ctx_file, spec.bm25_index, spec.bm25_analyzer)
             if timings is not None:
                 timings["bm25_index"] = round(time.perf_counter() - t0, 3)
         return cls(spec, dense, bm25)

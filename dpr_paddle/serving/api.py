@@ -48,9 +48,9 @@ class Retriever:
              question_encoder: Optional[str] = None, context_encoder: Optional[str] = None, mode: str = "dense",
              hnsw: bool = False, index_path: Optional[str] = None, hnsw_m: int = DEFAULT_M,
              ef_construction: int = DEFAULT_EF_CONSTRUCTION, hnsw_space: str = "auto", ef_search: int = 0,
-             bm25_index: Optional[str] = None, fusion: str = "weighted", alpha: float = 1.0, depth: int = 1000,
-             store: Optional[str] = None, index_spec: Optional[IndexSpec] = None, batch_size: int = 64,
-             **tower_fields) -> "Retriever":
+             bm25_index: Optional[str] = None, bm25_analyzer: str = "auto", fusion: str = "weighted",
+             alpha: float = 1.0, depth: int = 1000, store: Optional[str] = None,
+             index_spec: Optional[IndexSpec] = None, batch_size: int = 64, **tower_fields) -> "Retriever":
         """Load the model, index and passage store once. `model` is a checkpoint directory or an encoder
         name/dir (or give `question_encoder`/`context_encoder`); `index` the embedding shards; `passages`
         the TSV. `index_spec` picks any backend; without it `hnsw` and its settings pick between exact
@@ -65,8 +65,8 @@ class Retriever:
                           que_model_path=question_encoder, con_model_path=context_encoder, **tower_fields)
         spec = index_spec or IndexSpec("hnsw" if hnsw else "exact", hnsw_m, ef_construction, hnsw_space, index_path,
                                        ef_search=ef_search)
-        return cls.from_specs(SearchSpec(mode, fusion, alpha, depth, bm25_index), passages, tower, index, spec,
-                              store=store, batch_size=batch_size)
+        return cls.from_specs(SearchSpec(mode, fusion, alpha, depth, bm25_index, bm25_analyzer), passages, tower,
+                              index, spec, store=store, batch_size=batch_size)
 
     @classmethod
     def from_specs(cls, search: SearchSpec, passages: Optional[str], tower=None, shards: Optional[str] = None,
