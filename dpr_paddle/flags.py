@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Optional
 
-from .common.options import option
+from .common.options import number_problem, option
 from .index.hnsw import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from .retrieval.analyzers import ANALYZERS
 from .retrieval.evaluation import MATCHES
@@ -184,7 +184,7 @@ class ReduceArgs:
     qa_file: str = option(None, "the questions file every part searched", required=True)
     ctx_file: str = option(None, "passages TSV, for titles/texts", required=True)
     passage_store: Optional[str] = option(None, "SQLite passage store (default: stream --ctx_file)")
-    n_docs: int = option(0, "passages kept per question (default: the parts' k)")
+    n_docs: Optional[int] = option(None, "passages kept per question (default: the parts' k)")
     out_file: Optional[str] = option(None, "retrieval results JSON (DPR format)")
     metrics_file: Optional[str] = option(None, "top-k accuracy JSON (default: OUT_FILE.metrics.json)")
     trec_file: Optional[str] = option(None, "also write a TREC run file")
@@ -277,7 +277,18 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
     return p
 
 
-def parse(cls, argv=None, description: str = ""):
-    """Parse `argv` into an instance of the dataclass `cls`."""
-    ns = build_parser(cls, description).parse_args(argv)
+def parse(cls, argv=None, description: str = "", defaults: Optional[dict] = None):
+    """Parse `argv` into an instance of the dataclass `cls` (`defaults` override the fields'); a number out
+    of its bounds (common/options.py) is one line naming the flag, exit 2."""
+    import sys
+
+    parser = build_parser(cls, description)
+    parser.set_defaults(**(defaults or {}))
+    ns = parser.parse_args(argv)
+    for name, value in vars(ns).items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            problem = number_problem(name, v)
+            if problem:
+                print(f"error: --{name} {v!r}: {problem}", file=sys.stderr)
+                raise SystemExit(2)
     return cls(**vars(ns))

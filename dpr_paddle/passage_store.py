@@ -14,8 +14,12 @@ def main(argv=None) -> None:
     p.add_argument("ctx_file")
     p.add_argument("--output", required=True, help="the SQLite file (e.g. beside the shards: emb/passages.sqlite)")
     args = p.parse_args(argv)
-    run_main(lambda: print(f"{passage_store.PassageStore.open_or_build(args.ctx_file, args.output).path}"),
-             needs_paddle=False)
+    def body():
+        store = passage_store.PassageStore.open_or_build(args.ctx_file, args.output)
+        store.verify(args.ctx_file)  # every page and row read: a store damaged in its middle is refused
+        print(store.path)
+
+    run_main(body, needs_paddle=False)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def main(argv=None) -> None:
     args = parse(ReduceArgs, argv, description=__doc__)
 
     def body():
-        from .common.files import check_input_file, check_output_path
+        from .common.files import check_input_file, check_output_path, file_fingerprint
         from .data.readers import read_qa
         from .data.passages import iter_passage_chunks
         from .retrieval.run import load_questions, report
@@ -32,8 +32,9 @@ def main(argv=None) -> None:
                 check_output_path(path)
         scores, ids, meta = merge_parts(expand(args.topk_files))
         qa = read_qa(args.qa_file)
-        if len(qa) != meta["questions"]:
-            raise TopKFileError(f"{args.qa_file} has {len(qa)} questions; the parts searched {meta['questions']}")
+        if meta.get("qa") != file_fingerprint(args.qa_file)["sha1"]:
+            raise TopKFileError(f"{args.qa_file} is not the questions file the parts searched ({meta.get('qa_file')}, "
+                                f"{meta['questions']} questions): its content differs; pass that file")
         qa, qrels, keep = load_questions(args.qa_file, args.qrels, lambda: {i for c in iter_passage_chunks(
             args.ctx_file) for i in c[0]}, qa=qa)
         scores, ids = scores[keep], [ids[i] for i in keep]

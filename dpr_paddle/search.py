@@ -36,26 +36,39 @@ def format_hits(question: str, hits: List[Dict], answers: Sequence[str] = (), ch
     return "\n".join(lines)
 
 
+def stdin_lines():
+    """Standard input's lines as text; a line that is not UTF-8 is reported by number and skipped."""
+    for n, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            print(f"error: standard input line {n}: not UTF-8 text (byte {e.start + 1}); skipped", file=sys.stderr,
+                  flush=True)
+
+
 def main(argv=None) -> None:
     """CLI entry point."""
     from .cli import run_main
-    from .flags import AskArgs, build_parser, load_retriever
+    from .common.errors import DprError
+    from .flags import AskArgs, load_retriever, parse
 
-    parser = build_parser(AskArgs, __doc__)
-    parser.set_defaults(n_docs=DEFAULT_K)
-    args = AskArgs(**vars(parser.parse_args(argv)))
+    args = parse(AskArgs, argv, __doc__, defaults={"n_docs": DEFAULT_K})
 
     def body():
         retriever = load_retriever(args)
         questions = args.questions or None
         interactive = questions is None and sys.stdin.isatty()
         if questions is None:
-            questions = iter(lambda: input("question> ") if interactive else sys.stdin.readline(), "")
+            questions = iter(lambda: input("question> "), "") if interactive else stdin_lines()
         for q in questions:
             q = q.strip()
             if not q:
                 continue
-            hits = retriever.search([q], k=args.n_docs)[0]
+            try:
+                hits = retriever.search([q], k=args.n_docs)[0]
+            except DprError as e:  # one bad question is reported; the next ones are still answered
+                print(f"error: {e}", file=sys.stderr, flush=True)
+                continue
             print(format_hits(q, hits, args.answers or (), args.snippet_chars), flush=True)
             print(flush=True)
 

@@ -9,7 +9,9 @@ import json
 import os
 import shutil
 import tempfile
-from typing import IO, Iterator
+from typing import IO, Iterator, Optional
+
+from .errors import DprError
 
 
 def _umask() -> int:
@@ -94,9 +96,12 @@ def write_text_atomic(path: str, text: str) -> None:
 
 
 def file_fingerprint(path: str, span: int = 1 << 16) -> dict:
-    """Identify a (possibly huge) file cheaply: absolute path, size, and a SHA-1 of its first and
-    last `span` bytes. Derived files (a BM25 index, a passage store) record it to refuse a
-    different corpus; a copy of the same corpus elsewhere matches on size and hash."""
+    """Identify a (possibly huge) file: absolute path, size, a SHA-1 of its first and last `span` bytes
+    (`sha1_ends`, cheap, for naming cache directories) and a SHA-1 of all of it (`sha1`, so that an
+    edit anywhere is caught). The full digest is computed once per file version and cached by (path,
+    size, mtime, inode): ~0.5 s per GB here, about 7 s for DPR's 13 GB psgs_w100.tsv (docs/benchmarks.md
+    section 9); later opens cost a stat. Derived files (a BM25 index, a passage store, shards) record
+    it to refuse another corpus (`same_file`); a copy of the same corpus elsewhere matches."""
     import hashlib
 
     size = os.path.getsize(path)
@@ -106,14 +111,48 @@ def file_fingerprint(path: str, span: int = 1 << 16) -> dict:
         if size > span:
             f.seek(max(size - span, span))
             h.update(f.read(span))
-    return {"path": os.path.abspath(path), "size": size, "sha1_ends": h.hexdigest()}
+    return {"path": os.path.abspath(path), "size": size, "sha1_ends": h.hexdigest(), "sha1": content_sha1(path)}
+
+
+def content_sha1(path: str, block: int = 1 << 22) -> str:
+    """SHA-1 of the whole file, cached under the cache root by (absolute path, size, mtime, inode)."""
+    import hashlib
+
+    st = os.stat(path)
+    key = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    cache = os.path.join(cache_root(), "digests", key + ".json")
+    try:
+        with open(cache, encoding="utf-8") as f:
+            saved = json.load(f)
+        if saved.get("stamp") == stamp and isinstance(saved.get("sha1"), str):
+            return saved["sha1"]
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            h.update(chunk)
+    try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        write_json_atomic(cache, {"path": os.path.abspath(path), "stamp": stamp, "sha1": h.hexdigest()})
+    except OSError:  # a read-only cache costs a re-hash next time, nothing else
+        pass
+    return h.hexdigest()
+
+
+def same_file(recorded: Optional[dict], path: str) -> bool:
+    """Whether `path` holds what the fingerprint `recorded` (an earlier file_fingerprint) describes:
+    same size and same full digest (a fingerprint from before full digests never matches)."""
+    if not isinstance(recorded, dict):
+        return False
+    now = file_fingerprint(path)
+    return recorded.get("size") == now["size"] and recorded.get("sha1") == now["sha1"]
 
 
 def check_output_path(path: str, what: str = "output") -> None:
     """Fail now, in one line, if `path` could not be written later (its directory is missing and
     cannot be made, is read-only, or sits under a regular file); nothing is left behind."""
-    from .errors import DprError
-
     directory = os.path.dirname(os.path.abspath(path)) or "."
     try:
         os.makedirs(directory, exist_ok=True)
@@ -127,7 +166,31 @@ def check_output_path(path: str, what: str = "output") -> None:
 
 def check_input_file(path: str, what: str = "input") -> None:
     """Fail now, in one line, if an input file is missing."""
-    from .errors import DprError
-
     if not os.path.isfile(path):
         raise DprError(f"{path}: no such {what} file")
+
+
+class ArtefactError(DprError, RuntimeError):
+    """A file dpr_paddle wrote earlier (shard, graph, store, index, checkpoint) is damaged or foreign."""
+
+
+# what a damaged file raises from the libraries that read them back (numpy, json, zipfile, sqlite3,
+# hnswlib, bm25s, paddle): each is turned into one line naming the file and what to do
+_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, RuntimeError, AttributeError,
+                SyntaxError, ArithmeticError, MemoryError)  # numpy parses a .npy header as a Python literal
+
+
+@contextlib.contextmanager
+def reading(path: str, what: str, fix: str) -> Iterator[None]:
+    """Read an artefact: any failure becomes one ArtefactError naming `path`, `what` it is and the `fix`."""
+    import sqlite3
+    import tokenize
+    import zipfile
+
+    try:
+        yield
+    except DprError:
+        raise
+    except (*_READ_ERRORS, zipfile.BadZipFile, sqlite3.DatabaseError, tokenize.TokenError) as e:
+        detail = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ArtefactError(f"{path}: damaged or unreadable {what} ({type(e).__name__}: {detail}); {fix}") from None

@@ -3,9 +3,58 @@ help live in the module that owns them and the commands (flags.py) make argparse
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Sequence
+from typing import Optional, Sequence
+
+from .errors import DprError
 
 
 def option(default, help: str, aliases: Sequence[str] = (), **kw):
     """A dataclass field with `help`, extra flag spellings (`aliases`) and argparse keywords in its metadata."""
     return field(default=default, metadata={"help": help, "aliases": tuple(aliases), **kw})
+
+
+# Every number a user types (a flag, an API argument, an HTTP field) is checked against this table: an int
+# is >= 0 and a float finite and >= 0 unless it says otherwise ((low, high); "gt" makes the low bound strict).
+BOUNDS = {
+    "n_docs": (1, None), "batch_size": (1, None), "dev_batch_size": (1, None), "num_shards": (1, None),
+    "read_chunk": (1, None), "hnsw_m": (2, 4096), "ef_construction": (1, None), "hybrid_depth": (1, None),
+    "milvus_nprobe": (1, None), "validation_workers": (1, 1024), "snippet_chars": (1, None), "port": (0, 65535),
+    "max_k": (1, None), "max_queries": (1, None), "max_batch": (1, None), "num_negatives": (1, None),
+    "keep_last": (1, None), "max_query_length": (4, None), "max_passage_length": (4, None),
+    "learning_rate": ("gt", 0), "adam_epsilon": ("gt", 0), "dropout": (0, 0.999), "hybrid_alpha": (0, 1e6),
+    "temperature": (0, 1e6), "alpha": (0, 1e6), "depth": (1, None), "k": (1, None),
+}
+
+
+def number_problem(name: str, value) -> Optional[str]:
+    """What is wrong with `value` for the numeric flag or field `name`, or None."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    low, high = BOUNDS.get(name, (0, None))
+    kind = "an integer" if isinstance(value, int) else "a number"
+    if low == "gt":
+        if value <= high:
+            return f"must be {kind} > {high}"
+        return None
+    if value < low or (high is not None and value > high):
+        return f"must be {kind} >= {low}" + (f" and <= {high}" if high is not None else "")
+    return None
+
+
+class InvalidValue(DprError, ValueError):
+    """A number out of its bounds, or a value of the wrong kind, given to the API."""
+
+
+def check_numbers(obj, names=None) -> None:
+    """Raise InvalidValue for the first numeric field of the dataclass `obj` (or of `names`) out of bounds."""
+    import dataclasses
+
+    for name in names or [f.name for f in dataclasses.fields(obj)]:
+        value = getattr(obj, name)
+        problem = number_problem(name, value)
+        if problem:
+            raise InvalidValue(f"{name} {value!r}: {problem}")

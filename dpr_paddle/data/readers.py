@@ -184,6 +184,14 @@ def read_biencoder_records(path: str) -> List[BiEncoderRecord]:
                 records.append(_parse_record(obj, path, f"record {i}"))
     if not records:
         raise DataFormatError(path, "line 1", "no records")
+    empty = 0
+    for r in records:  # a passage without text would train the model to match nothing
+        for key in ("positives", "negatives", "hard_negatives"):
+            passages = getattr(r, key)
+            setattr(r, key, [p for p in passages if p.text.strip()])
+            empty += len(passages) - len(getattr(r, key))
+    if empty:
+        logger.warning("%s: %d passages (positive or negative) have an empty text; they are left out", path, empty)
     kept = [r for r in records if r.positives]
     skipped = len(records) - len(kept)
     if skipped:

@@ -23,6 +23,7 @@ import numpy as np
 import paddle
 
 from ..common.files import atomic_dir, cache_root
+from ..common.options import check_numbers
 from ..common.runtime import cpu_threads
 from ..modeling.builder import build_biencoder, encoder_recipe, model_fingerprint, resolve_encoder_paths
 from ..modeling.model import CONTEXT, QUESTION
@@ -128,6 +129,9 @@ class TowerSpec:
     similarity: str = "auto"
     fp16: bool = False
     backend: str = "auto"
+
+    def __post_init__(self):
+        check_numbers(self, ("projection_dim", "max_query_length", "max_passage_length"))
 
 
 def _build_tower(tower: str, spec: TowerSpec):

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data.passages import count_passages, iter_passage_chunks
 from ..data.readers import Passage
-from ..index.shards import FORMAT, assemble_shard, check_same_job, read_meta, shard_path, shard_range
+from ..index.shards import FORMAT, EmbeddingError, assemble_shard, check_same_job, read_meta, shard_path, shard_range
 from ..common.files import atomic_path, file_fingerprint
 from ..common.jobs import open_job_dir
 
@@ -80,6 +80,11 @@ def encode_passages(encode_fn, tensorizer, passages: List[Passage], batch_size: 
     for i in range(0, len(order), batch_size):
         rows = order[i : i + batch_size]
         reps = encode_fn(tensorizer.pad([encoded[r] for r in rows]))  # [b, D]
+        if not np.isfinite(reps).all():
+            bad = rows[int(np.flatnonzero(~np.isfinite(reps).all(axis=1))[0])]
+            raise EmbeddingError(f"the encoder gives non-finite values (NaN or inf) for passage "
+                                 f"{passages[int(bad)].id!r}: the model is broken (a training run that diverged?); "
+                                 "nothing of this block was written")
         if out is None:
             out = np.empty((len(passages), reps.shape[1]), dtype=np.float32)
         out[rows] = reps
@@ -117,26 +122,28 @@ def generate_shard(encode_fn, tensorizer, ctx_file: str, out_file: str, shard_id
 
         prefetch = "gpu" in paddle.device.get_device()
     bar = tqdm(total=end - start, desc=f"shard {shard_id}", unit="psg", dynamic_ncols=True)
-    t0, encoded = time.perf_counter(), 0
-    blocks = prefetch_tokenized(tensorizer, iter_range(ctx_file, start, end, block),
-                                skip=lambda b: f"block_{b:06d}" in done, background=prefetch)
-    for b, passages, ids in blocks:
-        name = f"block_{b:06d}"
-        if name in done:
-            bar.update(len(passages))
-            continue
-        vecs = encode_passages(encode_fn, tensorizer, passages, batch_size, sort_by_length, progress=bar.update,
-                               encoded=ids)
-        vecs = vecs.astype(dtype)
-        with atomic_path(os.path.join(partial, name + ".ids")) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write("".join(p.id + "\n" for p in passages))
-        with atomic_path(os.path.join(partial, name + ".npy")) as tmp:  # the .npy marks the block done
-            with open(tmp, "wb") as f:
-                np.save(f, vecs)
-        encoded += len(passages)
-        bar.set_postfix(psg_per_s=f"{encoded / (time.perf_counter() - t0):.1f}")
-    bar.close()
+    try:  # the bar is closed before an error's line is printed, not after it
+        t0, encoded = time.perf_counter(), 0
+        blocks = prefetch_tokenized(tensorizer, iter_range(ctx_file, start, end, block),
+                                    skip=lambda b: f"block_{b:06d}" in done, background=prefetch)
+        for b, passages, ids in blocks:
+            name = f"block_{b:06d}"
+            if name in done:
+                bar.update(len(passages))
+                continue
+            vecs = encode_passages(encode_fn, tensorizer, passages, batch_size, sort_by_length, progress=bar.update,
+                                   encoded=ids)
+            vecs = vecs.astype(dtype)
+            with atomic_path(os.path.join(partial, name + ".ids")) as tmp:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.write("".join(p.id + "\n" for p in passages))
+            with atomic_path(os.path.join(partial, name + ".npy")) as tmp:  # the .npy marks the block done
+                with open(tmp, "wb") as f:
+                    np.save(f, vecs)
+            encoded += len(passages)
+            bar.set_postfix(psg_per_s=f"{encoded / (time.perf_counter() - t0):.1f}")
+    finally:
+        bar.close()
 
     count, dim = assemble_shard(partial, final, {k: v for k, v in job.items() if k != "block"}, end - start)
     shutil.rmtree(partial, ignore_errors=True)

@@ -18,6 +18,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..common.errors import DprError
+from ..common.options import check_numbers
 from .hnsw import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from .exact import ExactIndex
 from .shards import load_shards
@@ -51,6 +52,11 @@ class IndexSpec:
     force: bool = False
     resident: Optional[bool] = None  # hnsw_per_shard: keep every graph loaded (None: when they fit easily)
     ef_search: int = 0  # hnsw ef at query time (0: `default_ef`)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise DprError(f"--index {self.kind}: one of {', '.join(KINDS)}")
+        check_numbers(self, ("hnsw_m", "ef_construction", "milvus_nlist", "milvus_nprobe", "milvus_pq_m", "ef_search"))
 
 
 # --------------------------------------------------------------------------- memory

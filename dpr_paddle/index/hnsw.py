@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from ..common.files import atomic_path, write_json_atomic
+from ..common.files import ArtefactError, atomic_path, reading, write_json_atomic
 from .exact import ExactIndex, merge_topk
 from .shards import meta_digest
 
@@ -120,17 +120,38 @@ class HNSWIndex:
         meta_file = path + ".json"
         if not (os.path.isfile(path) and os.path.isfile(meta_file)):
             return False
-        with open(meta_file, encoding="utf-8") as f:
+        fix = f"delete {path} and {meta_file} to rebuild the graph"
+        with reading(meta_file, "hnsw graph sidecar", fix), open(meta_file, encoding="utf-8") as f:
             meta = json.load(f)
+            meta["dim"], meta["count"], meta["phi"]  # noqa: B018 - a KeyError here is a damaged file
         if {k: meta.get(k) for k in self._identity()} != self._identity():
             logger.warning("%s was built from other shards or parameters; rebuilding it", path)
             return False
         self.space = meta.get("resolved_space") or self.requested_space
-        index = self._hnswlib_index(meta["dim"])
-        index.load_index(path, max_elements=meta["count"])
+        if self.space not in ("ip", "l2") or not isinstance(meta["phi"], (int, float, type(None))):
+            raise ArtefactError(f"{meta_file}: damaged hnsw graph sidecar (space {self.space!r}); {fix}")
+        with reading(path, "hnsw graph", fix):
+            index = self._hnswlib_index(meta["dim"])
+            index.load_index(path, max_elements=meta["count"])
         self.index, self.phi = index, meta["phi"]
+        self._check_holds_these_vectors(path, fix)
         logger.info("loaded hnsw index %s (%d vectors)", path, meta["count"])
         return True
+
+    def _check_holds_these_vectors(self, path: str, fix: str, samples: int = 16) -> None:
+        """The sidecar says which shards the graph was built from; the graph file itself must agree:
+        its count, and the stored vectors of a few spread-out rows (a .bin of other shards of the same
+        dimension would otherwise load and return nonsense)."""
+        n = int(self.exact.offsets[-1])
+        if self.index.get_current_count() != n:
+            raise ArtefactError(f"{path}: the graph holds {self.index.get_current_count()} vectors, the shards {n}; {fix}")
+        rows = np.unique(np.linspace(0, n - 1, num=min(samples, n)).astype(np.int64))
+        with reading(path, "hnsw graph", fix):
+            stored = np.asarray(self.index.get_items(rows), dtype=np.float32)  # [s, dim(+1)]
+        want = self._augment(np.asarray(self.exact.vectors_of(rows[None, :])[0], dtype=np.float32), self.phi)
+        if stored.shape != want.shape or not np.allclose(stored, want, rtol=1e-4, atol=1e-5):
+            raise ArtefactError(f"{path}: the graph's vectors are not these shards' (rows {rows[:3].tolist()}...): it "
+                                f"was built from other shards or was damaged; {fix}")
 
     def _hnswlib_index(self, dim: int):
         """An empty hnswlib index for vectors of `dim` in the resolved space ("l2" adds a coordinate)."""

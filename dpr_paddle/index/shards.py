@@ -5,7 +5,7 @@ of all shards is the corpus with nothing dropped or repeated. Shard k of OUT_FIL
 directory `OUT_FILE_k/` (the `_k` suffix is `shard_path`):
 
     vectors.npy   [n, D] float32 (or float16), a plain .npy: np.load(..., mmap_mode="r") maps it
-    ids.txt       the n passage ids, one per line, in corpus order
+    ids.txt       the n passage ids, one per line, in corpus order (ids.sha1: its SHA-1)
     meta.json     {format, model, model_fingerprint, pooling, similarity, max_length, dim, count,
                    dtype, shard_id, num_shards, start, end, ctx_file, corpus}
 
@@ -21,14 +21,13 @@ import json
 import math
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
 
 from ..common.errors import DprError
-from ..common.files import atomic_dir, write_json_atomic
+from ..common.files import ArtefactError, atomic_dir, reading, write_json_atomic
 
 FORMAT = "dpr_paddle.embeddings/1"
 
@@ -76,12 +75,47 @@ def meta_digest(meta: dict) -> str:
 
 
 def read_meta(path: str) -> Optional[dict]:
-    """meta.json of a complete shard directory, or None."""
+    """meta.json of a complete shard directory, or None; a damaged one is one line."""
     f = os.path.join(path, "meta.json")
     if not os.path.isfile(f):
         return None
-    with open(f, encoding="utf-8") as fh:
-        return json.load(fh)
+    with reading(f, "shard metadata", REENCODE), open(f, encoding="utf-8") as fh:
+        meta = json.load(fh)
+        for key in ("dim", "count", "shard_id", "num_shards"):
+            meta[key]  # noqa: B018 - a KeyError here is a damaged file
+    return meta
+
+
+REENCODE = "re-encode the shard (generate_dense_embedding.py --overwrite)"
+
+
+def read_ids(path: str) -> List[str]:
+    """The shard's ids.txt, checked against the SHA-1 written beside it (ids.sha1; shards written since it is)."""
+    f = os.path.join(path, "ids.txt")
+    with reading(f, "shard ids", REENCODE), open(f, "rb") as fh:
+        raw = fh.read()
+        ids = raw.decode("utf-8").splitlines()
+        digest_file = os.path.join(path, IDS_DIGEST)
+        want = open(digest_file, encoding="ascii").read().strip() if os.path.isfile(digest_file) else None
+    if want is not None and hashlib.sha1(raw).hexdigest() != want:
+        raise ArtefactError(f"{f}: its content is not what the shard was written with (its SHA-1 differs from "
+                            f"{IDS_DIGEST}); {REENCODE}")
+    return ids
+
+
+IDS_DIGEST = "ids.sha1"
+
+
+def open_vectors(path: str, meta: dict) -> np.ndarray:
+    """The shard's vectors.npy, memory-mapped and checked against its meta.json (rows, dim, dtype)."""
+    f = os.path.join(path, "vectors.npy")
+    with reading(f, "shard vectors", REENCODE):
+        vectors = np.load(f, mmap_mode="r", allow_pickle=False)
+    dtype = meta.get("dtype", str(vectors.dtype))
+    if vectors.ndim != 2 or vectors.shape != (meta["count"], meta["dim"]) or str(vectors.dtype) != dtype:
+        raise ArtefactError(f"{f}: {vectors.dtype} {vectors.shape} does not match its meta.json ({dtype}, "
+                            f"{meta['count']} x {meta['dim']}); {REENCODE}")
+    return vectors
 
 
 @dataclass
@@ -124,11 +158,11 @@ def load_shards(pattern: str, partial: bool = False) -> List[Shard]:
         meta = read_meta(p)
         if meta is None:
             raise EmbeddingError(f"{p}: incomplete shard (no meta.json); re-run generate_dense_embedding.py")
-        vectors = np.load(os.path.join(p, "vectors.npy"), mmap_mode="r")
-        with open(os.path.join(p, "ids.txt"), encoding="utf-8") as f:
-            ids = f.read().splitlines()
+        vectors = open_vectors(p, meta)
+        ids = read_ids(p)
         if vectors.shape[0] != len(ids) or len(ids) != meta["count"]:
-            raise EmbeddingError(f"{p}: {vectors.shape[0]} vectors, {len(ids)} ids, meta count {meta['count']}")
+            raise EmbeddingError(f"{p}: {vectors.shape[0]} vectors, {len(ids)} ids, meta count {meta['count']}; "
+                                 f"{REENCODE}")
         shards.append(Shard(p, meta, vectors, ids))
     first = shards[0].meta
     for s in shards[1:]:
@@ -163,9 +197,14 @@ def assemble_shard(partial: str, final: str, meta: dict, expected: int) -> Tuple
             row += m.shape[0]
         out.flush()
         del out
-        with open(os.path.join(tmp, "ids.txt"), "w", encoding="utf-8") as f:
+        digest = hashlib.sha1()
+        with open(os.path.join(tmp, "ids.txt"), "wb") as f:
             for b in blocks:
-                with open(os.path.join(partial, b + ".ids"), encoding="utf-8") as g:
-                    shutil.copyfileobj(g, f)
+                with open(os.path.join(partial, b + ".ids"), "rb") as g:
+                    data = g.read()
+                digest.update(data)
+                f.write(data)
+        with open(os.path.join(tmp, IDS_DIGEST), "w", encoding="ascii") as f:
+            f.write(digest.hexdigest() + "\n")
         write_json_atomic(os.path.join(tmp, "meta.json"), {**meta, "dim": dim, "count": count})
     return count, dim

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..common.errors import DprError
-from ..common.files import write_json_atomic
+from ..common.files import reading, write_json_atomic
 from .model import CONTEXT, QUESTION, BiEncoder
 from .pooling import native_recipe, resolve_recipe
 from .pretrained import load_encoder, resolve_model
@@ -55,8 +55,11 @@ def read_model_config(path: str) -> Optional[dict]:
     """dpr_config.json of a checkpoint or encoder dir, if there is one."""
     f = os.path.join(path, DPR_CONFIG)
     if os.path.isfile(f):
-        with open(f, encoding="utf-8") as fh:
-            return json.load(fh)
+        with reading(f, "model config", "restore it from the checkpoint it came from"), open(f, encoding="utf-8") as fh:
+            cfg = json.load(fh)
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"{f}: not a model config (a JSON object); restore it from its checkpoint")
+        return cfg
     return None
 
 

@@ -15,10 +15,13 @@ mean pooling, then Normalize, i.e. cosine), else DPR's cls + dot for plain BERT/
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Optional
 
 from ..common.errors import DprError
+
+logger = logging.getLogger(__name__)
 
 POOLINGS = ("cls", "mean", "pooler")
 SIMILARITIES = ("dot", "cosine")
@@ -85,7 +88,15 @@ def native_recipe(model_dir: Optional[str]) -> dict:
         found = sentence_transformers_recipe(model_dir)
         if found:
             return found
+        if model_dir not in _UNKNOWN_LOGGED:
+            _UNKNOWN_LOGGED.add(model_dir)
+            logger.info("%s carries no recipe (no %s, dpr_config.json or sentence-transformers modules.json): auto "
+                        "takes DPR's cls pooling and dot product; pass --pooling/--similarity if it was trained "
+                        "otherwise", model_dir, RECIPE_FILE)
     return dict(DPR_RECIPE)
+
+
+_UNKNOWN_LOGGED: set = set()
 
 
 def resolve_recipe(pooling: str, similarity: str, temperature: float, native: dict) -> dict:

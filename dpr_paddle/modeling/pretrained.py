@@ -26,7 +26,7 @@ from typing import Iterable, List, Optional, Tuple
 
 from ..common.errors import DprError
 from ..common.files import atomic_dir, cache_root, write_json_atomic, write_text_atomic
-from .pooling import RECIPE_FILE, sentence_transformers_recipe
+from .pooling import RECIPE_FILE, native_recipe, sentence_transformers_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,9 @@ def load_encoder(name_or_path: str) -> Tuple[object, object]:
 def export(name_or_path: str, output_dir: str) -> str:
     """Write a ready PaddleNLP model + tokenizer directory for `name_or_path` to `output_dir`."""
     model, tokenizer = load_encoder(name_or_path)
+    recipe = native_recipe(resolve_model(name_or_path))  # what it was trained with travels with it
     with atomic_dir(output_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_json_atomic(os.path.join(tmp, RECIPE_FILE), {**recipe, "source": f"exported from {name_or_path}"})
     return output_dir

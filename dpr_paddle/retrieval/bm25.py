@@ -27,7 +27,7 @@ import numpy as np
 from ..data.passages import iter_passage_chunks
 from . import analyzers
 from ..common.errors import DprError
-from ..common.files import atomic_dir, file_fingerprint, write_json_atomic
+from ..common.files import atomic_dir, file_fingerprint, reading, same_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -112,21 +112,24 @@ class BM25Index:
         meta_file = os.path.join(path, "meta.json")
         if not os.path.isfile(meta_file):
             raise BM25Error(f"{path}: not a BM25 index (no meta.json); build it with dense_retriever.py --bm25")
-        with open(meta_file, encoding="utf-8") as f:
+        fix = f"delete {path} to rebuild it"
+        with reading(meta_file, "BM25 index metadata", fix), open(meta_file, encoding="utf-8") as f:
             meta = json.load(f)
-        if ctx_file is not None:
-            have, want = meta.get("corpus", {}), file_fingerprint(ctx_file)
-            if have != want:
-                raise BM25Error(f"{path}: this BM25 index was built from {have.get('path')} "
-                                f"({have.get('size')} bytes), not from {want['path']} ({want['size']} bytes); "
-                                "pass another --bm25_index or delete it to rebuild")
+            meta["count"], meta["params"]  # noqa: B018 - a KeyError here is a damaged file
+        if ctx_file is not None and not same_file(meta.get("corpus"), ctx_file):
+            have, want = meta.get("corpus") or {}, file_fingerprint(ctx_file)
+            raise BM25Error(f"{path}: this BM25 index was built from {have.get('path')} ({have.get('size')} bytes, "
+                            f"sha1 {str(have.get('sha1'))[:12]}), not from what {want['path']} holds now "
+                            f"({want['size']} bytes, sha1 {want['sha1'][:12]}); pass another --bm25_index or delete "
+                            "it to rebuild")
         built_with = meta.get("params", {}).get("analyzer", "en")
         if analyzer is not None and built_with != analyzer:
             raise BM25Error(f"{path}: this BM25 index was built with the {built_with} analyzer, not {analyzer}; pass "
                             f"--bm25_analyzer {built_with}, or another --bm25_index, or delete it to rebuild")
-        retriever = bm25s.BM25.load(path, mmap=True, show_progress=False, verbosity=0)
-        with open(os.path.join(path, "ids.txt"), encoding="utf-8") as f:
-            ids = f.read().splitlines()
+        with reading(path, "BM25 index", fix):
+            retriever = bm25s.BM25.load(path, mmap=True, show_progress=False, verbosity=0)
+            with open(os.path.join(path, "ids.txt"), encoding="utf-8") as f:
+                ids = f.read().splitlines()
         if len(ids) != meta["count"]:
             raise BM25Error(f"{path}: {len(ids)} ids for {meta['count']} passages; delete it to rebuild")
         return cls(retriever, ids, meta)

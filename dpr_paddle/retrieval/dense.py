@@ -96,6 +96,9 @@ class DenseSearcher:
         with self._lock:
             q = encode_questions(self.encode_fn, self.tensorizer, list(questions), self.batch_size, progress)
         check_dim(q, self.index.shards)
+        if not np.isfinite(q).all():
+            raise EmbeddingError(f"the question encoder {self.info.get('model')} gives non-finite vectors (NaN or inf): "
+                                 "the model is broken (a training run that diverged?)")
         return q
 
     def search(self, questions: Sequence[str], k: int, n_docs: Optional[int] = None,
@@ -106,6 +109,9 @@ class DenseSearcher:
         q = self.encode(questions, progress=trace is not None)
         t1 = time.perf_counter()
         scores, rows = self.index.search(q, k, n_docs)
+        if not np.isfinite(scores).all():
+            raise EmbeddingError(f"{self.index.shards[0].path}: the shards hold non-finite vectors (NaN or inf), so "
+                                 "scores are too; re-encode them with a working model")
         if trace is not None:
             trace.setdefault("seconds", {}).update(encode_questions=round(t1 - t0, 3),
                                                     search=round(time.perf_counter() - t1, 3))

@@ -19,7 +19,7 @@ from typing import Dict, Iterable, Optional, Tuple
 from ..data.passages import iter_passage_chunks
 from ..index.shards import EmbeddingError, shard_paths
 from ..common.errors import DprError
-from ..common.files import file_fingerprint
+from ..common.files import file_fingerprint, reading, same_file
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ class PassageStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         conn.execute("CREATE TABLE IF NOT EXISTS passages (id TEXT PRIMARY KEY, row INTEGER, title TEXT, text TEXT)")
-        meta = cls._meta(conn)
-        if meta and meta.get("corpus") != corpus:
+        with reading(path, "passage store", f"delete {path} to rebuild it"):
+            meta = cls._meta(conn)
+        if meta and not same_file(meta.get("corpus"), ctx_file):
             conn.close()
             raise PassageStoreError(f"{path}: a passage store of {meta.get('corpus', {}).get('path')}, not of "
                                     f"{ctx_file}; delete it or pass another path")
@@ -105,18 +106,20 @@ class PassageStore:
 
     @classmethod
     def open(cls, path: str, ctx_file: Optional[str] = None) -> "PassageStore":
-        """Open a complete store; with `ctx_file`, refuse one that was built from another corpus."""
+        """Open a complete store; with `ctx_file`, refuse one that was built from another corpus (or
+        another version of it)."""
         if not os.path.isfile(path):
             raise PassageStoreError(f"{path}: no passage store; build it with python -m dpr_paddle.passage_store")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        meta = cls._meta(conn)
+        with reading(path, "passage store", f"delete {path} to rebuild it"):
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            meta = cls._meta(conn)
         if "count" not in meta:
             conn.close()
             raise PassageStoreError(f"{path}: incomplete passage store; re-run its build to finish it")
-        if ctx_file is not None and meta["corpus"] != file_fingerprint(ctx_file):
+        if ctx_file is not None and not same_file(meta.get("corpus"), ctx_file):
             conn.close()
             raise PassageStoreError(f"{path}: built from {meta['corpus']['path']} ({meta['corpus']['size']} bytes), "
-                                    f"not from {ctx_file}; delete it to rebuild")
+                                    f"not from what {ctx_file} holds now; delete it to rebuild")
         return cls(path, conn, meta)
 
     @classmethod
@@ -124,12 +127,36 @@ class PassageStore:
         """Whether `path` is a finished store (an interrupted build has no row count yet)."""
         if not os.path.isfile(path):
             return False
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            has_meta = conn.execute("SELECT name FROM sqlite_master WHERE name = 'meta'").fetchone()
-            return bool(has_meta) and "count" in cls._meta(conn)
-        finally:
-            conn.close()
+        with reading(path, "passage store", f"delete {path} to rebuild it"):
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                has_meta = conn.execute("SELECT name FROM sqlite_master WHERE name = 'meta'").fetchone()
+                return bool(has_meta) and "count" in cls._meta(conn)
+            finally:
+                conn.close()
+
+    def verify(self, ctx_file: str) -> None:
+        """Read every page (SQLite's integrity check) and compare every row with `ctx_file`: a store
+        damaged anywhere, even inside a text, is one line. It reads both whole files (about as long as
+        a build): the command runs it, searches do not."""
+        fix = f"delete {self.path} to rebuild it"
+        with reading(self.path, "passage store", fix):
+            problems = [r[0] for r in self.conn.execute("PRAGMA integrity_check(5)")]
+            if problems != ["ok"]:
+                raise PassageStoreError(f"{self.path}: damaged passage store ({' '.join('; '.join(problems).split())[:200]}); "
+                                        f"{fix}")
+            stored = self.conn.execute("SELECT id, text, title FROM passages ORDER BY rowid")
+            row = 0
+            for ids, texts, titles in iter_passage_chunks(ctx_file, 50_000):
+                got = stored.fetchmany(len(ids))
+                want = list(zip(ids, texts, titles))
+                if got != want:
+                    bad = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+                    raise PassageStoreError(f"{self.path}: passage {row + bad} (line {row + bad + 2} of {ctx_file}) "
+                                            f"differs from the corpus: the passage store is damaged; {fix}")
+                row += len(ids)
+            if stored.fetchone() is not None or row != len(self):
+                raise PassageStoreError(f"{self.path}: more passages than {ctx_file} holds; {fix}")
 
     @classmethod
     def open_or_build(cls, ctx_file: str, path: str) -> "PassageStore":
@@ -143,7 +170,8 @@ class PassageStore:
         for i in range(0, len(ids), 900):  # SQLite's default limit on bound parameters is 999
             part = ids[i : i + 900]
             q = f"SELECT id, text, title FROM passages WHERE id IN ({','.join('?' * len(part))})"
-            out.update({pid: (text, title) for pid, text, title in self.conn.execute(q, part)})
+            with reading(self.path, "passage store", f"delete {self.path} to rebuild it"):
+                out.update({pid: (text, title) for pid, text, title in self.conn.execute(q, part)})
         return out
 
 

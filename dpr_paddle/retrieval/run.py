@@ -166,7 +166,7 @@ def search_some_shards(dense, qa_file: str, n_docs: int, shards: str, topk_out: 
     metas = [read_meta(p) for p in shard_paths(shards)]  # checked when the shards were loaded
     meta = {"model_fingerprint": metas[0].get("model_fingerprint"), "num_shards": metas[0]["num_shards"],
             "shard_ids": sorted(m["shard_id"] for m in metas), "qa_file": os.path.abspath(qa_file),
-            "qa": file_fingerprint(qa_file)["sha1_ends"], "questions": len(questions), "k": n_docs,
+            "qa": file_fingerprint(qa_file)["sha1"], "questions": len(questions), "k": n_docs,
             "index": metrics.get("index"), "passages": metrics["passages"]}
     write_topk(topk_out, scores, ids, meta)
     logger.info("wrote the top %d of shard(s) %s for %d questions to %s; merge a full set with python -m "

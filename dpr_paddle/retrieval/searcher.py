@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..common.options import InvalidValue, check_numbers
 from .fusion import fuse
 
 MODES = ("dense", "bm25", "hybrid")
@@ -37,6 +38,15 @@ class SearchSpec:
     bm25_index: Optional[str] = None
     bm25_analyzer: str = "auto"
 
+    def __post_init__(self):
+        from .analyzers import check_name
+        from .fusion import FUSIONS
+
+        if self.mode not in MODES or self.fusion not in FUSIONS:
+            raise InvalidValue(f"mode {self.mode!r} / fusion {self.fusion!r}: one of {MODES} / {FUSIONS}")
+        check_name(self.bm25_analyzer)
+        check_numbers(self, ("alpha", "depth"))
+
     def describe(self) -> dict:
         """What a metrics file records about the fusion."""
         return {"method": self.fusion, "depth": self.depth,
@@ -47,8 +57,6 @@ class Searcher:
     """A dense searcher and/or a BM25 index, searched and fused as `spec` says."""
 
     def __init__(self, spec: SearchSpec, dense=None, bm25=None):
-        if spec.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {spec.mode!r}")
         self.spec, self.dense, self.bm25 = spec, dense, bm25
 
     @classmethod

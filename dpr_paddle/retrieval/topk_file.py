@@ -15,7 +15,7 @@ from typing import List, Tuple
 import numpy as np
 
 from ..common.errors import DprError
-from ..common.files import atomic_path
+from ..common.files import atomic_path, reading
 from ..index.exact import merge_topk
 
 FORMAT = "dpr_paddle.topk/1"
@@ -37,13 +37,13 @@ def read_topk(path: str) -> Tuple[np.ndarray, np.ndarray, dict]:
     """(scores [n, k], ids [n, k], meta) of a file written by `write_topk`."""
     if not os.path.isfile(path):
         raise TopKFileError(f"{path}: no such top-k file")
-    try:
+    with reading(path, "top-k file", "re-run dense_retriever.py --topk_out for its shards"):
         with np.load(path, allow_pickle=False) as z:
             scores, ids, meta = z["scores"], z["ids"], json.loads(str(z["meta"]))
-    except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
-        raise TopKFileError(f"{path}: not a dpr_paddle top-k file ({type(e).__name__}: {e})") from None
-    if meta.get("format") != FORMAT or scores.shape != ids.shape:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or scores.shape != ids.shape or scores.ndim != 2:
         raise TopKFileError(f"{path}: not a {FORMAT} file")
+    if not np.isfinite(scores).all():
+        raise TopKFileError(f"{path}: holds non-finite scores; re-run dense_retriever.py --topk_out for its shards")
     return scores, ids, meta
 
 

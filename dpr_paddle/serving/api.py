@@ -15,11 +15,40 @@ import logging
 import os
 from typing import Dict, List, Optional, Sequence
 
+from ..common.options import InvalidValue, number_problem
 from ..index.factory import IndexSpec
 from ..index.hnsw import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from ..retrieval.searcher import MODES, Searcher, SearchSpec
 
 logger = logging.getLogger(__name__)
+
+
+def check_same_corpus(shards, store, passages: str, samples: int = 8) -> None:
+    """The shards must have been encoded from `passages`: a few ids of each (first, last, between) must be
+    in its passage store, or every search would fail later on missing texts."""
+    import numpy as np
+
+    wanted = [s.ids[int(i)] for s in shards for i in np.linspace(0, len(s.ids) - 1, num=min(samples, len(s.ids)))]
+    missing = sorted(set(wanted) - store.get(wanted).keys())
+    if missing:
+        raise InvalidValue(f"{shards[0].path}: passage ids such as {missing[:3]} are not in {passages}: the shards "
+                           "were encoded from another corpus; pass the passages file they were made from")
+
+
+def check_questions(questions) -> List[str]:
+    """`questions` as a list of strings, each valid Unicode text (no lone surrogates), or InvalidValue."""
+    if isinstance(questions, (str, bytes)):
+        raise InvalidValue("questions must be a list of strings, not one string (it would be searched character "
+                           "by character): pass [question]")
+    questions = list(questions)
+    for i, q in enumerate(questions):
+        if not isinstance(q, str):
+            raise InvalidValue(f"question {i} is a {type(q).__name__}, not a string")
+        try:
+            q.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidValue(f"question {i} is not valid Unicode text (a lone surrogate)") from None
+    return questions
 
 
 class Retriever:
@@ -95,6 +124,8 @@ class Retriever:
                      os.path.join(cache_root(), "passages", file_fingerprint(passages)["sha1_ends"][:16] + ".sqlite"))
             os.makedirs(os.path.dirname(store), exist_ok=True)
         passage_store = PassageStore.open_or_build(passages, store)
+        if searcher.dense is not None:
+            check_same_corpus(searcher.dense.index.shards, passage_store, passages)
         info["passages"] = len(passage_store)
         return cls(searcher, passage_store, info)
 
@@ -103,8 +134,12 @@ class Retriever:
         return self.searcher.dense.encode(questions)
 
     def search(self, questions: Sequence[str], k: int = 10) -> List[List[Dict]]:
-        """The top k passages for each question: [[{"id", "title", "text", "score"}, ...], ...], best first."""
-        questions = list(questions)
+        """The top k passages for each question: [[{"id", "title", "text", "score"}, ...], ...], best first.
+        `questions` is a list of strings (one string is refused: it would be searched character by
+        character); `k` an integer >= 1 (more than the corpus holds gives the whole corpus)."""
+        questions = check_questions(questions)
+        if isinstance(k, bool) or not isinstance(k, int) or number_problem("k", k):
+            raise InvalidValue(f"k {k!r}: must be an integer >= 1")
         if not questions:
             return []
         scores, ids = self.searcher.search(questions, k)

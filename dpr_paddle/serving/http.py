@@ -62,23 +62,32 @@ class MicroBatcher:
             questions = [q for queries, _, _ in batch for q in queries]
             try:
                 results = self.retriever.search(questions, k=batch[0][1])
-            except Exception as e:  # noqa: BLE001 - handed to every waiting request
-                for _, _, future in batch:
-                    future.set_exception(e)
+            except Exception:  # noqa: BLE001 - one request's fault must not fail the others batched with it
+                self._one_by_one(batch)
                 continue
             row = 0
             for queries, _, future in batch:
                 future.set_result(results[row : row + len(queries)])
                 row += len(queries)
 
+    def _one_by_one(self, batch):
+        """After a failed batch, each request searched alone: only the one that fails gets its error."""
+        for queries, k, future in batch:
+            try:
+                future.set_result(self.retriever.search(queries, k=k))
+            except Exception as e:  # noqa: BLE001 - handed to its own request
+                future.set_exception(e)
+
 
 def create_app(retriever, max_k: int = 1000, max_queries: int = 256, max_chars: int = 2000, max_batch: int = 32):
     """A FastAPI app around a loaded `api.Retriever`; concurrent requests are micro-batched."""
     from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, Field
 
     from ..common.errors import DprError
+    from .api import check_questions
 
     class SearchRequest(BaseModel, extra="forbid"):
         queries: List[str] = Field(..., min_length=1, max_length=max_queries)
@@ -86,6 +95,12 @@ def create_app(retriever, max_k: int = 1000, max_queries: int = 256, max_chars: 
 
     app = FastAPI(title="dpr_paddle retriever", version="1")
     batcher = MicroBatcher(retriever, max_batch)  # one search at a time, each as large a batch as waits
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        # FastAPI's own answer echoes the input: a 50 MB body back, or a NaN that JSON cannot carry (a 500)
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()[:10]]
+        return JSONResponse(status_code=422, content={"detail": errors})
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):  # never a traceback to the client
@@ -102,6 +117,10 @@ def create_app(retriever, max_k: int = 1000, max_queries: int = 256, max_chars: 
         if bad:
             return JSONResponse(status_code=422, content={
                 "detail": f"queries {bad[:10]} are empty or longer than {max_chars} characters"})
+        try:  # checked before it joins a batch: a lone surrogate would fail the requests batched with it
+            check_questions(req.queries)
+        except DprError as e:
+            return JSONResponse(status_code=422, content={"detail": str(e)})
         try:
             return {"results": batcher.search(req.queries, req.k)}
         except DprError as e:

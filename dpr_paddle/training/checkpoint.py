@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import paddle
 
-from ..common.files import atomic_dir, write_json_atomic
+from ..common.files import atomic_dir, reading, write_json_atomic
 from ..modeling.builder import DPR_CONFIG, TOWER_DIRS, CheckpointError, save_tower
 from ..modeling.model import BiEncoder
 
@@ -92,13 +92,16 @@ def load_trainer_state(path: str) -> dict:
     f = os.path.join(path, TRAINER_STATE)
     if not os.path.isfile(f):
         raise CheckpointError(f"{path}: not a complete checkpoint (no {TRAINER_STATE})")
-    with open(f, encoding="utf-8") as fh:
-        return json.load(fh)
+    with reading(f, "trainer state", "resume from another checkpoint"), open(f, encoding="utf-8") as fh:
+        state = json.load(fh)
+        state["global_step"], state["epoch"], state["batch_in_epoch"]  # noqa: B018 - KeyError: damaged
+    return state
 
 
 def restore_optimizer(path: str, optimizer, scheduler, model) -> None:
     """Load optimizer accumulators and the LR scheduler state from a checkpoint."""
-    with np.load(os.path.join(path, OPTIMIZER), allow_pickle=False) as z:
+    f = os.path.join(path, OPTIMIZER)
+    with reading(f, "optimizer state", "resume from another checkpoint"), np.load(f, allow_pickle=False) as z:
         load_optimizer_arrays(optimizer, model, {k: z[k] for k in z.files})
     sched = load_trainer_state(path).get("scheduler")
     if scheduler is not None and sched:

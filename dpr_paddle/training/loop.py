@@ -30,7 +30,7 @@ from ..modeling.tokenization import Tensorizer
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import World
-from .optim import apply_update, build_optimizer, setup_amp
+from .optim import NonFiniteGradient, apply_update, build_optimizer, setup_amp
 from .step import evaluate, step_seed, train_step
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class TrainState:
     batch_in_epoch: int = 0
     best: Optional[list] = None  # [average rank, nll] of the best dev evaluation
     total_steps: int = 0
+    last: Optional[dict] = None  # the last step's loss, gradient norm and learning rate: what a run did
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -186,10 +187,28 @@ def load_data(cfg: TrainConfig):
     return dataset, dev
 
 
+# what a resumed run must share with the run it resumes, or it would silently train another recipe
+RESUME_FIXED = ("model_name_or_path", "que_model_path", "con_model_path", "shared_encoder", "projection_dim", "pooling",
+                "similarity", "temperature", "dropout", "max_query_length", "max_passage_length", "hard_negatives",
+                "batch_size", "seed", "shuffle_positives", "learning_rate", "weight_decay", "adam_epsilon",
+                "warmup_steps", "max_grad_norm", "train_data_path")
+
+
+def check_resume(cfg: TrainConfig, resume_from: str) -> None:
+    """Refuse a resume whose recipe differs from the checkpoint's run, naming the first field that does."""
+    saved = ckpt.load_trainer_state(resume_from).get("run_config") or {}
+    for key in RESUME_FIXED:
+        have, want = saved.get(key), getattr(cfg, key)
+        if key in saved and have != want:
+            raise TrainingError(f"--resume {resume_from}: that run trained with --{key} {have!r}, this one asks for "
+                                f"{want!r}; resume with the same --{key}, or start afresh (--overwrite_save_dir)")
+
+
 def build_model(cfg: TrainConfig, resume_from: Optional[str]):
     """(model, tokenizer, recipe) from the checkpoint resumed or the encoders named; pooling, similarity
     and temperature are the flags', else what the starting encoder was trained with."""
     if resume_from:
+        check_resume(cfg, resume_from)
         que, con = (os.path.join(resume_from, TOWER_DIRS[t]) for t in (QUESTION, CONTEXT))
     else:
         que, con = cfg.que_model_path or cfg.model_name_or_path, cfg.con_model_path or cfg.model_name_or_path
@@ -209,7 +228,8 @@ def resume_state(resume_from: Optional[str], optimizer, scheduler, model, total_
     if resume_from:
         ckpt.restore_optimizer(resume_from, optimizer, scheduler, model)
         saved = ckpt.load_trainer_state(resume_from)
-        state = TrainState(saved["global_step"], saved["epoch"], saved["batch_in_epoch"], saved["best"], total_steps)
+        state = TrainState(saved["global_step"], saved["epoch"], saved["batch_in_epoch"], saved["best"], total_steps,
+                           saved.get("last"))
         logger.info("resuming from %s at step %d (epoch %d, batch %d)", resume_from, state.global_step, state.epoch,
                     state.batch_in_epoch)
     return state
@@ -247,8 +267,15 @@ def optimise(parts: StepParts, batch, state: TrainState, epoch: int, b: int, n_g
         good = ckpt.latest_checkpoint(parts.save_dir)
         raise TrainingError(f"loss is {loss} at step {state.global_step} (epoch {epoch}); stopped without "
                             f"updating. Last good checkpoint: {good or 'none'}. Lower --learning_rate or check the data.")
-    grad_norm, lr = apply_update(parts.model, parts.optimizer, parts.scheduler, parts.scaler)
+    try:
+        grad_norm, lr = apply_update(parts.model, parts.optimizer, parts.scheduler, parts.scaler)
+    except NonFiniteGradient as e:
+        good = ckpt.latest_checkpoint(parts.save_dir)
+        raise TrainingError(f"{e} at step {state.global_step} (epoch {epoch}, loss {loss:.4g}); stopped without "
+                            f"updating. Last good checkpoint: {good or 'none'}. Lower --learning_rate or check the "
+                            "data.") from None
     state.global_step, state.epoch, state.batch_in_epoch = state.global_step + 1, epoch, b + 1
+    state.last = {"loss": loss, "grad_norm": grad_norm, "lr": lr}
     return {"loss": loss, "accuracy": correct / n_global, "grad_norm": grad_norm, "lr": lr,
             "examples_per_sec": n_global / (time.perf_counter() - t0)}
 
@@ -318,18 +345,17 @@ def train(cfg: TrainConfig) -> Dict[str, float]:
         first = state.batch_in_epoch  # 0 but in the epoch a resumed run starts in
         # with --max_steps the run may end inside this epoch: the bar counts what will really run
         last_batch = min(len(batches), first + total_steps - state.global_step)
-        bar = tqdm(total=last_batch, initial=first, desc=f"epoch {epoch}", disable=not world.is_main,
-                   dynamic_ncols=True, unit="step")
-        for b in range(first, last_batch):
-            paddle.seed(step_seed(cfg.seed, state.global_step, world.rank))
-            batch = collator([dataset.example(i, epoch) for i in rank_slice(batches[b], world.rank, world.size)])
-            last = optimise(parts, batch, state, epoch, b, len(batches[b]))
-            log_step(writer, bar, last, state, epoch, cfg.log_steps, world.is_main)
-            if cfg.eval_steps and state.global_step % cfg.eval_steps == 0:
-                run_dev(*dev_run, state.global_step, state, saver)
-            if cfg.save_steps and state.global_step % cfg.save_steps == 0:
-                saver.save_and_prune()
-        bar.close()
+        with tqdm(total=last_batch, initial=first, desc=f"epoch {epoch}", disable=not world.is_main,
+                  dynamic_ncols=True, unit="step") as bar:  # closed before an error's line, not after it
+            for b in range(first, last_batch):
+                paddle.seed(step_seed(cfg.seed, state.global_step, world.rank))
+                batch = collator([dataset.example(i, epoch) for i in rank_slice(batches[b], world.rank, world.size)])
+                last = optimise(parts, batch, state, epoch, b, len(batches[b]))
+                log_step(writer, bar, last, state, epoch, cfg.log_steps, world.is_main)
+                if cfg.eval_steps and state.global_step % cfg.eval_steps == 0:
+                    run_dev(*dev_run, state.global_step, state, saver)
+                if cfg.save_steps and state.global_step % cfg.save_steps == 0:
+                    saver.save_and_prune()
         if state.batch_in_epoch >= len(batches):  # the epoch is complete
             state.epoch, state.batch_in_epoch = epoch + 1, 0
             run_dev(*dev_run, state.global_step, state, saver)

@@ -3,8 +3,11 @@ update that measures the gradient norm before stepping."""
 from __future__ import annotations
 
 import logging
+import math
 
 import paddle
+
+from ..common.errors import DprError
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +48,21 @@ def setup_amp(fp16: bool, amp_dtype: str):
     return None, None
 
 
+class NonFiniteGradient(DprError, FloatingPointError):
+    """The gradients hold NaN or inf: the run has diverged (nothing was updated)."""
+
+
 def apply_update(model, optimizer, scheduler, scaler):
-    """Unscale, measure, step and clear the gradients; returns (grad norm, learning rate used)."""
+    """Unscale, measure, step and clear the gradients; returns (grad norm, learning rate used). A
+    non-finite gradient norm raises NonFiniteGradient before anything is updated (with float16 loss
+    scaling, the scaler skips such a step itself and lowers its scale, as AMP means it to)."""
     if scaler:
         scaler.unscale_(optimizer)
     grad_norm = global_grad_norm(model.parameters())
     lr = optimizer.get_lr()
+    if not math.isfinite(grad_norm) and not scaler:
+        optimizer.clear_grad()
+        raise NonFiniteGradient(f"gradient norm {grad_norm}")
     if scaler:
         scaler.step(optimizer)
         scaler.update()
