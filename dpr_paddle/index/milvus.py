@@ -122,8 +122,16 @@ class MilvusIndex:
             self._check_identity()
         else:
             self._create()
-        self._load_rows()
-        self._ensure_index()
+        if is_remote(self.uri):
+            # a server counts and searches only a loaded collection, and loads only an indexed one: index
+            # and load first, then insert (rows join the loaded collection; their segments are indexed
+            # as they seal). milvus-lite queries unloaded collections and trains IVF on what it holds.
+            self._ensure_index()
+            self.client.load_collection(self.collection)
+            self._load_rows()
+        else:
+            self._load_rows()
+            self._ensure_index()
         self.client.load_collection(self.collection)  # a collection must be loaded before a search
         return self
 
@@ -154,7 +162,8 @@ class MilvusIndex:
         logger.info("created Milvus collection %s at %s", self.collection, self.uri)
 
     def _rows_present(self) -> int:
-        got = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        # Strong: a server's default (bounded staleness) may not count rows inserted a moment ago
+        got = self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(got[0]["count(*)"])
 
     def _load_rows(self, stop_after: Optional[int] = None) -> None:
@@ -233,7 +242,8 @@ class MilvusIndex:
         short = []
         for lo in range(0, len(queries), SEARCH_BATCH):
             hits = self.client.search(self.collection, data=list(queries[lo : lo + SEARCH_BATCH]), limit=k,
-                                      search_params={"metric_type": "IP", "params": params}, output_fields=["row"])
+                                      search_params={"metric_type": "IP", "params": params}, output_fields=["row"],
+                                      consistency_level="Strong")
             for j, found in enumerate(hits):
                 got = [hit.id for hit in found]
                 if len(got) < k:  # the probed IVF cells held fewer than k passages
