@@ -108,20 +108,27 @@ class SearchArgs(ModelArgs):
 
 
 @dataclass
-class RetrieverArgs(SearchArgs):
-    """dense_retriever.py."""
+class ReportArgs:
+    """How a finished retrieval is scored and where it is written (dense_retriever.py, reduce)."""
 
-    qa_file: str = option(None, "questions and answers (question<TAB>[answers])", required=True)
     out_file: Optional[str] = option(None, "retrieval results JSON (DPR format)")
-    validation_workers: int = option(1, "processes for answer matching")
-    match: str = option("auto", MATCH_HELP, choices=MATCHES)
-    validate_index: int = option(0, "report hnsw recall@k against exact search on this many questions")
     metrics_file: Optional[str] = option(None, "top-k accuracy JSON (default: OUT_FILE.metrics.json)")
     trec_file: Optional[str] = option(None, "also write a TREC run file")
     qrels: Optional[str] = option(None, "relevance labels (TREC 'qid 0 pid rel', BEIR 'query-id<TAB>corpus-id<TAB>score' "
                                         "with header, or 'qid<TAB>pid'): adds MRR@10, nDCG@10, MAP, Recall@1/5/20/100 "
                                         "by pytrec_eval. DPR's qa.csv has no ids: its questions are keyed by line "
                                         "order, 1..N; BEIR/MS MARCO queries by their own ids")
+    match: str = option("auto", MATCH_HELP, choices=MATCHES)
+    validation_workers: int = option(1, "processes for answer matching")
+
+
+@dataclass
+class RetrieverArgs(SearchArgs, ReportArgs):
+    """dense_retriever.py."""
+
+    qa_file: str = option(None, "questions and answers (question<TAB>[answers]), BEIR queries.jsonl or a .tsv of "
+                                "qid<TAB>query", required=True)
+    validate_index: int = option(0, "report hnsw recall@k against exact search on this many questions")
     topk_out: Optional[str] = option(None, "search only the shards given (e.g. this machine's emb/wiki_3) and write their "
                                        "top n_docs here (.npz), for python -m dpr_paddle.reduce; no evaluation")
 
@@ -176,24 +183,15 @@ class MineArgs(ModelArgs):
 
 
 @dataclass
-class ReduceArgs:
+class ReduceArgs(ReportArgs):
     """python -m dpr_paddle.reduce."""
 
     topk_files: list = option(None, "top-k files (.npz) of dense_retriever.py --topk_out, or globs", positional=True,
-                          nargs="+")
+                              nargs="+")
     qa_file: str = option(None, "the questions file every part searched", required=True)
     ctx_file: str = option(None, "passages TSV, for titles/texts", required=True)
     passage_store: Optional[str] = option(None, "SQLite passage store (default: stream --ctx_file)")
     n_docs: Optional[int] = option(None, "passages kept per question (default: the parts' k)")
-    out_file: Optional[str] = option(None, "retrieval results JSON (DPR format)")
-    metrics_file: Optional[str] = option(None, "top-k accuracy JSON (default: OUT_FILE.metrics.json)")
-    trec_file: Optional[str] = option(None, "also write a TREC run file")
-    qrels: Optional[str] = option(None, "relevance labels (TREC 'qid 0 pid rel', BEIR 'query-id<TAB>corpus-id<TAB>score' "
-                                        "with header, or 'qid<TAB>pid'): adds MRR@10, nDCG@10, MAP, Recall@1/5/20/100 "
-                                        "by pytrec_eval. DPR's qa.csv has no ids: its questions are keyed by line "
-                                        "order, 1..N; BEIR/MS MARCO queries by their own ids")
-    match: str = option("auto", MATCH_HELP, choices=MATCHES)
-    validation_workers: int = option(1, "processes for answer matching")
 
 
 # --------------------------------------------------------------------------- flags -> specs
@@ -289,6 +287,6 @@ def parse(cls, argv=None, description: str = "", defaults: Optional[dict] = None
         for v in value if isinstance(value, (list, tuple)) else [value]:
             problem = number_problem(name, v)
             if problem:
-                print(f"error: --{name} {v!r}: {problem}", file=sys.stderr)
+                print(f"error: --{name} {problem}", file=sys.stderr)
                 raise SystemExit(2)
     return cls(**vars(ns))

@@ -23,26 +23,27 @@ BOUNDS = {
     "keep_last": (1, None), "max_query_length": (4, None), "max_passage_length": (4, None),
     "learning_rate": ("gt", 0), "adam_epsilon": ("gt", 0), "dropout": (0, 0.999), "hybrid_alpha": (0, 1e6),
     "temperature": (0, 1e6), "alpha": (0, 1e6), "depth": (1, None), "k": (1, None),
+    "chunk_size": (0, None, ">= 1 (or 0 for no chunking)"), "q_chunk_size": (0, None, ">= 1 (or 0: --chunk_size)"),
+    "p_chunk_size": (0, None, ">= 1 (or 0: --chunk_size)"),
 }
 
 
 def number_problem(name: str, value) -> Optional[str]:
-    """What is wrong with `value` for the numeric flag or field `name`, or None."""
+    """What is wrong with `value` for the numeric flag or field `name` ("must be >= 1, got 0"), or None."""
     import math
 
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if isinstance(value, float) and not math.isfinite(value):
-        return "must be a finite number"
-    low, high = BOUNDS.get(name, (0, None))
-    kind = "an integer" if isinstance(value, int) else "a number"
+        return f"must be a finite number, got {value!r}"
+    rule = BOUNDS.get(name, (0, None))
+    low, high = rule[0], rule[1]
     if low == "gt":
-        if value <= high:
-            return f"must be {kind} > {high}"
-        return None
-    if value < low or (high is not None and value > high):
-        return f"must be {kind} >= {low}" + (f" and <= {high}" if high is not None else "")
-    return None
+        bad, text = value <= high, f"> {high}"
+    else:
+        bad = value < low or (high is not None and value > high)
+        text = f">= {low}" + (f" and <= {high}" if high is not None else "")
+    return f"must be {rule[2] if len(rule) > 2 else text}, got {value!r}" if bad else None
 
 
 class InvalidValue(DprError, ValueError):
@@ -57,4 +58,4 @@ def check_numbers(obj, names=None) -> None:
         value = getattr(obj, name)
         problem = number_problem(name, value)
         if problem:
-            raise InvalidValue(f"{name} {value!r}: {problem}")
+            raise InvalidValue(f"{name} {problem}")

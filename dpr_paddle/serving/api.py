@@ -139,7 +139,7 @@ class Retriever:
         character); `k` an integer >= 1 (more than the corpus holds gives the whole corpus)."""
         questions = check_questions(questions)
         if isinstance(k, bool) or not isinstance(k, int) or number_problem("k", k):
-            raise InvalidValue(f"k {k!r}: must be an integer >= 1")
+            raise InvalidValue(f"k must be an integer >= 1, got {k!r}")
         if not questions:
             return []
         scores, ids = self.searcher.search(questions, k)
