@@ -187,34 +187,11 @@ def load_data(cfg: TrainConfig):
     return dataset, dev
 
 
-# what a resumed run must share with the run it resumes, or it would silently train another model: refused
-RESUME_RECIPE = ("model_name_or_path", "que_model_path", "con_model_path", "shared_encoder", "projection_dim",
-                 "pooling", "similarity", "temperature", "dropout", "max_query_length", "max_passage_length")
-# what may change on purpose (another learning rate for the rest of a run), at the price of exactness: logged
-RESUME_SETTINGS = ("hard_negatives", "batch_size", "seed", "shuffle_positives", "learning_rate", "weight_decay",
-                   "adam_epsilon", "warmup_steps", "max_grad_norm", "train_data_path")
-
-
-def check_resume(cfg: TrainConfig, resume_from: str) -> None:
-    """Refuse a resume whose recipe differs from the checkpoint's run, naming the first field that does;
-    say so when a training setting differs (the run goes on, no longer as an uninterrupted one would)."""
-    saved = ckpt.load_trainer_state(resume_from).get("run_config") or {}
-    for key in RESUME_RECIPE + RESUME_SETTINGS:
-        have, want = saved.get(key), getattr(cfg, key)
-        if key not in saved or have == want:
-            continue
-        if key in RESUME_RECIPE:
-            raise TrainingError(f"--resume {resume_from}: that run trained with --{key} {have!r}, this one asks for "
-                                f"{want!r}; resume with the same --{key}, or start afresh (--overwrite_save_dir)")
-        logger.warning("--resume %s: that run trained with --%s %r, this one goes on with %r; the result will differ "
-                       "from an uninterrupted run", resume_from, key, have, want)
-
-
 def build_model(cfg: TrainConfig, resume_from: Optional[str]):
     """(model, tokenizer, recipe) from the checkpoint resumed or the encoders named; pooling, similarity
     and temperature are the flags', else what the starting encoder was trained with."""
     if resume_from:
-        check_resume(cfg, resume_from)
+        ckpt.check_resume(dataclasses.asdict(cfg), resume_from)
         que, con = (os.path.join(resume_from, TOWER_DIRS[t]) for t in (QUESTION, CONTEXT))
     else:
         que, con = cfg.que_model_path or cfg.model_name_or_path, cfg.con_model_path or cfg.model_name_or_path
