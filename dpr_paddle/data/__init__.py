@@ -1,5 +1,6 @@
 """Data: readers for DPR's formats (`readers`: biencoder records and QA pairs; `passages`: the passages
-TSV), the dataset that returns text (`dataset`) and the collator that makes token arrays (`collator`)."""
+TSV), for BEIR, MS MARCO and T2Ranking layouts (`corpora`), the dataset that returns text (`dataset`)
+and the collator that makes token arrays (`collator`)."""
 from .collator import BiEncoderCollator  # noqa: F401
 from .dataset import BiEncoderDataset, TrainExample, epoch_batches, rank_slice  # noqa: F401
 from .passages import count_passages, iter_passage_chunks, iter_passages  # noqa: F401
