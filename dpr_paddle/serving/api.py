@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 from ..common.options import InvalidValue, number_problem
 from ..index.factory import IndexSpec
 from ..index.hnsw import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
-from ..retrieval.searcher import MODES, Searcher, SearchSpec
+from ..retrieval.searcher import Searcher, SearchSpec
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +87,6 @@ class Retriever:
         backend, max lengths...)."""
         from ..encoding.towers import TowerSpec
 
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         is_checkpoint = bool(model) and os.path.isdir(os.path.join(model, "question_encoder"))
         tower = TowerSpec(model_name_or_path=model or "minilm", model_file=model if is_checkpoint else None,
                           que_model_path=question_encoder, con_model_path=context_encoder, **tower_fields)
