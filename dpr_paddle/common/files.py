@@ -99,8 +99,8 @@ def file_fingerprint(path: str, span: int = 1 << 16) -> dict:
     """Identify a (possibly huge) file: absolute path, size, a SHA-1 of its first and last `span` bytes
     (`sha1_ends`, cheap, for naming cache directories) and a SHA-1 of all of it (`sha1`, so that an
     edit anywhere is caught). The full digest is computed once per file version and cached by (path,
-    size, mtime, inode): ~0.5 s per GB here, about 7 s for DPR's 13 GB psgs_w100.tsv (docs/benchmarks.md
-    section 9); later opens cost a stat. Derived files (a BM25 index, a passage store, shards) record
+    size, mtime, inode): 1.36 GB/s measured here, about 10 s for DPR's 13 GB psgs_w100.tsv
+    (docs/benchmarks.md section 9); later opens cost a stat. Derived files (a BM25 index, a passage store, shards) record
     it to refuse another corpus (`same_file`); a copy of the same corpus elsewhere matches."""
     import hashlib
 

@@ -12,7 +12,7 @@ repeated id; a TSV whose last line was cut (no final newline) is refused as DPR'
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Tuple
 
 import numpy as np
 
@@ -202,7 +202,7 @@ def query_layout(path: str) -> str:
     return "dpr"
 
 
-def _first_line(path: str) -> Optional[str]:
+def _first_line(path: str) -> str:
     _check_exists(path)
     with _file_errors(path), open_text(path) as f:
         for line in f:

@@ -13,13 +13,14 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..common.files import atomic_path, file_fingerprint
+from ..common.jobs import open_job_dir
 from ..data.passages import count_passages, iter_passage_chunks
 from ..data.readers import Passage
 from ..index.shards import FORMAT, EmbeddingError, assemble_shard, check_same_job, read_meta, shard_path, shard_range
-from ..common.files import atomic_path, file_fingerprint
-from ..common.jobs import open_job_dir
 
 logger = logging.getLogger(__name__)
+
 
 def iter_range(ctx_file: str, start: int, end: int, block: int) -> Iterator[Tuple[int, List[Passage]]]:
     """Stream passages [start, end) of a TSV in blocks of `block`, as (block index, passages)."""

@@ -42,11 +42,6 @@ class AnalyzerError(DprError, ValueError):
     """An unknown analyzer name."""
 
 
-def has_cjk(text: str) -> bool:
-    """Whether `text` holds a CJK character (Han, kana or Hangul)."""
-    return CJK_RUN.search(text) is not None
-
-
 def en_terms(text: str) -> List[str]:
     """bm25s' default split: runs of two or more word characters (the text is already lower-cased)."""
     return _EN_TERM.findall(text)

@@ -81,7 +81,7 @@ def has_answer(answers: Sequence[str], text: str, match: str = "auto") -> bool:
     by_char = [a for a in answers if match == "char" or (match == "auto" and _CJK.search(a))]
     if by_char:
         flat = char_normalize(text)
-        if any(char_normalize(a) and char_normalize(a) in flat for a in by_char):
+        if any(a and a in flat for a in map(char_normalize, by_char)):
             return True
     rest = [a for a in answers if a not in by_char]
     if not rest:

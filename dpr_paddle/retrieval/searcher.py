@@ -80,11 +80,6 @@ class Searcher:
                 timings["bm25_index"] = round(time.perf_counter() - t0, 3)
         return cls(spec, dense, bm25)
 
-    @property
-    def passages(self) -> int:
-        """How many passages the searched corpus holds."""
-        return len(self.dense.index) if self.dense is not None else len(self.bm25.ids)
-
     def search(self, questions: Sequence[str], k: int, trace: Optional[dict] = None) -> Tuple[np.ndarray, List[List[str]]]:
         """Top k of each question, best first: (scores [n, k], ids [n][k]); a `trace` dict receives
         what was measured (seconds; the dense vectors and rows)."""
