@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import warnings
 
-from .common.runtime import prepare_process, setup_logging
+from .common.runtime import prepare_process, quiet_paddlenlp, setup_logging
 
 
 def expected_errors() -> tuple:
@@ -24,22 +24,18 @@ def one_line(e: BaseException) -> str:
     return str(e)
 
 
-def run_main(body, needs_paddle: bool = True) -> None:
-    """Run a command's body; an expected error exits with status 2 and `error: <message>`."""
+def run_main(body, needs_paddle: bool = True, threads=None) -> None:
+    """Run a command's body; an expected error exits with status 2 and `error: <message>`. `threads`:
+    OpenMP threads when the user set none (default one per core)."""
     setup_logging()
     # Paddle warns about a missing ccache and setuptools on import; neither concerns a user.
     warnings.filterwarnings("ignore", message="No ccache found")
     warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
     # PaddleNLP says this about every truncated (title, text) pair; truncation is what we asked for.
     warnings.filterwarnings("ignore", message="Be aware, overflowing tokens are not returned")
-    prepare_process(needs_paddle)  # CPU defaults before paddle's first import, only where the user set nothing
+    prepare_process(needs_paddle, threads)  # CPU defaults before paddle's first import, only where the user set nothing
     if needs_paddle:
-        try:
-            from paddlenlp.utils.log import logger as paddlenlp_logger
-
-            paddlenlp_logger.set_level("WARNING")  # its INFO lines (weights saved/loaded) drown ours
-        except ImportError:
-            pass
+        quiet_paddlenlp()
     try:
         body()
     except Exception as e:  # noqa: BLE001 - filtered just below

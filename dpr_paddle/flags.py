@@ -152,6 +152,16 @@ class ServeArgs(SearchArgs):
     max_k: int = option(1000, "largest k a request may ask for")
     max_queries: int = option(256, "most queries in one request")
     max_batch: int = option(32, "concurrent requests' questions searched together, at most (1 = one request at a time)")
+    max_chars: int = option(2000, "longest question, in characters")
+    max_queue: int = option(256, "requests waiting per worker, at most; more are answered 503 with Retry-After")
+    request_timeout: float = option(30.0, "seconds a request may wait for its answer (then 503 with Retry-After)")
+    workers: int = option(1, "server processes behind the port; they share the hnsw graph, shards and BM25 "
+                             "read-only, and the cores (OpenMP threads = cores / workers unless OMP_NUM_THREADS is set)")
+    api_key: Optional[str] = option(None, "key every request must carry (Authorization: Bearer KEY or X-API-Key: KEY); "
+                                          "needed to bind an address other than loopback. Better: the environment "
+                                          "variable DPR_PADDLE_API_KEY (a flag shows in the process list)")
+    cors_origins: list = option(None, "origins allowed to call the API from a browser (CORS); none by default", nargs="*")
+    no_ui: bool = option(False, "serve no search page at GET /")
 
 
 @dataclass
@@ -242,12 +252,13 @@ def report_spec(args):
                       trec_file=args.trec_file, qrels_file=args.qrels)
 
 
-def load_retriever(args):
-    """The serving.api.Retriever that SearchArgs describe (python -m dpr_paddle.search / serve)."""
+def load_retriever(args, shared: Optional[dict] = None):
+    """The serving.api.Retriever that SearchArgs describe (python -m dpr_paddle.search / serve);
+    `shared`: parts loaded before the server's workers forked (retrieval.searcher.preload)."""
     from .serving.api import Retriever
 
     return Retriever.from_specs(search_spec(args), args.ctx_file, tower_spec(args), args.encoded_ctx_file,
-                                index_spec(args), store=args.passage_store, batch_size=args.batch_size)
+                                index_spec(args), store=args.passage_store, batch_size=args.batch_size, shared=shared)
 
 
 def build_parser(cls, description: str = "") -> argparse.ArgumentParser:

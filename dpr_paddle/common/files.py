@@ -25,6 +25,18 @@ def cache_root() -> str:
     return os.environ.get("DPR_PADDLE_HOME", os.path.join(os.path.expanduser("~"), ".cache", "dpr_paddle"))
 
 
+@contextlib.contextmanager
+def process_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (made if missing): processes that build one thing at
+    once (a server's workers, two runs) take turns. The kernel frees it when the holder dies."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def open_text(path: str, mode: str = "rt") -> IO[str]:
     """Open a text file for reading, transparently un-gzipping `.gz` files; a UTF-8 byte-order
     mark (as Windows editors write it) is dropped instead of becoming part of the first field."""

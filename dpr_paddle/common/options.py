@@ -25,6 +25,7 @@ BOUNDS = {
     "temperature": (0, 1e6), "alpha": (0, 1e6), "depth": (1, None), "k": (1, None),
     "chunk_size": (0, None, ">= 1 (or 0 for no chunking)"), "q_chunk_size": (0, None, ">= 1 (or 0: --chunk_size)"),
     "p_chunk_size": (0, None, ">= 1 (or 0: --chunk_size)"),
+    "workers": (1, 256), "max_queue": (1, None), "request_timeout": ("gt", 0), "max_chars": (1, None),
 }
 
 

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import sys
+from typing import Optional
 
 logger = logging.getLogger(__name__)
 
@@ -33,24 +34,34 @@ def _is_amd_cpu() -> bool:
         return False
 
 
-def cpu_defaults() -> dict:
+_APPLIED: dict = {}  # what cpu_defaults set in this process (and its parent, before a fork)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_defaults(threads: Optional[int] = None) -> dict:
     """Set MKL/OpenMP defaults that speed up Paddle's CPU wheel, only where unset; returns what was set.
 
     Paddle's CPU wheel links MKL, which takes a slow generic code path on AMD CPUs unless
     `MKL_DEBUG_CPU_TYPE=5`; measured here, a 2048^2 matmul goes from ~22 to ~134 GFLOP/s.
-    OpenMP gets one thread per usable core. `DPR_PADDLE_NO_CPU_DEFAULTS=1` turns this off.
+    OpenMP gets one thread per usable core, or `threads` (a server's workers split the cores).
+    `DPR_PADDLE_NO_CPU_DEFAULTS=1` turns this off.
     Once paddle is loaded its libraries have read the environment, so setting it then is pointless
     and nothing is set (the commands call this before their first paddle import).
     """
     if os.environ.get("DPR_PADDLE_NO_CPU_DEFAULTS") == "1" or "paddle" in sys.modules:
         return {}
     wanted = {"MKL_DEBUG_CPU_TYPE": "5"} if _is_amd_cpu() else {}
-    try:
-        wanted["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        wanted["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
+    wanted["OMP_NUM_THREADS"] = str(threads or usable_cores())
     applied = {k: v for k, v in wanted.items() if k not in os.environ}
     os.environ.update(applied)
+    _APPLIED.update(applied)
     if applied:
         logger.info("CPU defaults (unset before; DPR_PADDLE_NO_CPU_DEFAULTS=1 keeps them off): %s",
                     " ".join(f"{k}={v}" for k, v in applied.items()))
@@ -100,9 +111,20 @@ def import_paddle_quietly(applied: dict) -> None:
         import paddle  # noqa: F401
 
 
-def prepare_process(needs_paddle: bool = True) -> dict:
-    """CPU defaults where unset, then paddle imported quietly when the work needs it; returns what was set."""
-    applied = cpu_defaults()
+def prepare_process(needs_paddle: bool = True, threads: Optional[int] = None) -> dict:
+    """CPU defaults where unset (`threads` OpenMP threads, default one per core), then paddle imported
+    quietly when the work needs it; returns what was set."""
+    applied = cpu_defaults(threads)
     if needs_paddle:
-        import_paddle_quietly(applied)
+        import_paddle_quietly(_APPLIED)
     return applied
+
+
+def quiet_paddlenlp() -> None:
+    """PaddleNLP's INFO lines (weights saved/loaded) drown ours: keep its warnings only."""
+    try:
+        from paddlenlp.utils.log import logger as paddlenlp_logger
+
+        paddlenlp_logger.set_level("WARNING")
+    except ImportError:
+        pass

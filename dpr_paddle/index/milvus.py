@@ -117,7 +117,16 @@ class MilvusIndex:
     def build(self) -> "MilvusIndex":
         """Create or reopen the collection, load whatever rows are missing, make the index, load it
         into memory for search. Safe to call again: a complete collection is only checked."""
+        from ..common.files import cache_root, process_lock
+
         self.client = connect(self.uri)
+        # processes building one collection at once (a server's workers) take turns: one loads, the rest check
+        key = hashlib.sha1(f"{self.uri}|{self.collection}".encode()).hexdigest()[:16]
+        with process_lock(os.path.join(cache_root(), "locks", f"milvus_{key}.lock")):
+            self._build()
+        return self
+
+    def _build(self) -> None:
         if self.client.has_collection(self.collection):
             self._check_identity()
         else:
@@ -133,7 +142,6 @@ class MilvusIndex:
             self._load_rows()
             self._ensure_index()
         self.client.load_collection(self.collection)  # a collection must be loaded before a search
-        return self
 
     load = build  # reopening is building: every step is skipped when already done
 

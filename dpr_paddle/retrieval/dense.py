@@ -78,10 +78,11 @@ class DenseSearcher:
 
     @classmethod
     def load(cls, tower, shards: str, index_spec: Optional[IndexSpec] = None, batch_size: int = 64,
-             partial: bool = False, check_context: bool = False) -> "DenseSearcher":
+             partial: bool = False, check_context: bool = False, index: Optional[DenseIndex] = None) -> "DenseSearcher":
         """The question tower of `tower` (an encoding.towers.TowerSpec) over the shards `shards`; with
         `check_context` the spec's context encoder must be the one that made them (checked before
-        any index is built). `partial`: a subset of the shards (one machine's part)."""
+        any index is built). `partial`: a subset of the shards (one machine's part). `index`: the
+        DenseIndex of `shards` already loaded (shared by the server's workers)."""
         from ..encoding.towers import load_tower, tower_fingerprint
         from ..modeling.model import CONTEXT, QUESTION
 
@@ -89,7 +90,8 @@ class DenseSearcher:
         encode_fn, tensorizer, info = load_tower(QUESTION, tower)
         if check_context:
             check_encoders(shards, tower_fingerprint(CONTEXT, tower), info)
-        return cls(encode_fn, tensorizer, info, DenseIndex(shards, index_spec, partial=partial), batch_size)
+        index = index or DenseIndex(shards, index_spec, partial=partial)
+        return cls(encode_fn, tensorizer, info, index, batch_size)
 
     def encode(self, questions: Sequence[str], progress: bool = False) -> np.ndarray:
         """[n, D] float32 question vectors, checked against the shards' dimension."""

@@ -19,7 +19,7 @@ from typing import Dict, Iterable, Optional, Tuple
 from ..data.passages import iter_passage_chunks
 from ..index.shards import EmbeddingError, shard_paths
 from ..common.errors import DprError
-from ..common.files import file_fingerprint, reading, same_file
+from ..common.files import file_fingerprint, process_lock, reading, same_file
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +160,12 @@ class PassageStore:
 
     @classmethod
     def open_or_build(cls, ctx_file: str, path: str) -> "PassageStore":
-        """The store of `ctx_file` at `path`, built (or finished) first when needed."""
-        return cls.open(path, ctx_file) if cls.is_complete(path) else cls.build(ctx_file, path)
+        """The store of `ctx_file` at `path`, built (or finished) first when needed. Processes that open
+        one store at once (a server's workers, two runs) take turns: one builds, the others then open it."""
+        if cls.is_complete(path):
+            return cls.open(path, ctx_file)
+        with process_lock(path + ".lock"):
+            return cls.open(path, ctx_file) if cls.is_complete(path) else cls.build(ctx_file, path)
 
     def get(self, ids: Iterable[str]) -> Dict[str, Tuple[str, str]]:
         """{id: (text, title)} for the ids that are in the store."""

@@ -61,38 +61,73 @@ class Searcher:
 
     @classmethod
     def load(cls, spec: SearchSpec, ctx_file: str, tower=None, shards: Optional[str] = None, index_spec=None,
-             batch_size: int = 64, check_context: bool = False, timings: Optional[dict] = None) -> "Searcher":
+             batch_size: int = 64, check_context: bool = False, timings: Optional[dict] = None,
+             index=None, bm25=None) -> "Searcher":
         """Load what `spec.mode` needs: the question tower (an encoding.towers.TowerSpec) over `shards`
-        for dense and hybrid, BM25 over `ctx_file` (built once, then reused) for bm25 and hybrid."""
+        for dense and hybrid, BM25 over `ctx_file` (built once, then reused) for bm25 and hybrid.
+        `index` (a loaded DenseIndex) and `bm25` (a loaded BM25Index) are used instead of loading
+        them: the server's workers share them (see `preload`)."""
         from .dense import DenseSearcher
 
-        dense = bm25 = None
+        dense = None
         if spec.mode != "bm25":
-            dense = DenseSearcher.load(tower, shards, index_spec, batch_size, check_context=check_context)
+            dense = DenseSearcher.load(tower, shards, index_spec, batch_size, check_context=check_context, index=index)
             if timings is not None:
                 timings["build_index"] = round(dense.index.build_seconds, 3)
-        if spec.mode != "dense":
-            from .bm25 import BM25Index
-
+        if spec.mode != "dense" and bm25 is None:
             t0 = time.perf_counter()
-            bm25 = BM25Index.open(ctx_file, spec.bm25_index, spec.bm25_analyzer)
+            bm25 = open_bm25(spec, ctx_file)
             if timings is not None:
                 timings["bm25_index"] = round(time.perf_counter() - t0, 3)
-        return cls(spec, dense, bm25)
+        return cls(spec, dense, bm25 if spec.mode != "dense" else None)
 
-    def search(self, questions: Sequence[str], k: int, trace: Optional[dict] = None) -> Tuple[np.ndarray, List[List[str]]]:
+    @property
+    def modes(self) -> List[str]:
+        """The modes this searcher can answer in: dense and/or bm25, and hybrid when it has both."""
+        have = [m for m, part in (("dense", self.dense), ("bm25", self.bm25)) if part is not None]
+        return have + ["hybrid"] * (len(have) == 2)
+
+    def search(self, questions: Sequence[str], k: int, trace: Optional[dict] = None,
+               mode: Optional[str] = None) -> Tuple[np.ndarray, List[List[str]]]:
         """Top k of each question, best first: (scores [n, k], ids [n][k]); a `trace` dict receives
-        what was measured (seconds; the dense vectors and rows)."""
+        what was measured (seconds; the dense vectors and rows). `mode` (default: the spec's) is
+        one of `modes`: a hybrid searcher also answers as dense or BM25 alone."""
+        mode = mode or self.spec.mode
+        if mode not in self.modes:
+            raise InvalidValue(f"mode {mode!r} is not available here; one of {self.modes}")
         questions = list(questions)
-        depth = max(k, self.spec.depth) if self.spec.mode == "hybrid" else k
+        depth = max(k, self.spec.depth) if mode == "hybrid" else k
         dense = sparse = None
-        if self.dense is not None:
+        if mode != "bm25":
             dense = self.dense.search(questions, depth, n_docs=k, trace=trace)
-        if self.bm25 is not None:
+        if mode != "dense":
             t0 = time.perf_counter()
             sparse = self.bm25.search(questions, depth)
             if trace is not None:
                 trace.setdefault("seconds", {})["bm25_search"] = round(time.perf_counter() - t0, 3)
-        if self.spec.mode == "hybrid":
+        if mode == "hybrid":
             return fuse(dense, sparse, self.spec.fusion, k, self.spec.alpha)
         return dense or sparse
+
+
+def open_bm25(spec: SearchSpec, ctx_file: str):
+    """The BM25 index of `ctx_file` that `spec` names (built once, then reused)."""
+    from .bm25 import BM25Index
+
+    return BM25Index.open(ctx_file, spec.bm25_index, spec.bm25_analyzer)
+
+
+def preload(spec: SearchSpec, ctx_file: str, shards: Optional[str], index_spec=None) -> dict:
+    """The parts of a searcher that processes forked afterwards can share read-only: the dense index
+    when it lives in this process (exact: memory-mapped shards; hnsw: the graph) and BM25. A Milvus
+    index is left out: its client connection must not cross a fork, so each process opens its own.
+    Loads no model (Paddle must not start before a fork). Returns Searcher.load's `index`/`bm25`."""
+    from ..index.factory import DenseIndex, IndexSpec
+
+    index_spec = index_spec or IndexSpec()
+    parts = {}
+    if spec.mode != "bm25" and index_spec.kind != "milvus":
+        parts["index"] = DenseIndex(shards, index_spec)
+    if spec.mode != "dense":
+        parts["bm25"] = open_bm25(spec, ctx_file)
+    return parts

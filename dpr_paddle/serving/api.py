@@ -98,8 +98,9 @@ class Retriever:
     @classmethod
     def from_specs(cls, search: SearchSpec, passages: Optional[str], tower=None, shards: Optional[str] = None,
                    index_spec: Optional[IndexSpec] = None, store: Optional[str] = None,
-                   batch_size: int = 64) -> "Retriever":
-        """A Retriever from the specs the commands build from their flags (see `load`)."""
+                   batch_size: int = 64, shared: Optional[dict] = None) -> "Retriever":
+        """A Retriever from the specs the commands build from their flags (see `load`); `shared` holds
+        parts loaded before the server's workers forked (retrieval.searcher.preload)."""
         from ..common.runtime import prepare_process
         from ..retrieval.passage_store import PassageStore, default_store_path
 
@@ -108,10 +109,13 @@ class Retriever:
         if search.mode != "bm25" and not shards:
             raise ValueError("index (the embedding shards) is needed for dense and hybrid retrieval")
         prepare_process(needs_paddle=search.mode != "bm25")  # CPU defaults where unset, before paddle loads
-        searcher = Searcher.load(search, passages, tower, shards, index_spec, batch_size)
-        info = {"mode": search.mode}
+        searcher = Searcher.load(search, passages, tower, shards, index_spec, batch_size, **(shared or {}))
+        info = {"mode": search.mode, "modes": searcher.modes}
         if searcher.dense is not None:
+            from ..index.shards import meta_digest
+
             info.update(searcher.dense.index.describe())
+            info["shards_digest"] = meta_digest({"shards": [s.meta for s in searcher.dense.index.shards]})
             info["question_model_fingerprint"] = searcher.dense.info["model_fingerprint"]
         if searcher.bm25 is not None:
             info["bm25_passages"] = len(searcher.bm25.ids)
@@ -131,16 +135,22 @@ class Retriever:
         """[n, D] float32 question vectors, in batches of `batch_size`, as dense_retriever.py encodes them."""
         return self.searcher.dense.encode(questions)
 
-    def search(self, questions: Sequence[str], k: int = 10) -> List[List[Dict]]:
+    @property
+    def modes(self) -> List[str]:
+        """The modes `search` can answer in (dense, bm25, and hybrid when both are loaded)."""
+        return self.searcher.modes
+
+    def search(self, questions: Sequence[str], k: int = 10, mode: Optional[str] = None) -> List[List[Dict]]:
         """The top k passages for each question: [[{"id", "title", "text", "score"}, ...], ...], best first.
         `questions` is a list of strings (one string is refused: it would be searched character by
-        character); `k` an integer >= 1 (more than the corpus holds gives the whole corpus)."""
+        character); `k` an integer >= 1 (more than the corpus holds gives the whole corpus); `mode`
+        one of `modes` (default: the one loaded)."""
         questions = check_questions(questions)
         if isinstance(k, bool) or not isinstance(k, int) or number_problem("k", k):
             raise InvalidValue(f"k must be an integer >= 1, got {k!r}")
         if not questions:
             return []
-        scores, ids = self.searcher.search(questions, k)
+        scores, ids = self.searcher.search(questions, k, mode=mode)
         texts = self.store.get(pid for row in ids for pid in row[:k])
         return [[{"id": pid, "title": texts[pid][1], "text": texts[pid][0], "score": float(s)}
                  for pid, s in zip(row_ids[:k], row_scores[:k])] for row_ids, row_scores in zip(ids, scores)]
