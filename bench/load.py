@@ -69,12 +69,13 @@ def request_for(kind: str, questions, rng: random.Random, k: int):
 
 
 async def load(url: str, questions, requests: int, clients: int, time_limit: float, k: int, seed: int,
-               reference: dict, headers: dict, on_progress=None) -> dict:
-    """Send `requests` requests from `clients` concurrent clients (stop issuing at `time_limit` s)."""
+               reference: dict, headers: dict, valid_only: bool = False) -> dict:
+    """Send `requests` requests from `clients` concurrent clients (stop issuing at `time_limit` s);
+    `valid_only`: one valid question per request (a throughput measurement)."""
     import httpx
 
     rng = random.Random(seed)
-    plan = rng.choices(KINDS, weights=WEIGHTS, k=requests)
+    plan = ["valid"] * requests if valid_only else rng.choices(KINDS, weights=WEIGHTS, k=requests)
     bodies = [request_for(kind, questions, random.Random(seed * 1_000_003 + i), k) for i, kind in enumerate(plan)]
     status, latency, problems = Counter(), [], Counter()
     next_i, deadline = [0], time.perf_counter() + time_limit
@@ -96,8 +97,6 @@ async def load(url: str, questions, requests: int, clients: int, time_limit: flo
             ms = (time.perf_counter() - t0) * 1e3
             status[str(r.status_code)] += 1
             check(plan[i], asked, r, ms)
-            if on_progress:
-                on_progress()
 
     def check(kind, asked, r, ms):
         if asked is None:  # malformed: a 4xx with a JSON body

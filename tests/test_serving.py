@@ -323,3 +323,15 @@ def test_two_workers_share_a_milvus_server(corpus, milvus_server, tmp_path):
         assert "Traceback" not in server.output()
     finally:
         server.stop()
+
+
+def test_the_listening_socket_says_it_is_tcp():
+    """asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP; with proto 0 every response
+    waited ~40 ms for the client's delayed ACK (measured: 48 ms against 6.5 ms for one question)."""
+    from dpr_paddle.serving.workers import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
