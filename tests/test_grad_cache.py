@@ -202,3 +202,56 @@ def test_cached_gradients_are_float32_for_half_precision_reps():
     assert loss.dtype == paddle.float32
     assert [g.dtype for group in grads for g in group] == [paddle.float32] * 4
     assert [g.shape for g in grads[1]] == [[4, 8], [4, 8]]
+
+
+# --------------------------------------------------------------------------- length-sorted chunks
+
+def sorted_setup(model, q, p, loss_fn, q_chunk, p_chunk):
+    """Chunks of rows sorted by length (as train_step makes them) and the loss that puts the
+    representations back in batch order."""
+    from dpr_paddle.training.step import in_batch_order, length_order
+
+    qo, po = length_order(q, q_chunk), length_order(p, p_chunk)
+    chunks = [split_chunks(q, q_chunk, qo), split_chunks(p, p_chunk, po)]
+    return chunks, lambda qr, pr: loss_fn(in_batch_order(qr, qo), in_batch_order(pr, po))
+
+
+@pytest.mark.parametrize("pooling,similarity", RECIPES)
+@pytest.mark.parametrize("batch,q_chunk,p_chunk", [(8, 3, 5), (7, 2, 4)])
+def test_length_sorted_chunks_dropout_off_equal_full_batch(minilm, pooling, similarity, batch, q_chunk, p_chunk):
+    model, q, p, encs, loss_fn = setup(minilm, batch, pooling=pooling, similarity=similarity)
+    model.eval()
+    ref_loss, _ = graph_reference_step(encs, [split_chunks(q, 0), split_chunks(p, 0)], loss_fn)  # the plain step
+    ref = grads(model)
+    chunks, sorted_loss = sorted_setup(model, q, p, loss_fn, q_chunk, p_chunk)
+    loss, _ = cached_step(encs, chunks, sorted_loss)
+    assert abs(float(loss) - float(ref_loss)) <= 1e-5 * float(ref_loss)
+    assert compare(ref, grads(model)) <= 1e-5
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["paddle_dropout", "fast_cpu"])
+@pytest.mark.parametrize("pooling,similarity", RECIPES)
+def test_length_sorted_chunks_dropout_on_bitwise(tiny_dir, pooling, similarity, fast):
+    model, q, p, encs, loss_fn = setup(tiny_dir, 7, pooling=pooling, similarity=similarity, fast=fast)
+    chunks, sorted_loss = sorted_setup(model, q, p, loss_fn, 3, 4)
+    ref_loss, ref, loss, got = dropout_on_steps(model, encs, chunks, sorted_loss, seed=9)
+    assert float(loss) == float(ref_loss)
+    assert all(np.array_equal(ref[k], got[k]) for k in ref)
+
+
+def test_length_sorted_chunks_pad_less():
+    from dpr_paddle.training.step import length_order
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((16, 40), dtype="int64")
+    for i, n in enumerate(rng.integers(5, 41, 16)):
+        mask[i, :n] = 1
+    arrays = {"input_ids": mask.copy(), "token_type_ids": mask * 0, "attention_mask": mask}
+    order = length_order(arrays, 4)
+    assert sorted(order) == list(range(16)) and length_order(arrays, 16) is None and length_order(arrays, 0) is None
+
+    def padded(chunks):
+        return sum(c["input_ids"].shape[0] * c["input_ids"].shape[1] for c in chunks)
+
+    plain, by_length = padded(split_chunks(arrays, 4)), padded(split_chunks(arrays, 4, order))
+    assert mask.sum() <= by_length < plain

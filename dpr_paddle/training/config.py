@@ -22,6 +22,8 @@ class TrainConfig(ModelSpec):
     chunk_size: int = option(0, "gradient-cache chunk size; 0 or >= batch = plain step")
     q_chunk_size: int = option(0, "chunk size for questions (default: --chunk_size)")
     p_chunk_size: int = option(0, "chunk size for passages (default: --chunk_size)")
+    sort_chunks: bool = option(True, "gradient cache: put questions and passages of similar token length in one chunk, "
+                                     "so a chunk pads little (exact either way; --no-sort_chunks keeps batch order)")
     hard_negatives: int = option(1, "hard negatives per question (plus all in-batch negatives)")
     temperature: float = option(0.0, "softmax temperature: scores / T (0 = auto: 0.05 for cosine, as sentence-transformers' "
                                  "scale 20; 1 for dot, as DPR)")

@@ -232,6 +232,7 @@ class StepParts:
     scaler: object
     temperature: float
     save_dir: str
+    sort_chunks: bool = True
 
 
 def optimise(parts: StepParts, batch, state: TrainState, epoch: int, b: int, n_global: int) -> Dict[str, float]:
@@ -241,7 +242,7 @@ def optimise(parts: StepParts, batch, state: TrainState, epoch: int, b: int, n_g
     try:
         loss, correct = train_step(parts.model, batch, parts.q_chunk, parts.p_chunk, world, parts.amp,
                                    scale_loss=parts.scaler.scale if parts.scaler else None,
-                                   temperature=parts.temperature)
+                                   temperature=parts.temperature, sort_chunks=parts.sort_chunks)
     except RuntimeError as e:
         if world.size == 1:
             raise
@@ -308,7 +309,7 @@ def train(cfg: TrainConfig) -> Dict[str, float]:
     resumed_step = state.global_step if resume_from else None
     amp, scaler = setup_amp(cfg.fp16, cfg.amp_dtype)
     parts = StepParts(model, optimizer, scheduler, world, q_chunk, p_chunk, amp, scaler, recipe["temperature"],
-                      cfg.save_dir)
+                      cfg.save_dir, cfg.sort_chunks)
     model_cfg = model_config(cfg.max_query_length, cfg.max_passage_length, cfg.projection_dim, cfg.shared_encoder,
                              recipe)
     saver = Saver(cfg.save_dir, cfg.keep_last, world, model, tokenizer, optimizer, scheduler, state, model_cfg,

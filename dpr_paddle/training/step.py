@@ -18,8 +18,29 @@ from .distributed import World
 from .grad_cache import cached_step, graph_reference_step
 
 
-def numpy_chunks(arrays: Dict[str, np.ndarray], chunk_size: int) -> List[Dict[str, paddle.Tensor]]:
-    """Split padded [B, L] arrays into chunks, each trimmed to its own longest sequence, as tensors."""
+def length_order(arrays: Dict[str, np.ndarray], chunk_size: int) -> Optional[np.ndarray]:
+    """The row order that puts rows of similar token length in one chunk (longest first, stable),
+    or None when there is a single chunk. The gradient cache is exact for any partition of the
+    batch, so this only changes how much padding each chunk computes."""
+    n = arrays["attention_mask"].shape[0]
+    if chunk_size <= 0 or chunk_size >= n:
+        return None
+    return np.argsort(-arrays["attention_mask"].sum(axis=1), kind="stable")  # [B]
+
+
+def in_batch_order(reps: paddle.Tensor, order: Optional[np.ndarray]) -> paddle.Tensor:
+    """Representations encoded in `order` ([B, D], row i is batch row order[i]) back in batch order."""
+    if order is None:
+        return reps
+    return paddle.gather(reps, paddle.to_tensor(np.argsort(order)), axis=0)  # differentiable: grads follow
+
+
+def numpy_chunks(arrays: Dict[str, np.ndarray], chunk_size: int,
+                 order: Optional[np.ndarray] = None) -> List[Dict[str, paddle.Tensor]]:
+    """Split padded [B, L] arrays (their rows taken in `order`, default as they are) into chunks,
+    each trimmed to its own longest sequence, as tensors."""
+    if order is not None:
+        arrays = {k: v[order] for k, v in arrays.items()}
     n = arrays["input_ids"].shape[0]
     size = n if chunk_size <= 0 else chunk_size
     out = []
@@ -36,20 +57,24 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def train_step(model, batch, q_chunk: int, p_chunk: int, world: World, amp: Optional[dict] = None,
-               scale_loss=None, temperature: float = 1.0):
-    """Forward and backward of one batch; gradients are left in the parameters.
+               scale_loss=None, temperature: float = 1.0, sort_chunks: bool = True):
+    """Forward and backward of one batch; gradients are left in the parameters. With `sort_chunks`
+    the chunks hold rows of similar length (`length_order`) and the loss sees them in batch order.
 
     Returns (loss, number of questions whose positive scored highest) over the global batch.
     """
     n_per_q = batch["passages_per_question"]
     local_q = batch["question"]["input_ids"].shape[0]
-    q_chunks = numpy_chunks(batch["question"], q_chunk)
-    p_chunks = numpy_chunks(batch["context"], p_chunk)
+    q_order = length_order(batch["question"], q_chunk) if sort_chunks else None
+    p_order = length_order(batch["context"], p_chunk) if sort_chunks else None
+    q_chunks = numpy_chunks(batch["question"], q_chunk, q_order)
+    p_chunks = numpy_chunks(batch["context"], p_chunk, p_order)
     pos = positive_indices(local_q * world.size, n_per_q)  # positives' indices in the global batch
 
     def loss_fn(q_reps, p_reps):
         # Every rank scores all questions of the global batch against all its passages; the
         # gradient reaches only this rank's slice (the others arrive as constants).
+        q_reps, p_reps = in_batch_order(q_reps, q_order), in_batch_order(p_reps, p_order)
         return nll_loss(world.gather_with_grad(q_reps), world.gather_with_grad(p_reps), pos, temperature)
 
     def encoder(tower):
