@@ -77,14 +77,19 @@ def train_step(args, model) -> dict:
         return {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": torch.ones_like(ids)}
 
     batch = [features(args.batch, args.q_len)] + [features(args.batch, args.p_len) for _ in range(1 + args.hard_negatives)]
-    warm = [{k: v[: 2 * args.chunk] for k, v in f.items()} for f in batch]
+    batches = [[{k: v[: 2 * args.chunk] for k, v in f.items()} for f in batch]] + [batch] * args.steps
+    if args.texts:  # real batches: each column tokenized as the peer's own collator does (padded to its longest)
+        with open(args.texts, encoding="utf-8") as f:
+            columns = [[b["questions"], b["positives"], b["negatives"]] for b in json.load(f)]
+        model.max_seq_length = args.max_length
+        batches = [[model.tokenize(c) for c in b] for b in columns[: args.steps + 1]]
     loss_fn = CachedMultipleNegativesRankingLoss(model, mini_batch_size=args.chunk)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
     times = []
-    for i in range(args.steps + 1):
+    for i, features_ in enumerate(batches):
         t = time.perf_counter()
-        loss = loss_fn(warm if i == 0 else batch, None)
+        loss = loss_fn(features_, None)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
         opt.step()
@@ -108,6 +113,7 @@ def main() -> None:
     ap.add_argument("--hard_negatives", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--texts", help="train_step: real batches (JSON list of {questions, positives, negatives})")
     args = ap.parse_args()
 
     import sentence_transformers

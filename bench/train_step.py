@@ -48,8 +48,26 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
     return best
 
 
-def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int, q_chunk: int = 0) -> dict:
-    """Time `steps` training steps in this process; chunk 0 = plain step; q_chunk 0 = chunk."""
+def real_batches(path: str, batch: int, count: int, q_len: int, p_len: int, tokenizer=None):
+    """The first `count` batches of epoch 0 (seed 12345, 1 hard negative) of the DPR training file
+    `path`: their texts (for the peer) and, with a tokenizer, our collator's arrays."""
+    from dpr_paddle.data import BiEncoderCollator, BiEncoderDataset, epoch_batches, read_biencoder_records
+    from dpr_paddle.modeling.tokenization import Tensorizer
+
+    dataset = BiEncoderDataset(read_biencoder_records(path), 1, seed=12345)
+    examples = [[dataset.example(i, 0) for i in ids] for ids in epoch_batches(len(dataset), batch, 0, 12345)[:count]]
+    texts = [{"questions": [e.question for e in b], "positives": [" ".join(e.passages[0]).strip() for e in b],
+              "negatives": [" ".join(e.passages[1]).strip() for e in b]} for b in examples]
+    if tokenizer is None:
+        return texts, None
+    collator = BiEncoderCollator(Tensorizer(tokenizer, q_len, p_len))
+    return texts, [collator(b) for b in examples]
+
+
+def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int, q_chunk: int = 0,
+        real_data: str = "") -> dict:
+    """Time `steps` training steps in this process; chunk 0 = plain step; q_chunk 0 = chunk. With
+    `real_data` (a DPR training file) the steps take its first batches, q_len/p_len being maximum lengths."""
     import numpy as np
     import paddle
 
@@ -59,7 +77,7 @@ def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int, q
     from dpr_paddle.training.step import train_step
 
     paddle.seed(0)
-    model, _ = build_biencoder("minilm", "minilm")
+    model, tokenizer = build_biencoder("minilm", "minilm")
     model.speed_up_training()  # as train.py does (a no-op with DPR_PADDLE_FAST_CPU=0)
     model.train()
     opt, sched = build_optimizer(model, 2e-5, 1000, 10, max_grad_norm=2.0)
@@ -79,11 +97,15 @@ def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int, q
     warm_arrays = {"question": {k: v[:warm] for k, v in batch_arrays["question"].items()},
                    "context": {k: v[: n_pass * warm] for k, v in batch_arrays["context"].items()},
                    "passages_per_question": n_pass}
+    batches = [warm_arrays] + [batch_arrays] * steps
+    if real_data:  # warm-up on the first real batch, then the next `steps`
+        batches = real_batches(real_data, batch, steps + 1, q_len, p_len, tokenizer)[1]
+        tokens = sum(int(b[g]["attention_mask"].sum()) for b in batches[1:] for g in ("question", "context")) / steps
     world = World()
     times = []
-    for i in range(steps + 1):
+    for i, arrays in enumerate(batches):
         t = time.perf_counter()
-        train_step(model, warm_arrays if i == 0 else batch_arrays, q_chunk or chunk, chunk, world)
+        train_step(model, arrays, q_chunk or chunk, chunk, world)
         global_grad_norm(model.parameters())
         opt.step()
         sched.step()
@@ -91,19 +113,36 @@ def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int, q
         if i:
             times.append(time.perf_counter() - t)
     step_s = float(np.median(times))
-    tokens = batch * q_len + n_pass * batch * p_len
+    if not real_data:
+        tokens = batch * q_len + n_pass * batch * p_len
     passes = 3 if chunk == 0 else 4  # forward + backward (2x); the cache adds a no-grad forward
     return {"batch": batch, "chunk": chunk, "step_s": step_s, "examples_per_s": batch / step_s,
             "step_tflop": tokens * FWD_FLOP_PER_TOKEN * passes / 1e12,
             "gflops": tokens * FWD_FLOP_PER_TOKEN * passes / step_s / 1e9,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "fast_cpu": os.environ.get("DPR_PADDLE_FAST_CPU") != "0", "q_chunk": q_chunk or chunk}
+            "fast_cpu": os.environ.get("DPR_PADDLE_FAST_CPU") != "0", "q_chunk": q_chunk or chunk,
+            "fused": os.environ.get("DPR_PADDLE_FUSED") != "0" and fused_built(), "real_data": bool(real_data),
+            "real_tokens_per_step": tokens if real_data else None}
+
+
+def fused_built() -> bool:
+    from dpr_paddle.modeling import fused_cpu
+
+    return fused_cpu.ops() is not None
 
 
 def peer_step(args, batch: int, chunk: int) -> dict:
-    """sentence-transformers' CachedMNRL step at (batch, chunk) on the same ids, in the peer's venv."""
+    """sentence-transformers' CachedMNRL step at (batch, chunk) on the same ids (or, with --real_data, the
+    same texts at the same maximum length), in the peer's venv."""
+    extra = {}
+    if args.real_data:
+        path = os.path.join(ROOT, "runs", f"peer_batches_{batch}.json")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(real_batches(args.real_data, batch, args.steps + 1, args.q_len, args.p_len)[0], f)
+        extra = {"texts": path, "max_length": args.p_len}
     result = run_peer(args.peer_python, "train_step", batch=batch, chunk=chunk, q_len=args.q_len, p_len=args.p_len,
-                      hard_negatives=args.hard_negatives, steps=args.steps)
+                      hard_negatives=args.hard_negatives, steps=args.steps, **extra)
     print(f"peer batch {batch} chunk {chunk}: {result['step_s']:.1f} s/step", file=sys.stderr)
     return result
 
@@ -118,6 +157,9 @@ def main() -> None:
     ap.add_argument("--p_len", type=int, default=128)
     ap.add_argument("--hard_negatives", type=int, default=1)
     ap.add_argument("--compare_fast_cpu", action="store_true", help="also run with DPR_PADDLE_FAST_CPU=0")
+    ap.add_argument("--compare_fused", action="store_true", help="also run with DPR_PADDLE_FUSED=0")
+    ap.add_argument("--real_data", default="", help="a DPR training file: its first batches instead of random ids; "
+                                                     "--q_len/--p_len are then maximum lengths")
     ap.add_argument("--peer_python", help="python of a venv with bench/requirements-peer.txt")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "train_step.json"))
     ap.add_argument("--q_chunks", type=int, nargs="+", default=[0],
@@ -126,7 +168,8 @@ def main() -> None:
     ap.add_argument("--q_chunk", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(*args.one, args.steps, args.q_len, args.p_len, args.hard_negatives, args.q_chunk)))
+        print(json.dumps(one(*args.one, args.steps, args.q_len, args.p_len, args.hard_negatives, args.q_chunk,
+                             args.real_data)))
         return
     peak = matmul_peak()
     rows = []
@@ -134,17 +177,21 @@ def main() -> None:
         configs = [c for c in args.chunks if c < b] + ([0] if b <= args.plain_up_to else [])
         for c in configs:
             peer = [peer_step(args, b, c)] if args.peer_python and c else []
-            variants = [(fast, qc) for qc in args.q_chunks for fast in ([True, False] if args.compare_fast_cpu else [True])]
-            for fast, qc in variants:
-                env = dict(os.environ, DPR_PADDLE_FAST_CPU="1" if fast else "0")
+            variants = [(fast, qc, fused) for qc in args.q_chunks
+                        for fast in ([True, False] if args.compare_fast_cpu else [True])
+                        for fused in ([True, False] if args.compare_fused else [True])]
+            for fast, qc, fused in variants:
+                env = dict(os.environ, DPR_PADDLE_FAST_CPU="1" if fast else "0", DPR_PADDLE_FUSED="1" if fused else "0")
                 out = subprocess.run([sys.executable, __file__, "--one", str(b), str(c), "--steps", str(args.steps),
                                       "--q_len", str(args.q_len), "--p_len", str(args.p_len),
-                                      "--hard_negatives", str(args.hard_negatives), "--q_chunk", str(qc)],
+                                      "--hard_negatives", str(args.hard_negatives), "--q_chunk", str(qc),
+                                      "--real_data", args.real_data],
                                      capture_output=True, text=True, check=True, env=env)
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 row["utilisation"] = row["gflops"] / peak
                 rows.append(row)
-                print(f"batch {b} chunk {c or 'plain'} question chunk {row['q_chunk'] or 'plain'} fast_cpu {fast}: "
+                print(f"batch {b} chunk {c or 'plain'} question chunk {row['q_chunk'] or 'plain'} fast_cpu {fast} "
+                      f"fused {row['fused']}: "
                       f"{row['step_s']:.1f} s/step, "
                       f"{row['examples_per_s']:.2f} ex/s, peak RSS {row['peak_rss_mb']:.0f} MB", file=sys.stderr)
             if peer:
@@ -154,9 +201,10 @@ def main() -> None:
                     r.update(peer_step_s=[p["step_s"] for p in peer], vs_peer=mean / r["step_s"], peer=peer[0]["peer"])
     print(f"matmul peak (paddle, 2048^2 float32): {peak:.1f} GFLOP/s\n")
     print(markdown_table(
-        ["batch", "chunk", "question chunk", "fast_cpu", "s/step", "peer s/step (before, after)", "speed vs peer", "examples/s",
+        ["batch", "chunk", "question chunk", "fast_cpu", "fused", "s/step", "peer s/step (before, after)", "speed vs peer", "examples/s",
          "peak RSS (MB)", "step TFLOP", "GFLOP/s", "utilisation"],
         [[str(r["batch"]), str(r["chunk"] or "plain"), str(r.get("q_chunk") or "plain"), "on" if r["fast_cpu"] else "off",
+          "on" if r.get("fused") else "off",
           f"{r['step_s']:.2f}",
           ", ".join(f"{s:.2f}" for s in r.get("peer_step_s", [])), f"{r['vs_peer']:.2f}x" if "vs_peer" in r else "",
           f"{r['examples_per_s']:.2f}",

@@ -232,11 +232,16 @@ def test_length_sorted_chunks_dropout_off_equal_full_batch(minilm, pooling, simi
 @pytest.mark.parametrize("fast", [False, True], ids=["paddle_dropout", "fast_cpu"])
 @pytest.mark.parametrize("pooling,similarity", RECIPES)
 def test_length_sorted_chunks_dropout_on_bitwise(tiny_dir, pooling, similarity, fast):
+    from dpr_paddle.modeling import fused_cpu
+
     model, q, p, encs, loss_fn = setup(tiny_dir, 7, pooling=pooling, similarity=similarity, fast=fast)
     chunks, sorted_loss = sorted_setup(model, q, p, loss_fn, 3, 4)
+    before = fused_cpu.counts["fused_layers"]
     ref_loss, ref, loss, got = dropout_on_steps(model, encs, chunks, sorted_loss, seed=9)
     assert float(loss) == float(ref_loss)
     assert all(np.array_equal(ref[k], got[k]) for k in ref)
+    if fast and fused_cpu.ops() is not None:  # the fused kernels (fused_cpu.py) really ran, with dropout on
+        assert fused_cpu.counts["fused_layers"] > before
 
 
 def test_length_sorted_chunks_pad_less():

@@ -1,0 +1,151 @@
+"""The fused CPU training kernels (modeling/fused_ops.cc) against Paddle's eager ops: forward and
+gradients within float32 tolerance on random shapes, dropout masks that follow paddle.seed, a model
+whose fused forward equals the eager one, the switch, and the fallback without a compiler. The
+gradient cache's exactness tests (tests/test_grad_cache.py, the `fast_cpu` cases) run with these
+kernels on."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from conftest import ROOT
+from dpr_paddle.modeling import fused_cpu
+
+
+@pytest.fixture(scope="module")
+def ops():
+    built = fused_cpu.ops()
+    if built is None:
+        if os.environ.get("CI"):
+            pytest.fail("the fused CPU kernels did not build on CI (g++ is there)")
+        pytest.skip("no C++ compiler here")
+    return built
+
+
+def with_grads(fn, inputs, upstream):
+    for t in inputs:
+        t.clear_gradient()
+    out = fn()
+    (out * upstream).sum().backward()
+    return [out.numpy()] + [t.grad.numpy().copy() for t in inputs]
+
+
+def leaf(*shape, rng):
+    t = paddle.to_tensor(rng.standard_normal(shape).astype("float32"))
+    t.stop_gradient = False
+    return t
+
+
+def close(a, b, tol=2e-5):
+    for x, y in zip(a, b):
+        assert np.abs(x - y).max() <= tol * max(1.0, np.abs(y).max()), np.abs(x - y).max()
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 16), (2, 7, 24), (1, 1, 8), (4, 9, 64)])
+def test_bias_gelu_equals_eager(ops, shape):
+    rng = np.random.default_rng(sum(shape))
+    x, b = leaf(*shape, rng=rng), leaf(shape[-1], rng=rng)
+    up = paddle.to_tensor(rng.standard_normal(shape).astype("float32"))
+    close(with_grads(lambda: fused_cpu.bias_gelu(x, b), [x, b], up), with_grads(lambda: F.gelu(x + b), [x, b], up))
+
+
+@pytest.mark.parametrize("shape,p", [((3, 5, 16), 0.0), ((2, 7, 24), 0.1), ((4, 9, 64), 0.5), ((1, 1, 8), 0.0)])
+def test_bias_dropout_residual_layernorm_equals_eager(ops, shape, p):
+    rng = np.random.default_rng(sum(shape))
+    x, b, r = leaf(*shape, rng=rng), leaf(shape[-1], rng=rng), leaf(*shape, rng=rng)
+    norm = paddle.nn.LayerNorm(shape[-1], epsilon=1e-12)
+    norm.weight.set_value(paddle.to_tensor(rng.standard_normal(shape[-1]).astype("float32")))
+    norm.bias.set_value(paddle.to_tensor(rng.standard_normal(shape[-1]).astype("float32")))
+    up = paddle.to_tensor(rng.standard_normal(shape).astype("float32"))
+    seed = 1234
+    keep = ops.dpr_bias_dropout_residual_ln(x, b, r, norm.weight, norm.bias, seed, p, 1e-12)[4]
+    scale = paddle.to_tensor(keep.numpy().astype("float32") / (1 - p))  # the op's own mask, as eager ops
+
+    def fused():
+        return ops.dpr_bias_dropout_residual_ln(x, b, r, norm.weight, norm.bias, seed, p, 1e-12)[0]
+
+    params = [x, b, r, norm.weight, norm.bias]
+    close(with_grads(fused, params, up), with_grads(lambda: norm(r + (x + b) * scale), params, up))
+    if p:
+        assert abs(float(keep.astype("float32").mean()) - (1 - p)) < 0.1
+
+
+@pytest.mark.parametrize("shape,p", [((2, 3, 5, 5), 0.0), ((3, 4, 7, 7), 0.1), ((1, 2, 1, 9), 0.3)])
+def test_softmax_dropout_equals_eager(ops, shape, p):
+    rng = np.random.default_rng(sum(shape))
+    s = leaf(*shape, rng=rng)
+    mask_np = np.where(rng.random((shape[0], 1, 1, shape[3])) < 0.3, -1e4, 0.0).astype("float32")
+    mask_np[..., 0] = 0.0  # every row keeps one position
+    mask = paddle.to_tensor(mask_np)
+    up = paddle.to_tensor(rng.standard_normal(shape).astype("float32"))
+    keep = ops.dpr_softmax_dropout(s, mask, 0.125, 99, p)[2]
+    scale = paddle.to_tensor(keep.numpy().astype("float32") / (1 - p))
+    close(with_grads(lambda: ops.dpr_softmax_dropout(s, mask, 0.125, 99, p)[0], [s], up),
+          with_grads(lambda: F.softmax(s * 0.125 + mask) * scale, [s], up))
+
+
+def test_masks_follow_paddle_seed(ops):
+    x = paddle.ones([64, 128])
+    b, norm = paddle.zeros([128]), paddle.nn.LayerNorm(128)
+
+    def masks(seed):
+        paddle.seed(seed)
+        return [fused_cpu.bias_dropout_residual_ln(x, b, x, norm, 0.1).numpy() for _ in range(2)]
+
+    first, again, other = masks(5), masks(5), masks(6)
+    assert all(np.array_equal(a, c) for a, c in zip(first, again))  # a replayed stream replays the masks
+    assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[0], other[0])
+
+
+def tiny_bert(tiny_dir, dropout):
+    from dpr_paddle.modeling.model import BiEncoder, set_dropout
+    from dpr_paddle.modeling.pretrained import load_encoder
+
+    model = BiEncoder(load_encoder(tiny_dir)[0], load_encoder(tiny_dir)[0])
+    if dropout is not None:
+        set_dropout(model, dropout)
+    return model
+
+
+def test_a_fused_model_equals_the_eager_one(ops, tiny_dir, monkeypatch):
+    """Dropout off: the same encoder with fused layers gives the eager outputs and gradients."""
+    from dpr_paddle.modeling.model import CONTEXT
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 8000, (5, 12))
+    mask = np.ones_like(ids)
+    mask[1, 7:] = mask[3, 4:] = 0
+    ids[mask == 0] = 0
+    batch = {k: paddle.to_tensor(v) for k, v in (("input_ids", ids), ("token_type_ids", np.zeros_like(ids)),
+                                                  ("attention_mask", mask))}
+    results = []
+    for fused in ("0", "1"):
+        monkeypatch.setenv("DPR_PADDLE_FUSED", fused)
+        paddle.seed(0)
+        model = tiny_bert(tiny_dir, 0.0).speed_up_training()
+        layers = [l for l in model.sublayers() if type(l) is paddle.nn.TransformerEncoderLayer]
+        assert all(("forward" in vars(l)) == (fused == "1") for l in layers) and layers
+        model.train()
+        before = fused_cpu.counts["fused_layers"]
+        out = model(**batch, tower=CONTEXT)
+        assert (fused_cpu.counts["fused_layers"] > before) == (fused == "1")  # the fused path really ran
+        (out * paddle.arange(out.shape[1], dtype="float32")).sum().backward()
+        results.append((out.numpy(), {n: p.grad.numpy() for n, p in model.named_parameters() if p.grad is not None}))
+    (eager, eager_g), (fused_out, fused_g) = results
+    assert np.abs(eager - fused_out).max() <= 1e-4 * np.abs(eager).max()
+    assert eager_g.keys() == fused_g.keys()
+    scale = max(np.abs(g).max() for g in eager_g.values())
+    assert max(np.abs(eager_g[k] - fused_g[k]).max() for k in eager_g) <= 1e-4 * scale
+
+
+def test_without_a_compiler_the_eager_kernels_run():
+    code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
+            "from dpr_paddle.modeling import fused_cpu\nprint('ops', fused_cpu.ops())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PATH="/nonexistent", CXX="/nonexistent/g++"), timeout=300)
+    assert proc.returncode == 0 and "ops None" in proc.stdout
+    assert proc.stderr.count("no C++ compiler: fused CPU training kernels are off") == 1
