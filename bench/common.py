@@ -36,3 +36,17 @@ def save_results(path: str, rows: list, **extra) -> None:
     from dpr_paddle.common.files import write_json_atomic
 
     write_json_atomic(path, {**extra, "rows": rows, "argv": sys.argv[1:]})
+
+
+def start_milvus(base_dir: str):
+    """A Milvus standalone server (the PyPI package `milvus`) started by `python -m dpr_paddle.milvus_server`
+    on 127.0.0.1: (process, its http:// URI). Stop it with SIGINT."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "dpr_paddle.milvus_server", "--base_dir", base_dir], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    uri = proc.stdout.readline().strip()
+    if not uri.startswith("http://"):
+        proc.kill()
+        raise SystemExit("the Milvus server did not start")
+    return proc, uri

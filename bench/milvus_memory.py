@@ -16,23 +16,12 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 
-from common import ROOT, markdown_table, save_results  # also puts the repo on sys.path
+from common import ROOT, markdown_table, save_results, start_milvus  # also puts the repo on sys.path
 from index import real_anchored, write_shards
 from load import rss_bytes
-
-
-def start_server(base_dir: str):
-    proc = subprocess.Popen([sys.executable, "-m", "dpr_paddle.milvus_server", "--base_dir", base_dir], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    uri = proc.stdout.readline().strip()
-    if not uri.startswith("http://"):
-        raise SystemExit("the Milvus server did not start")
-    return proc, uri
 
 
 def settle(pid: int, seconds: float = 20.0) -> int:
@@ -54,7 +43,7 @@ def one(emb: str, index_type: str, m: int, work: str) -> dict:
     from dpr_paddle.index.shards import load_shards
 
     shutil.rmtree(work, ignore_errors=True)
-    proc, uri = start_server(work)
+    proc, uri = start_milvus(work)
     try:
         idle = settle(proc.pid)
         exact = ExactIndex(load_shards(emb))

@@ -96,7 +96,10 @@ def train_step(args, model) -> dict:
         opt.zero_grad()
         if i:
             times.append(time.perf_counter() - t)
-    return {"step_s": float(np.median(times)), "steps": args.steps}
+    import resource
+
+    return {"step_s": float(np.median(times)), "steps": args.steps,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ def real_batches(path: str, batch: int, count: int, q_len: int, p_len: int, toke
 
 
 def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int, q_chunk: int = 0,
-        real_data: str = "") -> dict:
+        real_data: str = "", sort_chunks: bool = True) -> dict:
     """Time `steps` training steps in this process; chunk 0 = plain step; q_chunk 0 = chunk. With
     `real_data` (a DPR training file) the steps take its first batches, q_len/p_len being maximum lengths."""
     import numpy as np
@@ -105,7 +105,7 @@ def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int, q
     times = []
     for i, arrays in enumerate(batches):
         t = time.perf_counter()
-        train_step(model, arrays, q_chunk or chunk, chunk, world)
+        train_step(model, arrays, q_chunk or chunk, chunk, world, sort_chunks=sort_chunks)
         global_grad_norm(model.parameters())
         opt.step()
         sched.step()
@@ -122,7 +122,7 @@ def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int, q
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "fast_cpu": os.environ.get("DPR_PADDLE_FAST_CPU") != "0", "q_chunk": q_chunk or chunk,
             "fused": os.environ.get("DPR_PADDLE_FUSED") != "0" and fused_built(), "real_data": bool(real_data),
-            "real_tokens_per_step": tokens if real_data else None}
+            "real_tokens_per_step": tokens if real_data else None, "sort_chunks": sort_chunks}
 
 
 def fused_built() -> bool:
@@ -158,6 +158,8 @@ def main() -> None:
     ap.add_argument("--hard_negatives", type=int, default=1)
     ap.add_argument("--compare_fast_cpu", action="store_true", help="also run with DPR_PADDLE_FAST_CPU=0")
     ap.add_argument("--compare_fused", action="store_true", help="also run with DPR_PADDLE_FUSED=0")
+    ap.add_argument("--compare_sort", action="store_true", help="also run with chunks in batch order (--no-sort_chunks)")
+    ap.add_argument("--no_sort_chunks", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--real_data", default="", help="a DPR training file: its first batches instead of random ids; "
                                                      "--q_len/--p_len are then maximum lengths")
     ap.add_argument("--peer_python", help="python of a venv with bench/requirements-peer.txt")
@@ -169,7 +171,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.one:
         print(json.dumps(one(*args.one, args.steps, args.q_len, args.p_len, args.hard_negatives, args.q_chunk,
-                             args.real_data)))
+                             args.real_data, not args.no_sort_chunks)))
         return
     peak = matmul_peak()
     rows = []
@@ -177,38 +179,41 @@ def main() -> None:
         configs = [c for c in args.chunks if c < b] + ([0] if b <= args.plain_up_to else [])
         for c in configs:
             peer = [peer_step(args, b, c)] if args.peer_python and c else []
-            variants = [(fast, qc, fused) for qc in args.q_chunks
+            variants = [(fast, qc, fused, srt) for qc in args.q_chunks
                         for fast in ([True, False] if args.compare_fast_cpu else [True])
-                        for fused in ([True, False] if args.compare_fused else [True])]
-            for fast, qc, fused in variants:
+                        for fused in ([True, False] if args.compare_fused else [True])
+                        for srt in ([True, False] if args.compare_sort else [True])]
+            for fast, qc, fused, srt in variants:
                 env = dict(os.environ, DPR_PADDLE_FAST_CPU="1" if fast else "0", DPR_PADDLE_FUSED="1" if fused else "0")
                 out = subprocess.run([sys.executable, __file__, "--one", str(b), str(c), "--steps", str(args.steps),
                                       "--q_len", str(args.q_len), "--p_len", str(args.p_len),
                                       "--hard_negatives", str(args.hard_negatives), "--q_chunk", str(qc),
-                                      "--real_data", args.real_data],
+                                      "--real_data", args.real_data] + ([] if srt else ["--no_sort_chunks"]),
                                      capture_output=True, text=True, check=True, env=env)
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 row["utilisation"] = row["gflops"] / peak
                 rows.append(row)
                 print(f"batch {b} chunk {c or 'plain'} question chunk {row['q_chunk'] or 'plain'} fast_cpu {fast} "
-                      f"fused {row['fused']}: "
+                      f"fused {row['fused']} sorted chunks {srt}: "
                       f"{row['step_s']:.1f} s/step, "
                       f"{row['examples_per_s']:.2f} ex/s, peak RSS {row['peak_rss_mb']:.0f} MB", file=sys.stderr)
             if peer:
                 peer.append(peer_step(args, b, c))
                 mean = sum(p["step_s"] for p in peer) / 2
                 for r in rows[-len(variants):]:
-                    r.update(peer_step_s=[p["step_s"] for p in peer], vs_peer=mean / r["step_s"], peer=peer[0]["peer"])
+                    r.update(peer_step_s=[p["step_s"] for p in peer], vs_peer=mean / r["step_s"], peer=peer[0]["peer"],
+                             peer_peak_rss_mb=[p.get("peak_rss_mb") for p in peer])
     print(f"matmul peak (paddle, 2048^2 float32): {peak:.1f} GFLOP/s\n")
     print(markdown_table(
-        ["batch", "chunk", "question chunk", "fast_cpu", "fused", "s/step", "peer s/step (before, after)", "speed vs peer", "examples/s",
-         "peak RSS (MB)", "step TFLOP", "GFLOP/s", "utilisation"],
+        ["batch", "chunk", "question chunk", "fast_cpu", "fused", "sorted chunks", "s/step", "peer s/step (before, after)", "speed vs peer", "examples/s",
+         "peak RSS (MB)", "peer peak RSS (MB)", "step TFLOP", "GFLOP/s", "utilisation"],
         [[str(r["batch"]), str(r["chunk"] or "plain"), str(r.get("q_chunk") or "plain"), "on" if r["fast_cpu"] else "off",
-          "on" if r.get("fused") else "off",
+          "on" if r.get("fused") else "off", "on" if r.get("sort_chunks", True) else "off",
           f"{r['step_s']:.2f}",
           ", ".join(f"{s:.2f}" for s in r.get("peer_step_s", [])), f"{r['vs_peer']:.2f}x" if "vs_peer" in r else "",
           f"{r['examples_per_s']:.2f}",
-          f"{r['peak_rss_mb']:.0f}", f"{r['step_tflop']:.3f}", f"{r['gflops']:.1f}", f"{r['utilisation']:.2f}"]
+          f"{r['peak_rss_mb']:.0f}", ", ".join(f"{m:.0f}" for m in r.get("peer_peak_rss_mb", []) if m),
+          f"{r['step_tflop']:.3f}", f"{r['gflops']:.1f}", f"{r['utilisation']:.2f}"]
          for r in rows]))
     save_results(args.out, rows, matmul_peak_gflops=peak)
 

@@ -18,11 +18,10 @@ import argparse
 import asyncio
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
-from common import ROOT, markdown_table, save_results  # also puts the repo on sys.path
+from common import ROOT, markdown_table, save_results, start_milvus  # also puts the repo on sys.path
 from load import auth_headers, load, read_questions, start_server
 
 
@@ -38,15 +37,6 @@ def processes(pid: int) -> list:
     """pid and its children (the server's workers)."""
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()
     return [pid] + [int(p) for p in out]
-
-
-def start_milvus(base_dir: str):
-    proc = subprocess.Popen([sys.executable, "-m", "dpr_paddle.milvus_server", "--base_dir", base_dir], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    uri = proc.stdout.readline().strip()
-    if not uri.startswith("http://"):
-        raise SystemExit("the Milvus server did not start")
-    return proc, uri
 
 
 def measure(url, questions, clients_list, per_client, min_requests):
