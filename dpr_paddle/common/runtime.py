@@ -128,3 +128,26 @@ def quiet_paddlenlp() -> None:
         paddlenlp_logger.set_level("WARNING")
     except ImportError:
         pass
+
+
+@contextlib.contextmanager
+def without_native_lines(*fragments: str):
+    """Drop lines containing any of `fragments` that native code (glog) writes to the process's stderr
+    (file descriptor 2) inside the block; every other line is written back when it ends."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if not any(f in line for f in fragments)]
+            if kept:
+                sys.stderr.write("".join(kept))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
@@ -24,7 +25,7 @@ import paddle
 
 from ..common.files import atomic_dir, cache_root
 from ..common.options import check_numbers
-from ..common.runtime import cpu_threads
+from ..common.runtime import cpu_threads, without_native_lines
 from ..modeling.builder import build_biencoder, encoder_recipe, model_fingerprint, resolve_encoder_paths
 from ..modeling.model import CONTEXT, QUESTION
 from ..modeling.tokenization import DEFAULT_MAX_PASSAGE_LENGTH, DEFAULT_MAX_QUERY_LENGTH, Tensorizer
@@ -50,7 +51,11 @@ def export_static(model, fingerprint: str) -> str:
 
     model.eval()
     spec = [InputSpec([None, None], "int64", name) for name in INPUTS]  # `tower` keeps its default: question
-    with atomic_dir(directory) as tmp:
+    # Paddle 3.3's PIR tracing warns about a `place` query and an "input out tensor" inside its own layers;
+    # neither is something a user can act on, and the exported program is checked before use (onnx_backend)
+    with atomic_dir(directory) as tmp, warnings.catch_warnings(), \
+            without_native_lines("not support input out tensor"):
+        warnings.filterwarnings("ignore", message="Tensor do not have 'place' interface")
         static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
         paddle.jit.save(static, os.path.join(tmp, "tower"))
     logger.info("exported the encoder for Paddle Inference to %s", directory)

@@ -27,6 +27,8 @@ import io
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import types
 import warnings
 
@@ -65,35 +67,53 @@ def ops():
 def _build():
     from ..common.files import cache_root, process_lock
 
-    flags = " ".join(CFLAGS + openmp_ldflags()).encode()
+    flags = CFLAGS + openmp_ldflags()
     with open(SOURCE, "rb") as f:
-        digest = hashlib.sha1(f.read() + paddle.__version__.encode() + flags).hexdigest()[:12]
+        digest = hashlib.sha1(f.read() + paddle.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]
+    name = f"dpr_fused_{digest}"
     build_dir = os.path.join(cache_root(), "ops", f"fused-{digest}")
     os.makedirs(build_dir, exist_ok=True)
-    ext_logger = logging.getLogger("paddle.utils.cpp_extension.extension_utils")
     try:
-        from paddle.utils.cpp_extension import extension_utils, load
-
-        quiet = [ext_logger, getattr(extension_utils, "logger", ext_logger)]
-        levels = [lg.level for lg in quiet]
-        for lg in quiet:
-            lg.setLevel(logging.WARNING)  # "using custom operator only" on every load
         with process_lock(build_dir + ".lock"):  # processes starting at once build once
-            if not os.path.exists(os.path.join(build_dir, "built")):
-                logger.info("building the fused CPU training kernels (once; cached in %s)", build_dir)
-            # Paddle prints "Compiling user custom op ..." and warns about ccache: neither is for the user
-            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                module = load(name=f"dpr_fused_{digest}", sources=[SOURCE], extra_cxx_cflags=CFLAGS,
-                              extra_ldflags=openmp_ldflags(), build_directory=build_dir, verbose=False)
-            open(os.path.join(build_dir, "built"), "w").close()
-        for lg, level in zip(quiet, levels):
-            lg.setLevel(level)
-        return module
+            if not os.path.exists(os.path.join(build_dir, name, name + ".so")):
+                _compile(name, build_dir)
+        return _import(name, os.path.join(build_dir, name))
     except Exception as e:  # noqa: BLE001 - any build failure means: run the eager kernels
+        lines = str(e).strip().splitlines()
         logger.warning("the fused CPU training kernels could not be built (%s); Paddle's eager kernels run",
-                       str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__)
+                       lines[-1][:300] if lines else type(e).__name__)
         return None
+
+
+def _compile(name: str, build_dir: str) -> None:
+    """paddle.utils.cpp_extension.load in a child process whose output is kept: its compiler runs in a
+    further process that imports Paddle, whose warnings would otherwise reach the user's console."""
+    logger.info("building the fused CPU training kernels (once; cached in %s)", build_dir)
+    code = ("from paddle.utils.cpp_extension import load\n"
+            f"load(name={name!r}, sources=[{SOURCE!r}], extra_cxx_cflags={CFLAGS!r}, "
+            f"extra_ldflags={openmp_ldflags()!r}, build_directory={build_dir!r}, verbose=False)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode:
+        errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error" in line.lower()]
+        raise RuntimeError((errors or (proc.stdout + proc.stderr).splitlines() or ["unknown error"])[-1])
+
+
+def _import(name: str, so_dir: str):
+    """The built operators as a module (no compiler run)."""
+    quiet = logging.getLogger("paddle.utils.cpp_extension.extension_utils")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # "No ccache found" when the module is first imported
+        from paddle.utils.cpp_extension import extension_utils
+
+        loggers = {quiet, getattr(extension_utils, "logger", quiet)}
+        levels = [(lg, lg.level) for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)  # "using custom operator only"
+        try:
+            return extension_utils._import_module_from_library(name, so_dir, False)
+        finally:
+            for lg, level in levels:
+                lg.setLevel(level)
 
 
 def openmp_ldflags() -> list:
@@ -141,12 +161,14 @@ def _eligible(layer, src, src_mask, cache) -> bool:
             and ops() is not None)
 
 
-def _layer_forward(self, src, src_mask=None, cache=None):
+def _layer_forward(self, src, src_mask=None, cache=None, output_attentions=False):
     """`nn.TransformerEncoderLayer.forward` (post-norm, GELU) with the fused kernels; Paddle's own
-    forward wherever they do not apply."""
+    forward wherever they do not apply. `output_attentions` is the argument PaddleNLP adds to the class's
+    forward (a patch without it draws PaddleNLP's warning); asking for attentions takes Paddle's path."""
     src_mask = nn.layer.transformer._convert_attention_mask(src_mask, src.dtype)
-    if not _eligible(self, src, src_mask, cache):
-        return type(self).forward(self, src, src_mask, cache)
+    if output_attentions or not _eligible(self, src, src_mask, cache):
+        extra = {"output_attentions": True} if output_attentions else {}
+        return type(self).forward(self, src, src_mask, cache, **extra)
     counts["fused_layers"] += 1
     attn = self.self_attn
     # one GEMM for q, k and v ([H, 3H] weights); the split adds their biases: [B, heads, L, head_dim] each
