@@ -216,8 +216,8 @@ def sorted_setup(model, q, p, loss_fn, q_chunk, p_chunk):
     return chunks, lambda qr, pr: loss_fn(in_batch_order(qr, qo), in_batch_order(pr, po))
 
 
-@pytest.mark.parametrize("pooling,similarity", RECIPES)
-@pytest.mark.parametrize("batch,q_chunk,p_chunk", [(8, 3, 5), (7, 2, 4)])
+@pytest.mark.parametrize("pooling,similarity,batch,q_chunk,p_chunk",
+                         [(p, s, 8, 3, 5) for p, s in RECIPES] + [("cls", "dot", 7, 2, 4)])
 def test_length_sorted_chunks_dropout_off_equal_full_batch(minilm, pooling, similarity, batch, q_chunk, p_chunk):
     model, q, p, encs, loss_fn = setup(minilm, batch, pooling=pooling, similarity=similarity)
     model.eval()
