@@ -4,10 +4,11 @@
         --types IVF_SQ8 IVF_PQ HNSW --json bench/results/milvus_memory.json
 
 For each size and index type, a fresh Milvus 2.3.5 standalone server (`python -m dpr_paddle.milvus_server`,
-the PyPI package `milvus`) is started; its resident memory (the server and its child processes) is
-read when idle, then the collection is built by our MilvusIndex (real-anchored vectors: real MiniLM
-passage vectors of --anchors plus noise with their covariance, bench/index.py), flushed, released
-and loaded again, so that only what a query node holds for the sealed, indexed collection remains.
+the PyPI package `milvus`) builds the collection with our MilvusIndex (real-anchored vectors: real
+MiniLM passage vectors of --anchors plus noise with their covariance, bench/index.py), flushes and
+releases it, and stops. It is started again on the same data: its resident memory (the server and
+its child processes) is read idle, then after loading the collection, so that the growth is what a
+query node holds for the sealed, indexed collection (not the index builder's or the insert buffers').
 The measured growth is compared with index.factory.milvus_server_bytes, which the memory plan uses.
 """
 from __future__ import annotations
@@ -37,29 +38,38 @@ def settle(pid: int, seconds: float = 20.0) -> int:
 
 
 def one(emb: str, index_type: str, m: int, work: str) -> dict:
+    from pymilvus import MilvusClient
+
     from dpr_paddle.index.exact import ExactIndex
     from dpr_paddle.index.factory import milvus_server_bytes
     from dpr_paddle.index.milvus import MilvusIndex
     from dpr_paddle.index.shards import load_shards
 
     shutil.rmtree(work, ignore_errors=True)
+    exact = ExactIndex(load_shards(emb))
     proc, uri = start_milvus(work)
-    try:
-        idle = settle(proc.pid)
-        exact = ExactIndex(load_shards(emb))
+    try:  # build, flush and release; then restart, so the builder's and the insert buffers' memory is gone
         t0 = time.time()
         index = MilvusIndex(exact, uri, "bench_memory", index_type=index_type, m=m).build()
         build_s = time.time() - t0
         index.client.flush("bench_memory")
         index.client.release_collection("bench_memory")
-        index.client.load_collection("bench_memory")
-        loaded = settle(proc.pid, 60)
-        n, dim = int(exact.offsets[-1]), int(exact.shards[0].meta["dim"])
-        plan = milvus_server_bytes(n, dim, index_type, m, 0)
         index.client.close()
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
+    proc, uri = start_milvus(work)
+    try:
+        idle = settle(proc.pid)
+        client = MilvusClient(uri=uri)
+        client.load_collection("bench_memory")
+        loaded = settle(proc.pid, 60)
+        client.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    n, dim = int(exact.offsets[-1]), int(exact.shards[0].meta["dim"])
+    plan = milvus_server_bytes(n, dim, index_type, m, 0)
     grown = loaded - idle
     return {"n": n, "dim": dim, "index_type": index_type, "M": m if index_type == "HNSW" else None,
             "build_s": round(build_s, 1), "idle_mb": round(idle / 2**20), "loaded_mb": round(loaded / 2**20),
