@@ -68,10 +68,6 @@ class MicroBatcher:
             self._cv.notify()
         return future
 
-    def search(self, queries: List[str], k: int, mode: Optional[str] = None):
-        """Block until this request's results are ready; raises what the search raised."""
-        return self.submit(queries, k, mode).result()
-
     def _take(self):
         with self._cv:
             while True:
