@@ -144,7 +144,11 @@ class MilvusIndex:
             # as they seal). milvus-lite queries unloaded collections and trains IVF on what it holds.
             self._ensure_index()
             self.client.load_collection(self.collection)
-            self._load_rows()
+            added = self._load_rows()
+            if self._wait_indexed() or added:
+                # the query node took the new rows in as they came (growing, then unindexed sealed segments,
+                # searched by brute force) and swaps in indexed ones only in the background: load again
+                self.client.release_collection(self.collection)
         else:
             self._load_rows()
             self._ensure_index()
@@ -181,9 +185,9 @@ class MilvusIndex:
         got = self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(got[0]["count(*)"])
 
-    def _load_rows(self, stop_after: Optional[int] = None) -> None:
-        """Insert rows [done, count) in batches, row order. A crash leaves whole batches and at most
-        one part of a batch: the resume starts at that batch and upserts it (idempotent)."""
+    def _load_rows(self, stop_after: Optional[int] = None) -> int:
+        """Insert rows [done, count) in batches, row order; how many were sent. A crash leaves whole
+        batches and at most one part of a batch: the resume starts at that batch and upserts it."""
         from tqdm import tqdm
 
         batch = int(self._properties().get(_BATCH, LOAD_BATCH))
@@ -192,14 +196,14 @@ class MilvusIndex:
             raise MilvusIndexError(f"Milvus collection {self.collection!r} has {done} rows for {self.count} passages; "
                                    "drop it and load again")
         if done == self.count:
-            return
+            return 0
         start = done // batch * batch
         if done:
             logger.info("resuming the load of %s at row %d of %d", self.collection, start, self.count)
         with tqdm(total=self.count, initial=start, desc="milvus load", unit="vec", dynamic_ncols=True) as bar:
             for i, lo in enumerate(range(start, self.count, batch)):
                 if stop_after is not None and i >= stop_after:
-                    return  # tests: an interrupted load
+                    return lo - start  # tests: an interrupted load
                 hi = min(lo + batch, self.count)
                 rows = [{"row": r, "pid": pid, "vector": vec} for r, pid, vec in self._rows(lo, hi)]
                 (self.client.upsert if i == 0 and done else self.client.insert)(self.collection, rows)
@@ -209,6 +213,28 @@ class MilvusIndex:
         if got != self.count:
             raise MilvusIndexError(f"Milvus collection {self.collection!r}: {got} rows after loading {self.count}; "
                                    "drop it and load again")
+        return self.count - start
+
+    def _wait_indexed(self, poll_s: float = 1.0) -> bool:
+        """Wait until a server's index covers every row (it builds sealed segments' indexes in the
+        background, after `create_index` and `flush` have returned). True when it had to wait."""
+        import time
+
+        from tqdm import tqdm
+
+        state = self.client.describe_index(self.collection, "vector")
+        if state.get("indexed_rows", 0) >= self.count and not state.get("pending_index_rows", 0):
+            return False
+        with tqdm(total=self.count, desc="milvus index", unit="vec", dynamic_ncols=True) as bar:
+            while True:
+                if state.get("state") == "Failed":
+                    raise MilvusIndexError(f"Milvus collection {self.collection!r}: building its {self.index_type} "
+                                           f"index failed ({state.get('index_state_fail_reason', 'no reason given')})")
+                bar.update(min(self.count, state.get("indexed_rows", 0)) - bar.n)
+                if state.get("indexed_rows", 0) >= self.count and not state.get("pending_index_rows", 0):
+                    return True
+                time.sleep(poll_s)
+                state = self.client.describe_index(self.collection, "vector")
 
     def _rows(self, lo: int, hi: int):
         """(global row, passage id, float32 vector) for rows [lo, hi)."""
