@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -164,6 +165,23 @@ def lost_peer(e: RuntimeError, rank: int, step: int, save_dir: str) -> TrainingE
                          f"{good or 'the start'}.")
 
 
+def say_why_when_stopped(world: World, state: "TrainState", save_dir: str) -> None:
+    """A launcher stops every rank with SIGTERM once one fails, at times before this rank's next
+    collective has noticed: log what happened and how to resume, then stop as SIGTERM would."""
+    if world.size < 2:
+        return
+
+    def stopped(signum, frame):
+        good = ckpt.latest_checkpoint(save_dir)
+        logger.error("rank %d was stopped (SIGTERM) at step %d: the launcher stops every rank once one fails; did "
+                     "another rank fail? Checkpoints are only written whole; resume with --resume auto from %s.",
+                     world.rank, state.global_step, good or "the start")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stopped)
+
+
 def plan_steps(n_examples: int, cfg: TrainConfig, world: World):
     """(total steps, epochs to run): --epochs of full batches, cut by --max_steps (with --epochs 0, as
     many epochs as --max_steps needs)."""
@@ -307,6 +325,7 @@ def train(cfg: TrainConfig) -> Dict[str, float]:
     model = world.wrap(model)
     state = resume_state(resume_from, optimizer, scheduler, model, total_steps)
     resumed_step = state.global_step if resume_from else None
+    say_why_when_stopped(world, state, cfg.save_dir)
     amp, scaler = setup_amp(cfg.fp16, cfg.amp_dtype)
     parts = StepParts(model, optimizer, scheduler, world, q_chunk, p_chunk, amp, scaler, recipe["temperature"],
                       cfg.save_dir, cfg.sort_chunks)
