@@ -12,17 +12,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
+import tempfile
 import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 
 def main() -> None:
-    import httpx
+    from load import start_server  # bench/load.py: a server on a free port, once /health answers
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -37,21 +36,10 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "search_page.png"))
     args = ap.parse_args()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "dpr_paddle.serve", "--port", str(port), "--model_name_or_path",
-                               "minilm", "--encoded_ctx_file", args.emb, "--ctx_file",
-                               os.path.join(args.data, "passages.tsv"), "--hnsw_index", "--hybrid"], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    log = os.path.join(tempfile.mkdtemp(), "server.log")
+    server, url = start_server(["--model_name_or_path", "minilm", "--encoded_ctx_file", args.emb, "--ctx_file",
+                                os.path.join(args.data, "passages.tsv"), "--hnsw_index", "--hybrid"], log)
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
         options = webdriver.ChromeOptions()
         options.binary_location = shutil.which("chromium")
         for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1500,1050"):
