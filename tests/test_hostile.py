@@ -138,6 +138,32 @@ def test_damaged_shards_graphs_and_foreign_graphs_are_one_line(corpus, tmp_path)
         retrieve(corpus, emb, "--hnsw_index", "--index_path", graph))
 
 
+def test_verify_shards_finds_a_flipped_bit(corpus, tmp_path):
+    """A bit flipped inside vectors.npy keeps its shape and dtype, so loading cannot see it; the
+    vectors.sha1 written with the shard can, and verify_shards names the file in one line."""
+    def verify(*args):
+        return subprocess.run([sys.executable, "-m", "dpr_paddle.verify_shards", *map(str, args)], cwd=ROOT,
+                              capture_output=True, text=True)
+
+    emb = copy_shards(corpus, tmp_path)
+    good = verify(emb)
+    assert good.returncode == 0 and good.stdout.splitlines() == [f"{tmp_path / 'emb_0'}: ok", f"{tmp_path / 'emb_1'}: ok"]
+    vec = tmp_path / "emb_1" / "vectors.npy"
+    data = bytearray(vec.read_bytes())
+    data[-7] ^= 0x10  # one bit of one float
+    vec.write_bytes(bytes(data))
+    bad = verify(emb)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stdout.splitlines() == [
+        f"{tmp_path / 'emb_0'}: ok",
+        f"{tmp_path / 'emb_1'}: error: {vec}: its content is not what the shard was written with (its SHA-1 differs "
+        "from vectors.sha1); re-encode the shard (generate_dense_embedding.py --overwrite)"]
+    (tmp_path / "emb_0" / "vectors.sha1").unlink()  # a shard written before the digest existed
+    assert verify(tmp_path / "emb_0").stdout.strip() == f"{tmp_path / 'emb_0'}: unchecked"
+    missing = verify(tmp_path / "nothing")
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1] == f"error: no embedding shards match '{tmp_path / 'nothing'}'"
+
+
 def test_damaged_store_bm25_index_and_topk_files_are_one_line(corpus, tmp_path):
     import sqlite3
 

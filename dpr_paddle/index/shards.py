@@ -6,6 +6,8 @@ directory `OUT_FILE_k/` (the `_k` suffix is `shard_path`):
 
     vectors.npy   [n, D] float32 (or float16), a plain .npy: np.load(..., mmap_mode="r") maps it
     ids.txt       the n passage ids, one per line, in corpus order (ids.sha1: its SHA-1)
+    vectors.sha1  the SHA-1 of vectors.npy as written (read back only by `verify_shard`: hashing
+                  every vector on each load would cost seconds per GB)
     meta.json     {format, model, model_fingerprint, pooling, similarity, max_length, dim, count,
                    dtype, shard_id, num_shards, start, end, ctx_file, corpus}
 
@@ -118,6 +120,39 @@ def open_vectors(path: str, meta: dict) -> np.ndarray:
     return vectors
 
 
+VECTORS_DIGEST = "vectors.sha1"
+
+
+def file_sha1(path: str, block: int = 1 << 24) -> str:
+    """The SHA-1 of a file, read in 16 MB blocks."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_shard(path: str) -> str:
+    """Read a shard whole: meta.json, ids.txt against ids.sha1, vectors.npy against meta.json and
+    vectors.sha1. Returns "ok" or "unchecked" (written before vectors.sha1 existed, or by another
+    tool); a damaged file raises one ArtefactError naming it."""
+    meta = read_meta(path)
+    if meta is None:
+        raise ArtefactError(f"{path}: not a complete shard (no meta.json); {REENCODE}")
+    read_ids(path)
+    open_vectors(path, meta)
+    digest_file = os.path.join(path, VECTORS_DIGEST)
+    if not os.path.isfile(digest_file):
+        return "unchecked"
+    f = os.path.join(path, "vectors.npy")
+    with reading(f, "shard vectors", REENCODE):
+        want, got = open(digest_file, encoding="ascii").read().strip(), file_sha1(f)
+    if got != want:
+        raise ArtefactError(f"{f}: its content is not what the shard was written with (its SHA-1 differs from "
+                            f"{VECTORS_DIGEST}); {REENCODE}")
+    return "ok"
+
+
 @dataclass
 class Shard:
     """One embedding shard: memory-mapped vectors [n, D], their passage ids and metadata."""
@@ -197,6 +232,8 @@ def assemble_shard(partial: str, final: str, meta: dict, expected: int) -> Tuple
             row += m.shape[0]
         out.flush()
         del out
+        with open(os.path.join(tmp, VECTORS_DIGEST), "w", encoding="ascii") as f:
+            f.write(file_sha1(os.path.join(tmp, "vectors.npy")) + "\n")
         digest = hashlib.sha1()
         with open(os.path.join(tmp, "ids.txt"), "wb") as f:
             for b in blocks:
