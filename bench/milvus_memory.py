@@ -37,7 +37,19 @@ def settle(pid: int, seconds: float = 20.0) -> int:
     return last
 
 
-def one(emb: str, index_type: str, m: int, work: str) -> dict:
+def files_bytes(directory: str, part: str) -> int:
+    """Bytes of the files under `directory` whose path contains `part` (the server's stored index files)."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(directory) if part in d for f in names)
+
+
+def sweep(client, queries, k: int, ef: int) -> None:
+    """Search every query once, so that every page the index needs has been touched."""
+    params = {"metric_type": "IP", "params": {"ef": ef, "nprobe": 16}}
+    for lo in range(0, len(queries), 100):
+        client.search("bench_memory", data=list(queries[lo : lo + 100]), limit=k, search_params=params)
+
+
+def one(emb: str, index_type: str, m: int, work: str, queries) -> dict:
     from pymilvus import MilvusClient
 
     from dpr_paddle.index.exact import ExactIndex
@@ -64,6 +76,10 @@ def one(emb: str, index_type: str, m: int, work: str) -> dict:
         client = MilvusClient(uri=uri)
         client.load_collection("bench_memory")
         loaded = settle(proc.pid, 60)
+        t0 = time.time()
+        sweep(client, queries, 10, 64)
+        sweep_s = time.time() - t0
+        searched = settle(proc.pid, 30)
         client.close()
     finally:
         proc.send_signal(signal.SIGINT)
@@ -71,10 +87,13 @@ def one(emb: str, index_type: str, m: int, work: str) -> dict:
     n, dim = int(exact.offsets[-1]), int(exact.shards[0].meta["dim"])
     plan = milvus_server_bytes(n, dim, index_type, m, 0)
     grown = loaded - idle
+    index_files = files_bytes(work, "index_files")
     return {"n": n, "dim": dim, "index_type": index_type, "M": m if index_type == "HNSW" else None,
             "build_s": round(build_s, 1), "idle_mb": round(idle / 2**20), "loaded_mb": round(loaded / 2**20),
-            "measured_mb": round(grown / 2**20), "plan_mb": round(plan / 2**20),
-            "plan_over_measured": round(plan / grown, 2) if grown > 0 else None}
+            "measured_mb": round(grown / 2**20), "after_sweep_mb": round((searched - idle) / 2**20),
+            "sweep_queries": len(queries), "sweep_s": round(sweep_s, 1), "index_files_mb": round(index_files / 2**20),
+            "plan_mb": round(plan / 2**20),
+            "plan_over_measured": round(plan / max(grown, searched - idle), 2) if grown > 0 else None}
 
 
 def main() -> None:
@@ -86,25 +105,28 @@ def main() -> None:
     ap.add_argument("--types", nargs="+", default=["IVF_SQ8", "IVF_PQ", "HNSW"])
     ap.add_argument("--m", type=int, default=16, help="HNSW M (Milvus' build is slow at large M on 2 cores)")
     ap.add_argument("--noise", type=float, default=0.5)
+    ap.add_argument("--sweep", type=int, default=10_000, help="questions searched after the load (touches pages)")
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "results", "milvus_memory.json"))
     args = ap.parse_args()
 
     anchors = np.load(os.path.join(args.anchors, "vectors.npy")).astype(np.float32)
+    queries = real_anchored(anchors, args.sweep, 1, args.noise)
     rows = []
     tmp = tempfile.mkdtemp(dir=os.path.join(ROOT, "runs"))
     try:
         for n in args.sizes:
             emb = write_shards(os.path.join(tmp, f"v{n}"), real_anchored(anchors, n, 0, args.noise), 1)
             for index_type in args.types:
-                rows.append(one(emb, index_type, args.m, os.path.join(tmp, "server")))
+                rows.append(one(emb, index_type, args.m, os.path.join(tmp, "server"), queries))
                 print(rows[-1], flush=True)
                 save_results(args.json, rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(markdown_table(["vectors", "index", "server RSS idle MB", "loaded MB", "measured MB", "plan MB",
-                          "plan / measured"],
+    print(markdown_table(["vectors", "index", "server RSS idle MB", "loaded MB", "growth MB",
+                          "growth after the sweep MB", "index files MB", "plan MB", "plan / measured"],
                          [[f"{r['n']:,} x {r['dim']}", r["index_type"] + (f" M{r['M']}" if r["M"] else ""),
-                           str(r["idle_mb"]), str(r["loaded_mb"]), str(r["measured_mb"]), str(r["plan_mb"]),
+                           str(r["idle_mb"]), str(r["loaded_mb"]), str(r["measured_mb"]), str(r["after_sweep_mb"]),
+                           str(r["index_files_mb"]), str(r["plan_mb"]),
                            str(r["plan_over_measured"])] for r in rows]))
 
 

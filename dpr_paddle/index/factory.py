@@ -113,14 +113,16 @@ def milvus_lite_bytes(n: int, dim: int, index_type: str) -> int:
 
 
 def milvus_server_bytes(n: int, dim: int, index_type: str, m: int, pq_m: int) -> int:
-    """What a Milvus server's query nodes hold for the index: raw vectors and links for HNSW (computed),
-    raw vectors for FLAT/IVF_FLAT. For IVF_SQ8 and IVF_PQ, measured on a Milvus 2.3.5 standalone server
-    at 1M x 384 (docs/benchmarks.md 10c): the query node held about the raw vectors besides the codes
-    (1.34 GB for IVF_SQ8, 1.61 GB for IVF_PQ, against 0.37 / 0.09 GB for the codes alone), so IVF_SQ8 is
-    planned at the raw vectors (10 % above that measurement) and IVF_PQ at raw + codes (3 % below)."""
+    """What a Milvus server's query nodes hold for a collection of n vectors: the index (raw vectors and
+    links for HNSW, the codes for IVF_SQ8 and IVF_PQ, the raw vectors for FLAT/IVF_FLAT), plus per row
+    the key, timestamp, passage id and segment bookkeeping, plus a fixed part. The per-row and fixed
+    parts are fitted to a Milvus 2.3.5 standalone server's memory at 100k and 1M x 384, indexes built
+    (docs/benchmarks.md 10c): 60 bytes a row for HNSW, 160 for the IVF types (their inverted lists
+    keep 8-byte ids), 24 MB. An indexed IVF segment does not keep its raw vectors in memory."""
     raw = n * dim * 4
-    return int({"HNSW": raw + n * (2 * m * 4 + 4 * m / math.log(m)), "IVF_FLAT": raw, "FLAT": raw,
-                "IVF_SQ8": raw, "IVF_PQ": raw + n * (pq_m or max(1, dim // 4))}[index_type])
+    index = {"HNSW": raw + n * (2 * m * 4 + 4 * m / math.log(m)), "IVF_FLAT": raw, "FLAT": raw,
+             "IVF_SQ8": n * dim, "IVF_PQ": n * (pq_m or max(1, dim // 4))}[index_type]
+    return int(index + n * (60 if index_type == "HNSW" else 160) + 24 * 2**20)
 
 
 @dataclass

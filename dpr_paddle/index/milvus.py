@@ -230,7 +230,9 @@ class MilvusIndex:
                 if state.get("state") == "Failed":
                     raise MilvusIndexError(f"Milvus collection {self.collection!r}: building its {self.index_type} "
                                            f"index failed ({state.get('index_state_fail_reason', 'no reason given')})")
-                bar.update(min(self.count, state.get("indexed_rows", 0)) - bar.n)
+                # a server may merge indexed segments (compaction) and index the merged one again: pending rows
+                done = min(self.count, state.get("indexed_rows", 0), self.count - state.get("pending_index_rows", 0))
+                bar.update(max(0, done) - bar.n)
                 if state.get("indexed_rows", 0) >= self.count and not state.get("pending_index_rows", 0):
                     return True
                 time.sleep(poll_s)
