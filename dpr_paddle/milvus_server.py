@@ -12,6 +12,46 @@ from __future__ import annotations
 import argparse
 
 
+def free_port(wanted: int = 0) -> int:
+    """`wanted` when it is free on 127.0.0.1, else a port the system gives."""
+    import socket
+
+    for port in (wanted, 0) if wanted else (0,):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port on 127.0.0.1")
+
+
+def own_etcd_ports(base_dir: str) -> int:
+    """Give the embedded etcd its own client and peer ports; returns the client port. The package
+    picks free ports for Milvus but leaves etcd's peer port at 2380, so a second server on the machine
+    died (a nil-pointer panic after 'bind: address already in use'). The peer port is kept in
+    BASE_DIR/etcd.yaml, as etcd's stored membership names it, and reused on the next start."""
+    import os
+    import re
+
+    path = os.path.join(os.path.abspath(base_dir), "etcd.yaml")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    old = open(path, encoding="utf-8").read() if os.path.isfile(path) else ""
+    found = re.search(r"listen-peer-urls: http://127.0.0.1:(\d+)", old)
+    peer = free_port(int(found.group(1)) if found else 0)
+    client = free_port()
+    while client == peer:
+        client = free_port()
+    urls = {"listen-client-urls": client, "advertise-client-urls": client, "listen-peer-urls": peer,
+            "initial-advertise-peer-urls": peer}
+    text = "".join(f"{k}: http://127.0.0.1:{v}\n" for k, v in urls.items())
+    text += f"initial-cluster: default=http://127.0.0.1:{peer}\nname: default\n"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.environ["ETCD_CONFIG_PATH"] = path  # Milvus reads etcd.config.path from the environment
+    return client
+
+
 def main(argv=None) -> None:
     """Entry point of `python -m dpr_paddle.milvus_server` and dpr-milvus-server."""
     from .cli import run_main
@@ -30,6 +70,7 @@ def main(argv=None) -> None:
         except ImportError:
             raise DprError("the Milvus server package is not installed: pip install milvus==2.3.5") from None
         server = MilvusServer()
+        server.config.update(etcd_port=own_etcd_ports(args.base_dir))
         server.set_base_dir(args.base_dir)
         server.start()
         print(f"http://127.0.0.1:{server.listen_port}", flush=True)

@@ -345,3 +345,32 @@ def test_dense_retriever_against_a_milvus_server(encoded, milvus_server):
 
 def test_index_errors_are_dpr_errors():
     assert issubclass(MilvusIndexError, DprError) and issubclass(IndexMemoryError, DprError)
+
+
+def test_a_second_server_starts_beside_the_first(milvus_server, tmp_path):
+    """Two local servers on one machine (a user's and a test run's): the embedded etcd gets its own ports.
+    It used to keep etcd's peer port 2380, so the second one died with a panic after 3 minutes."""
+    import signal
+    import socket
+
+    from pymilvus import MilvusClient
+
+    squatter = socket.socket()
+    try:
+        squatter.bind(("127.0.0.1", 2380))  # whoever holds etcd's default peer port
+        squatter.listen()
+    except OSError:
+        pass  # already held
+    proc = subprocess.Popen([sys.executable, "-m", "dpr_paddle.milvus_server", "--base_dir", str(tmp_path / "second")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        uri = proc.stdout.readline().strip()
+        assert uri.startswith("http://127.0.0.1:") and uri != milvus_server
+        client = MilvusClient(uri=uri)
+        client.create_collection("second", dimension=4)
+        assert client.list_collections() == ["second"]
+        client.close()
+    finally:
+        squatter.close()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
