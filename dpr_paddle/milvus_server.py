@@ -6,6 +6,8 @@ without Docker, from the PyPI package `milvus` (`pip install milvus==2.3.5`, or 
 
 It is a real gRPC server with embedded etcd and local storage (version 2.3.5-lite), the same code
 path as a production server or cluster (docker compose, see the README); it starts in ~8 s here.
+It listens on every interface without authentication (the package's configuration): keep it
+behind a firewall off a trusted network.
 """
 from __future__ import annotations
 
