@@ -141,15 +141,23 @@ def content_sha1(path: str, block: int = 1 << 22) -> str:
             return saved["sha1"]
     except (OSError, ValueError):
         pass
+    digest = sha1_of_file(path, block)
+    try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        write_json_atomic(cache, {"path": os.path.abspath(path), "stamp": stamp, "sha1": digest})
+    except OSError:  # a read-only cache costs a re-hash next time, nothing else
+        pass
+    return digest
+
+
+def sha1_of_file(path: str, block: int = 1 << 22) -> str:
+    """SHA-1 of the whole file, read now (no cache: a bit flipped on disk keeps size and mtime)."""
+    import hashlib
+
     h = hashlib.sha1()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(block), b""):
             h.update(chunk)
-    try:
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        write_json_atomic(cache, {"path": os.path.abspath(path), "stamp": stamp, "sha1": h.hexdigest()})
-    except OSError:  # a read-only cache costs a re-hash next time, nothing else
-        pass
     return h.hexdigest()
 
 

@@ -145,7 +145,8 @@ class MilvusIndex:
             self._ensure_index()
             self.client.load_collection(self.collection)
             added = self._load_rows()
-            if self._wait_indexed() or added:
+            waited = self._wait_indexed()
+            if added or waited:
                 # the query node took the new rows in as they came (growing, then unindexed sealed segments,
                 # searched by brute force) and swaps in indexed ones only in the background: load again
                 self.client.release_collection(self.collection)
@@ -222,8 +223,11 @@ class MilvusIndex:
 
         from tqdm import tqdm
 
+        def complete(state: dict) -> bool:
+            return state.get("indexed_rows", 0) >= self.count and not state.get("pending_index_rows", 0)
+
         state = self.client.describe_index(self.collection, "vector")
-        if state.get("indexed_rows", 0) >= self.count and not state.get("pending_index_rows", 0):
+        if complete(state):
             return False
         with tqdm(total=self.count, desc="milvus index", unit="vec", dynamic_ncols=True) as bar:
             while True:
@@ -233,7 +237,7 @@ class MilvusIndex:
                 # a server may merge indexed segments (compaction) and index the merged one again: pending rows
                 done = min(self.count, state.get("indexed_rows", 0), self.count - state.get("pending_index_rows", 0))
                 bar.update(max(0, done) - bar.n)
-                if state.get("indexed_rows", 0) >= self.count and not state.get("pending_index_rows", 0):
+                if complete(state):
                     return True
                 time.sleep(poll_s)
                 state = self.client.describe_index(self.collection, "vector")

@@ -29,7 +29,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..common.errors import DprError
-from ..common.files import ArtefactError, atomic_dir, reading, write_json_atomic
+from ..common.files import ArtefactError, atomic_dir, reading, sha1_of_file, write_json_atomic
 
 FORMAT = "dpr_paddle.embeddings/1"
 
@@ -123,15 +123,6 @@ def open_vectors(path: str, meta: dict) -> np.ndarray:
 VECTORS_DIGEST = "vectors.sha1"
 
 
-def file_sha1(path: str, block: int = 1 << 24) -> str:
-    """The SHA-1 of a file, read in 16 MB blocks."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(block), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_shard(path: str) -> str:
     """Read a shard whole: meta.json, ids.txt against ids.sha1, vectors.npy against meta.json and
     vectors.sha1. Returns "ok" or "unchecked" (written before vectors.sha1 existed, or by another
@@ -146,7 +137,7 @@ def verify_shard(path: str) -> str:
         return "unchecked"
     f = os.path.join(path, "vectors.npy")
     with reading(f, "shard vectors", REENCODE):
-        want, got = open(digest_file, encoding="ascii").read().strip(), file_sha1(f)
+        want, got = open(digest_file, encoding="ascii").read().strip(), sha1_of_file(f)
     if got != want:
         raise ArtefactError(f"{f}: its content is not what the shard was written with (its SHA-1 differs from "
                             f"{VECTORS_DIGEST}); {REENCODE}")
@@ -233,7 +224,7 @@ def assemble_shard(partial: str, final: str, meta: dict, expected: int) -> Tuple
         out.flush()
         del out
         with open(os.path.join(tmp, VECTORS_DIGEST), "w", encoding="ascii") as f:
-            f.write(file_sha1(os.path.join(tmp, "vectors.npy")) + "\n")
+            f.write(sha1_of_file(os.path.join(tmp, "vectors.npy")) + "\n")
         digest = hashlib.sha1()
         with open(os.path.join(tmp, "ids.txt"), "wb") as f:
             for b in blocks:

@@ -156,13 +156,17 @@ def run_dev(model, dev, collator, batch_size, temperature, writer, step, state, 
     return metrics
 
 
+def resume_advice(save_dir: str) -> str:
+    """What a rank that lost the others tells the user: where a resumed run starts."""
+    good = ckpt.latest_checkpoint(save_dir)
+    return (f"did another rank fail? Checkpoints are only written whole; resume with --resume auto from "
+            f"{good or 'the start'}.")
+
+
 def lost_peer(e: RuntimeError, rank: int, step: int, save_dir: str) -> TrainingError:
     """gloo/NCCL report a dead peer as a RuntimeError deep inside a collective: say what to do."""
-    good = ckpt.latest_checkpoint(save_dir)
     return TrainingError(f"rank {rank} lost the other ranks at step {step} "
-                         f"({str(e).strip().splitlines()[-1][:200]}); did another rank fail? "
-                         f"Checkpoints are only written whole; resume with --resume auto from "
-                         f"{good or 'the start'}.")
+                         f"({str(e).strip().splitlines()[-1][:200]}); {resume_advice(save_dir)}")
 
 
 def say_why_when_stopped(world: World, state: "TrainState", save_dir: str) -> None:
@@ -172,10 +176,8 @@ def say_why_when_stopped(world: World, state: "TrainState", save_dir: str) -> No
         return
 
     def stopped(signum, frame):
-        good = ckpt.latest_checkpoint(save_dir)
-        logger.error("rank %d was stopped (SIGTERM) at step %d: the launcher stops every rank once one fails; did "
-                     "another rank fail? Checkpoints are only written whole; resume with --resume auto from %s.",
-                     world.rank, state.global_step, good or "the start")
+        logger.error("rank %d was stopped (SIGTERM) at step %d: the launcher stops every rank once one fails; %s",
+                     world.rank, state.global_step, resume_advice(save_dir))
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
 
