@@ -23,6 +23,7 @@ from typing import List, Tuple
 from dpr_paddle.cli import run_main
 from dpr_paddle.common.errors import DprError
 from dpr_paddle.common.files import write_text_atomic
+from dpr_paddle.common.text import NOTHING_TO_SEARCH, searchable
 from dpr_paddle.data.readers import BiEncoderRecord, Passage
 from dpr_paddle.retrieval.analyzers import ANALYZERS
 
@@ -31,29 +32,60 @@ class SquadFormatError(DprError, ValueError):
     """A SQuAD-style file that does not have SQuAD's layout."""
 
 
+def _typed(path: str, where: str, value, kind, what: str, optional: bool = False):
+    """`value` if it is a `kind` (None for a missing optional field), else one SquadFormatError naming the
+    JSON path: SQuAD-style files of the wrong shape end here, never in an AttributeError."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        names = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}
+        found = "null or missing" if value is None else names.get(type(value), type(value).__name__)
+        raise SquadFormatError(f"{path}: {where} is {found}, expected {what}")
+    return value
+
+
 def read_squad(path: str) -> List[Tuple[str, str, List[Tuple[str, List[str]]]]]:
-    """[(title, paragraph, [(question, answers)])] of one SQuAD-layout file."""
+    """[(title, paragraph, [(question, answers)])] of one SQuAD-layout file; a field of the wrong shape is
+    one line naming its JSON path (`data[3].paragraphs[0].qas[2].answers[0].text`)."""
     try:
         with open(path, encoding="utf-8-sig") as f:
-            data = json.load(f)["data"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SquadFormatError(f"{path}: not SQuAD-style JSON with a top-level 'data' list ({e})") from None
+            root = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SquadFormatError(f"{path}: not readable JSON ({e})") from None
+    data = _typed(path, "data", _typed(path, "the top level", root, dict, "an object").get("data"), list, "a list")
     out = []
     for a, article in enumerate(data):
-        for p, para in enumerate(article.get("paragraphs", [])):
-            where = f"{path}: data[{a}].paragraphs[{p}]"
-            if not isinstance(para.get("context"), str) or not para["context"].strip():
-                raise SquadFormatError(f"{where}: no 'context'")
+        article = _typed(path, f"data[{a}]", article, dict, "an object")
+        title = _typed(path, f"data[{a}].title", article.get("title"), str, "a string", optional=True) or ""
+        if any(c in title for c in "\r\n\u2028\u2029"):
+            raise SquadFormatError(f"{path}: data[{a}].title holds a line break; a title is one field of one line "
+                                   "of passages.tsv")
+        paragraphs = _typed(path, f"data[{a}].paragraphs", article.get("paragraphs"), list, "a list")
+        for p, para in enumerate(paragraphs):
+            where = f"data[{a}].paragraphs[{p}]"
+            para = _typed(path, where, para, dict, "an object")
+            context = _typed(path, f"{where}.context", para.get("context"), str, "a string")
+            if not context.strip():
+                raise SquadFormatError(f"{path}: {where}.context is empty")
             qas = []
-            for q, qa in enumerate(para.get("qas", [])):
-                answers = [x.get("text", "") for x in qa.get("answers", []) if isinstance(x, dict)]
-                answers = list(dict.fromkeys(a for a in answers if a.strip()))
-                if not isinstance(qa.get("question"), str) or not qa["question"].strip():
-                    raise SquadFormatError(f"{where}.qas[{q}]: no 'question'")
+            for q, qa in enumerate(_typed(path, f"{where}.qas", para.get("qas"), list, "a list", optional=True) or []):
+                qa = _typed(path, f"{where}.qas[{q}]", qa, dict, "an object")
+                question = _typed(path, f"{where}.qas[{q}].question", qa.get("question"), str, "a string")
+                if not searchable(question):
+                    raise SquadFormatError(f"{path}: {where}.qas[{q}].question {NOTHING_TO_SEARCH}")
+                answers = []
+                for x, ans in enumerate(_typed(path, f"{where}.qas[{q}].answers", qa.get("answers"), list, "a list",
+                                               optional=True) or []):
+                    ans = _typed(path, f"{where}.qas[{q}].answers[{x}]", ans, dict, "an object")
+                    answers.append(_typed(path, f"{where}.qas[{q}].answers[{x}].text", ans.get("text"), str,
+                                          "a string"))
+                answers = list(dict.fromkeys(x for x in answers if x.strip()))
                 if not answers:  # SQuAD 2.0's unanswerable questions have no gold passage to find
                     continue
-                qas.append((" ".join(qa["question"].split()), answers))
-            out.append((str(article.get("title", "")).strip(), " ".join(para["context"].split()), qas))
+                qas.append((" ".join(question.split()), answers))
+            out.append((title.strip(), " ".join(context.split()), qas))
+    if not out:
+        raise SquadFormatError(f"{path}: data holds no paragraph: nothing to convert")
     return out
 
 
@@ -128,10 +160,12 @@ def main(argv=None) -> None:
                         questions.append((question, answers, pid))
                     elif role == "train":
                         records.append(BiEncoderRecord(question, answers, [Passage(text, title, pid)]))
-        if questions:
-            write_eval(args.output_dir, questions)
-        if records:
-            write_train(args.output_dir, records, args.hard_negatives, args.bm25_analyzer)
+        for flag, made in (("--eval", questions), ("--train", records)):
+            if getattr(args, flag[2:]) and not made:
+                raise SquadFormatError(f"{flag} {' '.join(getattr(args, flag[2:]))}: no answerable question; nothing "
+                                       "to write")
+        write_eval(args.output_dir, questions) if questions else None
+        write_train(args.output_dir, records, args.hard_negatives, args.bm25_analyzer) if records else None
         print(json.dumps({"passages": len(ids), "eval_questions": len(questions), "train_records": len(records),
                           "output_dir": args.output_dir}, ensure_ascii=False))
 

@@ -25,8 +25,24 @@ RECORD = {"question": "who was aaron", "answers": ["a prophet"],
 RECORDS = [RECORD, {**RECORD, "question": "who is moses"}, {**RECORD, "question": "café?"}]
 
 
+CORPUS = "".join(json.dumps({"_id": str(i), "title": t, "text": x}, ensure_ascii=False) + "\n" for i, (t, x) in
+                 enumerate([("Aaron", "Aaron is a prophet."), ("", "No title \"quoted\"."), ("Été", "café, in UTF-8.")]))
+QUERIES = "".join(json.dumps({"_id": f"q{i}", "text": x}, ensure_ascii=False) + "\n" for i, x in
+                  enumerate(["who was aaron", "what is la niña", "café?"]))
+COLLECTION = "1\tAaron is a prophet.\n2\tHe said \"hello\" twice\n3\tLa Niña and café\n"
+QUERIES_TSV = "11\twho was aaron\n12\twhat did he say\n13\tla niña?\n"
+QRELS_TREC = "1 0 d1 1\n1 0 d2 0\n2 0 d3 2\n3 0 d1 1\n"
+QRELS_BEIR = "query-id\tcorpus-id\tscore\n1\td1\t1\n1\td2\t0\n2\td3\t2\n3\td1\t1\n"
+
+
 def count_passages(path):
     return sum(len(ids) for ids, _, _ in iter_passage_chunks(path, chunksize=2))  # several chunks
+
+
+def count_judgements(path):
+    from dpr_paddle.retrieval.qrels import read_qrels
+
+    return sum(len(v) for v in read_qrels(path).values())
 
 
 READERS = {
@@ -35,6 +51,13 @@ READERS = {
     "train.json": (json.dumps(RECORDS, indent=1, ensure_ascii=False), lambda p: len(read_biencoder_records(p))),
     "train.jsonl": ("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS),
                     lambda p: len(read_biencoder_records(p))),
+    # BEIR and MS MARCO layouts, and relevance labels (round four): ids stay single-line, one format a file
+    "corpus.jsonl": (CORPUS, count_passages),
+    "queries.jsonl": (QUERIES, lambda p: len(read_qa(p))),
+    "collection.tsv": (COLLECTION, count_passages),
+    "queries.tsv": (QUERIES_TSV, lambda p: len(read_qa(p))),
+    "qrels.txt": (QRELS_TREC, count_judgements),
+    "qrels.tsv": (QRELS_BEIR, count_judgements),
 }
 INSERTS = [b"\t", b"\"", b"\n", b"\r\n", b"\xff", b"\xc3", b"\x00", b"{", b"]", b"\\"]
 

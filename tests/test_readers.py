@@ -115,7 +115,8 @@ def test_qa_file(tmp_path):
     ('q\t__import__("os").system("echo hacked")\n', "line 1", "not a list literal"),  # never evaluated
     ("q\t'just a string'\n", "line 1", "not a list of strings"),
     ('q\t[1, 2]\n', "line 1", "not a list of strings"),
-    ('\t["a"]\n', "line 1", "empty field 'question'"),
+    ('\t["a"]\n', "line 1", "field 'question' has nothing to search"),
+    ('\u200b\u00a0\t["a"]\n', "line 1", "field 'question' has nothing to search"),
 ])
 def test_qa_errors(tmp_path, text, where, what):
     path = write(tmp_path / "qa.csv", text)

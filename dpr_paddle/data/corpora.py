@@ -17,7 +17,7 @@ from typing import Iterator, List, Tuple
 import numpy as np
 
 from ..common.files import open_text
-from .readers import DataFormatError, QAPair, _check_exists, _file_errors, json_lines
+from .readers import DataFormatError, QAPair, _check_exists, _file_errors, check_id, check_question, json_lines
 
 Chunk = Tuple[List[str], List[str], List[str]]
 
@@ -82,6 +82,8 @@ def _object(path: str, lineno: int, obj, required: Tuple[str, ...]) -> dict:
             value = obj[key] = str(value)
         if not isinstance(value, str) or not value.strip():
             raise DataFormatError(path, f"line {lineno}", f"field '{key}' is missing or empty")
+        if key == "_id":
+            check_id(path, f"line {lineno}", key, value)
     return obj
 
 
@@ -114,6 +116,7 @@ def read_beir_queries(path: str) -> List[QAPair]:
         answers = obj.get("answers", [])
         if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
             raise DataFormatError(path, f"line {lineno}", "field 'answers' is not a list of strings")
+        check_question(path, f"line {lineno}", "text", obj["text"])
         out.append(QAPair(question=obj["text"], answers=answers, qid=obj["_id"]))
         lines.append(lineno)
     return _checked_queries(path, out, lines)
@@ -131,7 +134,7 @@ def _id_text_rows(path: str, header: bool) -> Iterator[Tuple[int, str, str]]:
                                   f"{len(fields)}")
         if not fields[0].strip() or not fields[1].strip():
             raise DataFormatError(path, f"line {lineno}", f"empty field '{'id' if not fields[0].strip() else 'text'}'")
-        yield lineno, fields[0], fields[1]
+        yield lineno, check_id(path, f"line {lineno}", "id", fields[0]), fields[1]
 
 
 def id_text_chunks(path: str, header: bool, chunksize: int = 100_000) -> Iterator[Chunk]:
@@ -156,6 +159,7 @@ def read_id_text_queries(path: str, header: bool = False) -> List[QAPair]:
     """MS MARCO / T2Ranking queries.tsv (`qid<TAB>query`), without answers."""
     out, lines = [], []
     for lineno, qid, text in _id_text_rows(path, header):
+        check_question(path, f"line {lineno}", "query", text)
         out.append(QAPair(question=text, answers=[], qid=qid))
         lines.append(lineno)
     return _checked_queries(path, out, lines)

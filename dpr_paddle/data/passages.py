@@ -15,7 +15,7 @@ import numpy as np
 
 from ..common.files import open_text
 from .corpora import beir_corpus_chunks, id_text_chunks, passage_layout
-from .readers import BROKEN_FILE_ERRORS, DataFormatError, Passage, _check_exists, _file_errors
+from .readers import BROKEN_FILE_ERRORS, DataFormatError, Passage, _check_exists, _file_errors, check_ids
 
 PASSAGE_COLUMNS = ("id", "text", "title")
 
@@ -25,10 +25,24 @@ def iter_passage_chunks(path: str, chunksize: int = 100_000) -> Iterator[Tuple[L
     BEIR's corpus.jsonl or MS MARCO's / T2Ranking's collection.tsv (data/corpora.py tells them apart)."""
     layout = passage_layout(path)
     if layout == "beir":
-        return beir_corpus_chunks(path, chunksize)
-    if layout.startswith("id_text"):
-        return id_text_chunks(path, layout == "id_text_header", chunksize)
-    return _dpr_tsv_chunks(path, chunksize)
+        chunks = beir_corpus_chunks(path, chunksize)
+    elif layout.startswith("id_text"):
+        chunks = id_text_chunks(path, layout == "id_text_header", chunksize)
+    else:
+        chunks = _dpr_tsv_chunks(path, chunksize)
+    return _not_empty(path, chunks, "line 2" if layout in ("dpr", "id_text_header") else "line 1")
+
+
+def _not_empty(path: str, chunks, where: str):
+    """`chunks` as they come, and an error at their end when there were none: every reader of a corpus
+    (encoding, BM25, the passage store, mining) refuses a corpus without passages in one place, instead
+    of writing empty shards or indexes that fail later somewhere else."""
+    n = 0
+    for chunk in chunks:
+        n += len(chunk[0])
+        yield chunk
+    if not n:
+        raise DataFormatError(path, where, "no passages (the file holds no data rows)")
 
 
 def _dpr_tsv_chunks(path: str, chunksize: int):
@@ -56,6 +70,7 @@ def _dpr_tsv_chunks(path: str, chunksize: int):
             if crlf:
                 chunk[header[-1]] = chunk[header[-1]].str.removesuffix("\r")
             bad = chunk[["id", "text"]].isna()
+            bad["text"] |= chunk["text"].str.strip().eq("")  # a text of spaces is as empty as none (BEIR's rule too)
             if bad.values.any():
                 r, c = [int(x[0]) for x in bad.values.nonzero()]
                 column = ("id", "text")[c]
@@ -107,6 +122,7 @@ def _check_single_line(path: str, row0: int, ids, texts, titles) -> None:
             r = next(i for i, v in enumerate(values) if "\n" in v)
             raise DataFormatError(path, f"line {row0 + r + 2}", f"field '{column}' runs over several lines: a quote "
                                   "opened here swallows the rows after it (an unbalanced '\"'?)")
+    check_ids(path, row0 + 2, ids)
 
 
 def _tsv_reader(source, header: List[str], chunksize: int, **extra):

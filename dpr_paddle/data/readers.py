@@ -14,6 +14,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Iterator, List, Optional, Tuple
 
 from ..common.errors import DprError
 from ..common.files import open_text
+from ..common.text import NOTHING_TO_SEARCH, id_problem, searchable
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,34 @@ def _check_exists(path: str) -> None:
         raise FileNotFoundError(f"{path}: no such file")
 
 
+def check_id(path: str, where: str, field: str, value: str) -> str:
+    """`value` if it can serve as an id (common.text.id_problem), else a DataFormatError naming the place."""
+    problem = id_problem(value)
+    if problem:
+        raise DataFormatError(path, where, f"field '{field}' {value[:60]!r} {problem}")
+    return value
+
+
+_PLAIN_IDS = re.compile(r"[\x21-\x7e\n]*")  # printable ASCII without spaces, one id a line
+
+
+def check_ids(path: str, first_line: int, ids: List[str]) -> None:
+    """`check_id` for a chunk of ids on consecutive lines from `first_line`; ids of printable ASCII (the
+    usual case) pass with one regular-expression scan of the chunk, so a 21M-passage corpus pays
+    seconds, not minutes."""
+    if _PLAIN_IDS.fullmatch("\n".join(ids)) and all(ids):
+        return
+    for r, pid in enumerate(ids):
+        check_id(path, f"line {first_line + r}", "id", pid)
+
+
+def check_question(path: str, where: str, field: str, value: str) -> str:
+    """`value` if it holds something to search (common.text.searchable), else a DataFormatError."""
+    if not searchable(value):
+        raise DataFormatError(path, where, f"field '{field}' {NOTHING_TO_SEARCH}")
+    return value
+
+
 # --------------------------------------------------------------------------- biencoder JSON
 
 def _parse_ctx(obj, path: str, where: str, key: str, i: int) -> Passage:
@@ -114,15 +144,18 @@ def _parse_ctx(obj, path: str, where: str, key: str, i: int) -> Passage:
     if not isinstance(title, str):
         raise DataFormatError(path, where, f"{key}[{i}].title is {type(title).__name__}, expected a string")
     pid = obj.get("passage_id", obj.get("psg_id"))
-    return Passage(text=text, title=title, id=None if pid is None else str(pid))
+    if pid is not None:
+        pid = check_id(path, where, f"{key}[{i}].passage_id", str(pid))
+    return Passage(text=text, title=title, id=pid)
 
 
 def _parse_record(obj, path: str, where: str) -> BiEncoderRecord:
     if not isinstance(obj, dict):
         raise DataFormatError(path, where, f"record is {type(obj).__name__}, expected an object")
     question = obj.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise DataFormatError(path, where, "missing or empty field 'question'")
+    if not isinstance(question, str):
+        raise DataFormatError(path, where, "missing field 'question'")
+    check_question(path, where, "question", question)
     answers = obj.get("answers", [])
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
         raise DataFormatError(path, where, "field 'answers' must be a list of strings")
@@ -243,8 +276,7 @@ def read_qa(path: str) -> List[QAPair]:
             if len(row) != 2:
                 raise DataFormatError(path, f"line {lineno}", f"expected 2 tab-separated columns (question, answers), found {len(row)}")
             question, answers = row
-            if not question.strip():
-                raise DataFormatError(path, f"line {lineno}", "empty field 'question'")
+            check_question(path, f"line {lineno}", "question", question)
             try:
                 parsed = parse_answers(answers)
             except ValueError as e:

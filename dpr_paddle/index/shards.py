@@ -8,8 +8,10 @@ directory `OUT_FILE_k/` (the `_k` suffix is `shard_path`):
     ids.txt       the n passage ids, one per line, in corpus order (ids.sha1: its SHA-1)
     vectors.sha1  the SHA-1 of vectors.npy as written (read back only by `verify_shard`: hashing
                   every vector on each load would cost seconds per GB)
-    meta.json     {format, model, model_fingerprint, pooling, similarity, max_length, dim, count,
-                   dtype, shard_id, num_shards, start, end, ctx_file, corpus}
+    meta.json     {format, model, model_fingerprint, question_fingerprint (the question encoder
+                   these passages pair with; every search checks its own against it), pooling,
+                   similarity, max_length, dim, count, dtype, shard_id, num_shards, start, end,
+                   ctx_file, corpus}
 
 The directory appears by an atomic rename when the shard is complete (`assemble_shard`); while
 it is being made, finished blocks wait in `OUT_FILE_k.partial/`. Index backends may keep their
@@ -46,6 +48,11 @@ def shard_range(n: int, shard_id: int, num_shards: int) -> Tuple[int, int]:
         raise EmbeddingError(f"--shard_id must be in [0, {num_shards}), got {shard_id}")
     size = math.ceil(n / num_shards) if n else 0
     start = min(shard_id * size, n)
+    if start >= n:  # an empty shard would be refused by every reader later; say why now
+        useful = math.ceil(n / size) if n else 0
+        raise EmbeddingError(f"shard {shard_id} of {num_shards} would hold no passage: the corpus has {n}, and "
+                             f"ceil({n} / {num_shards}) = {size} a shard fills {useful} shard(s); use --num_shards "
+                             f"<= {useful}")
     return start, min(start + size, n)
 
 
@@ -144,6 +151,23 @@ def verify_shard(path: str) -> str:
     return "ok"
 
 
+def check_finite(shard_path: str, ids: List[str], lo: int, block: np.ndarray, values: Optional[np.ndarray] = None) -> None:
+    """Refuse rows [lo, lo + len(block)) of a shard (`block`: their float32 vectors [b, D]) when one holds
+    NaN or inf: such a passage would silently drop out of every ranking (NaN sorts nowhere). `values`
+    (say the block's scores against the questions, [n, b]) is what is summed first: one finite sum
+    clears the block at a fraction of the matrix product's cost, and only a non-finite one is looked
+    at row by row. Every backend reads vectors through here (exact search, hnsw and Milvus builds)."""
+    if np.isfinite((block if values is None else values).sum()):
+        return
+    bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+    if len(bad):
+        row = lo + int(bad[0])
+        raise EmbeddingError(f"{shard_path}: row {row} (passage {ids[row]!r}) holds a non-finite vector (NaN or inf), "
+                             f"{len(bad)} row(s) of this block do; that passage would drop out of every ranking. "
+                             f"{REENCODE[0].upper()}{REENCODE[1:]} (and check the shard: python -m "
+                             "dpr_paddle.verify_shards)")
+
+
 @dataclass
 class Shard:
     """One embedding shard: memory-mapped vectors [n, D], their passage ids and metadata."""
@@ -186,13 +210,17 @@ def load_shards(pattern: str, partial: bool = False) -> List[Shard]:
             raise EmbeddingError(f"{p}: incomplete shard (no meta.json); re-run generate_dense_embedding.py")
         vectors = open_vectors(p, meta)
         ids = read_ids(p)
+        if not meta["count"]:
+            raise EmbeddingError(f"{p}: the shard holds no vectors (made from an empty part of the corpus); "
+                                 "re-encode with fewer --num_shards")
         if vectors.shape[0] != len(ids) or len(ids) != meta["count"]:
             raise EmbeddingError(f"{p}: {vectors.shape[0]} vectors, {len(ids)} ids, meta count {meta['count']}; "
                                  f"{REENCODE}")
         shards.append(Shard(p, meta, vectors, ids))
     first = shards[0].meta
     for s in shards[1:]:
-        for key in ("dim", "model_fingerprint", "quantization", "num_shards"):
+        for key in ("dim", "model_fingerprint", "question_fingerprint", "quantization", "num_shards", "pooling",
+                    "similarity", "max_length"):
             if s.meta.get(key) != first.get(key):
                 raise EmbeddingError(f"shards disagree on {key}: {shards[0].path} has {first.get(key)!r}, "
                                      f"{s.path} has {s.meta.get(key)!r}")

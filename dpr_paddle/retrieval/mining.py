@@ -74,6 +74,9 @@ def records_from_qrels(qa_file: str, qrels_file: str, ctx_file: str) -> List[BiE
     records = [BiEncoderRecord(q.question, q.answers, [Passage(texts[pid][0], texts[pid][1], pid)
                                                        for pid, rel in qrels[q.qid].items() if rel > 0])
                for q in queries if any(rel > 0 for rel in qrels.get(q.qid, {}).values())]
+    if not records:
+        raise QrelsError(f"{qrels_file}: no query of {qa_file} has a relevant passage (relevance > 0): there is "
+                         "nothing to mine negatives for")
     if len(records) < len(queries):
         logger.info("%s: %d of %d queries have no relevant passage in %s; left out", qa_file,
                     len(queries) - len(records), len(queries), qrels_file)
@@ -126,6 +129,8 @@ def mine(records: Sequence[BiEncoderRecord], search, ctx_file: str, output: str,
     lo, hi = rank_range
     if not 0 <= lo < hi:
         raise MiningError(f"--rank_range {lo} {hi}: needs 0 <= LO < HI")
+    if not records:
+        raise MiningError(f"no training records to mine negatives for; nothing was written to {output}")
     partial = open_job_dir(output + ".partial", job)
     n_batches = (len(records) + batch_size - 1) // batch_size
     stats = {"negatives": 0, "dropped_answer_or_gold": 0, "short": 0}

@@ -12,11 +12,12 @@ by document id, not by the order a retriever returned them in.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Iterable, Sequence
 
 from ..common.errors import DprError
 from ..common.files import open_text
-from ..data.readers import DataFormatError, _check_exists, _file_errors
+from ..data.readers import DataFormatError, _check_exists, _file_errors, check_id
 
 METRIC_KEYS = ("mrr@10", "ndcg@10", "map", "recall@1", "recall@5", "recall@20", "recall@100")
 _MEASURES = {"recip_rank", "ndcg_cut.10", "map", "recall.1,5,20,100"}
@@ -31,19 +32,28 @@ class Qrels(dict):
 
     def __init__(self, path: str):
         super().__init__()
-        self.path, self.qid_line, self.pid_line = path, {}, {}
+        self.path, self.qid_line, self.pid_line, self._pair_line = path, {}, {}, {}
 
     def add(self, qid: str, pid: str, rel: int, lineno: int) -> None:
-        """One judgement."""
+        """One judgement; a passage judged twice for one query is refused (which grade would count?)."""
+        first = self._pair_line.setdefault((qid, pid), lineno)
+        if first != lineno:
+            raise DataFormatError(self.path, f"line {lineno}", f"passage {pid!r} is judged again for query {qid!r} "
+                                  f"(first at line {first}, relevance {self[qid][pid]}); give each pair once")
         self.setdefault(qid, {})[pid] = rel
         self.qid_line.setdefault(qid, lineno)
         self.pid_line.setdefault(pid, lineno)
+
+    def with_relevant(self, qids: Sequence[str]) -> list:
+        """The positions of `qids` with at least one passage judged relevant (> 0): the others have no
+        right answer to rank, so MRR, nDCG, MAP and recall are not defined for them."""
+        return [i for i, q in enumerate(qids) if any(rel > 0 for rel in self.get(q, {}).values())]
 
 
 def _parse(path: str, lineno: int, line: str):
     """(qid, pid, relevance) of one line, or None for BEIR's header."""
     fields = line.split("\t") if "\t" in line else line.split()
-    if len(fields) == 3 and lineno == 1 and not fields[2].strip().lstrip("-").isdigit():
+    if len(fields) == 3 and lineno == 1 and fields[2].strip().lower() in ("score", "relevance", "rel", "label"):
         return None  # query-id corpus-id score
     if len(fields) == 4:
         qid, _, pid, rel = fields
@@ -55,26 +65,40 @@ def _parse(path: str, lineno: int, line: str):
         raise DataFormatError(path, f"line {lineno}", f"{len(fields)} fields; qrels are 'qid 0 pid rel' (TREC), "
                               "'query-id<TAB>corpus-id<TAB>score' (BEIR) or 'qid<TAB>pid'")
     try:
-        relevance = int(float(rel))
+        value = float(rel)
     except ValueError:
         raise DataFormatError(path, f"line {lineno}", f"relevance {rel.strip()!r} is not a number") from None
+    if not math.isfinite(value) or value != int(value):  # trec_eval's grades are integers; 0.5 would become 0
+        raise DataFormatError(path, f"line {lineno}", f"relevance {rel.strip()!r} is not a whole number (relevance "
+                              "grades are integers: 0 not relevant, 1, 2, ... relevant)")
     if not qid.strip() or not pid.strip():
         raise DataFormatError(path, f"line {lineno}", "empty query or passage id")
-    return qid.strip(), pid.strip(), relevance
+    return (check_id(path, f"line {lineno}", "query id", qid.strip()),
+            check_id(path, f"line {lineno}", "passage id", pid.strip()), int(value))
 
 
 def read_qrels(path: str) -> Qrels:
     """Read a qrels file in any of the three formats (module doc)."""
     _check_exists(path)
     qrels = Qrels(path)
+    layout = None  # (fields, line) of BEIR's header or the first judgement: one file, one format
     with _file_errors(path), open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.strip("\r\n")
+        raw = ""
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.strip("\r\n")
             if not line.strip():
                 continue
+            fields = len(line.split("\t") if "\t" in line else line.split())
+            layout = layout or (fields, lineno)
+            if fields != layout[0]:  # a line cut in two would otherwise read as two 2-field judgements
+                raise DataFormatError(path, f"line {lineno}", f"{fields} fields, where line {layout[1]} has "
+                                      f"{layout[0]}: one qrels file holds one format")
             parsed = _parse(path, lineno, line)
             if parsed:
                 qrels.add(*parsed, lineno)
+        if raw and not raw.endswith("\n"):  # as every line-based reader here: a cut file is not read as whole
+            raise DataFormatError(path, f"line {lineno}", "the last line ends without a newline: the file looks cut "
+                                  "short (an interrupted download or copy?)")
     if not qrels:
         raise DataFormatError(path, "line 1", "no relevance judgements (file is empty)")
     return qrels
