@@ -22,7 +22,7 @@ def main(argv=None) -> None:
 
     def body():
         from .common.files import check_input_file, check_output_path
-        from .encoding.towers import load_tower
+        from .encoding.towers import load_tower, paired_question_fingerprint
         from .encoding.writer import generate_shard
         from .modeling.model import CONTEXT
         from .training.distributed import World
@@ -33,7 +33,10 @@ def main(argv=None) -> None:
         world = World.from_launcher()  # each launched process encodes the shard of its rank
         shard_id = args.shard_id if args.shard_id is not None else world.rank
         num_shards = args.num_shards if args.num_shards is not None else world.size
-        encode, tensorizer, info = load_tower(CONTEXT, tower_spec(args))
+        spec = tower_spec(args)
+        encode, tensorizer, info = load_tower(CONTEXT, spec)
+        # which question encoder these passages pair with: every search checks its own against it
+        info["question_fingerprint"] = paired_question_fingerprint(spec, info["model_fingerprint"])
         path = generate_shard(encode, tensorizer, args.ctx_file, args.out_file, shard_id, num_shards, info,
                               batch_size=args.batch_size, dtype="float16" if args.fp16 else "float32",
                               block=args.read_chunk, overwrite=args.overwrite, sort_by_length=args.sort_by_length)

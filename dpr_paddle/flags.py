@@ -101,7 +101,8 @@ class SearchArgs(ModelArgs):
     milvus_nprobe: int = option(32, "IVF cells searched per question")
     milvus_pq_m: int = option(0, "IVF_PQ sub-vectors (default: dim / 4)")
     force: bool = option(False, "build an index even when the memory plan says it will not fit")
-    n_docs: int = option(100, "passages retrieved per question", aliases=("--n-docs",))
+    n_docs: int = option(100, "passages retrieved per question (-k / --k: the API's and the page's name for it)",
+                         aliases=("--n-docs", "-k", "--k"))
     batch_size: int = option(64, "questions per encoder forward")
     fp16: bool = option(False, "run the question encoder in float16 on GPU")
     backend: str = _backend_field()
@@ -201,7 +202,8 @@ class ReduceArgs(ReportArgs):
     qa_file: str = option(None, "the questions file every part searched", required=True)
     ctx_file: str = option(None, "passages TSV, for titles/texts", required=True)
     passage_store: Optional[str] = option(None, "SQLite passage store (default: stream --ctx_file)")
-    n_docs: Optional[int] = option(None, "passages kept per question (default: the parts' k)")
+    n_docs: Optional[int] = option(None, "passages kept per question (default: the parts' k)",
+                                   aliases=("--n-docs", "-k", "--k"))
 
 
 # --------------------------------------------------------------------------- flags -> specs

@@ -37,18 +37,16 @@ def main(argv=None) -> None:
             raise RetrieverError("--encoded_ctx_file is needed for dense and --hybrid retrieval (or pass --bm25)")
         if args.topk_out and search.mode != "dense":
             raise RetrieverError("--topk_out writes a dense search of some shards; it does not combine with --bm25/--hybrid")
-        # the context encoder named must be the one that made the shards
-        check_context = bool(args.encoded_ctx_file and (args.con_model_path or args.model_file))
         if args.topk_out:
             from .retrieval.dense import DenseSearcher
 
             dense = DenseSearcher.load(tower_spec(args), args.encoded_ctx_file, index_spec(args), args.batch_size,
-                                       partial=True, check_context=check_context)
+                                       partial=True)
             search_some_shards(dense, args.qa_file, args.n_docs, args.encoded_ctx_file, args.topk_out)
             return
         seconds = {}
         searcher = Searcher.load(search, args.ctx_file, tower_spec(args), args.encoded_ctx_file, index_spec(args),
-                                 args.batch_size, check_context=check_context, timings=seconds)
+                                 args.batch_size, timings=seconds)
         retrieve(searcher, args.qa_file, args.n_docs, report_spec(args), args.encoded_ctx_file, args.validate_index,
                  seconds)
 

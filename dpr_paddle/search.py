@@ -62,7 +62,7 @@ def main(argv=None) -> None:
             questions = iter(lambda: input("question> "), "") if interactive else stdin_lines()
         for q in questions:
             q = q.strip()
-            if not q:
+            if not q and not args.questions:  # a blank line between questions typed or piped in
                 continue
             try:
                 hits = retriever.search([q], k=args.n_docs)[0]

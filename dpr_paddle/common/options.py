@@ -2,6 +2,7 @@
 help live in the module that owns them and the commands (flags.py) make argparse flags from them."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import field
 from typing import Optional, Sequence
 
@@ -52,11 +53,18 @@ class InvalidValue(DprError, ValueError):
 
 
 def check_numbers(obj, names=None) -> None:
-    """Raise InvalidValue for the first numeric field of the dataclass `obj` (or of `names`) out of bounds."""
+    """Raise InvalidValue for the first numeric field of the dataclass `obj` (or of `names`) that is out of
+    bounds or not a number of its kind: types at the boundary are strict, so `True` is not a depth and
+    2.5 is not a count (an int field takes an int, a float field an int or a float)."""
     import dataclasses
 
-    for name in names or [f.name for f in dataclasses.fields(obj)]:
-        value = getattr(obj, name)
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(obj)}
+    for name in names or list(kinds):
+        value, kind = getattr(obj, name), kinds.get(name, "")
+        if names and value is not None:  # the named fields are numbers: their kind is checked too
+            whole = "int" in kind and "float" not in kind
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral if whole else numbers.Real):
+                raise InvalidValue(f"{name} must be {'an integer' if whole else 'a number'}, got {value!r}")
         problem = number_problem(name, value)
         if problem:
             raise InvalidValue(f"{name} {problem}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -26,7 +26,8 @@ import paddle
 from ..common.files import atomic_dir, cache_root
 from ..common.options import check_numbers
 from ..common.runtime import cpu_threads, without_native_lines
-from ..modeling.builder import build_biencoder, encoder_recipe, model_fingerprint, resolve_encoder_paths
+from ..modeling.builder import (build_biencoder, check_lengths, encoder_recipe, model_fingerprint,
+                                resolve_encoder_paths)
 from ..modeling.model import CONTEXT, QUESTION
 from ..modeling.tokenization import DEFAULT_MAX_PASSAGE_LENGTH, DEFAULT_MAX_QUERY_LENGTH, Tensorizer
 from . import onnx_backend
@@ -159,6 +160,29 @@ def tower_fingerprint(tower: str, spec: Optional[TowerSpec] = None, **fields) ->
     return label, model_fingerprint(model)
 
 
+def names_context(spec: TowerSpec) -> bool:
+    """Whether `spec` names the context encoder itself (a checkpoint, or --con_model_path), so that it can be
+    checked against the shards it is said to have made."""
+    return bool(spec.model_file or spec.con_model_path)
+
+
+def paired_question_fingerprint(spec: TowerSpec, context_fingerprint: str) -> Optional[str]:
+    """The fingerprint of the question encoder that belongs with the context tower of `spec` (recorded
+    in every shard, so that a search with any other question encoder is refused): a checkpoint's own
+    question tower; --que_model_path when given; the sibling `question_encoder/` of a checkpoint's
+    `context_encoder/` given alone; the same encoder when one serves both towers. None when the pair
+    cannot be known (a lone --con_model_path)."""
+    if spec.model_file or spec.que_model_path:
+        return tower_fingerprint(QUESTION, spec)[1]
+    if spec.con_model_path:
+        con = os.path.abspath(spec.con_model_path.rstrip("/"))
+        sibling = os.path.join(os.path.dirname(con), "question_encoder")
+        if os.path.basename(con) == "context_encoder" and os.path.isdir(sibling):
+            return tower_fingerprint(QUESTION, replace(spec, que_model_path=sibling))[1]
+        return None
+    return context_fingerprint  # --model_name_or_path alone: one encoder for both towers, the same weights
+
+
 def load_tower(tower: str, spec: Optional[TowerSpec] = None,
                **fields) -> Tuple[Callable[[Dict[str, np.ndarray]], np.ndarray], Tensorizer, dict]:
     """(encode_fn, tensorizer, info) for the `question` or `context` tower of `spec` (or of a
@@ -167,6 +191,7 @@ def load_tower(tower: str, spec: Optional[TowerSpec] = None,
     model, tokenizer, label, cfg, recipe = _build_tower(tower, spec)
     max_q = int(cfg.get("max_query_length", spec.max_query_length))
     max_p = int(cfg.get("max_passage_length", spec.max_passage_length))
+    check_lengths(model, max_q if tower == QUESTION else 4, max_p if tower == CONTEXT else 4)  # the length it uses
     tensorizer = Tensorizer(tokenizer, max_q, max_p)
     on_gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device()
     use_fp16 = bool(spec.fp16) and on_gpu

@@ -135,6 +135,9 @@ def generate_shard(encode_fn, tensorizer, ctx_file: str, out_file: str, shard_id
             vecs = encode_passages(encode_fn, tensorizer, passages, batch_size, sort_by_length, progress=bar.update,
                                    encoded=ids)
             vecs = vecs.astype(dtype)
+            if not np.isfinite(vecs).all():  # float16 holds no more than 65504: larger values become inf
+                raise EmbeddingError(f"the encoder's vectors do not fit {dtype} (values beyond its range became "
+                                     "inf); encode without --fp16")
             with atomic_path(os.path.join(partial, name + ".ids")) as tmp:
                 with open(tmp, "w", encoding="utf-8") as f:
                     f.write("".join(p.id + "\n" for p in passages))

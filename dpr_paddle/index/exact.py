@@ -13,7 +13,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from .shards import Shard
+from .shards import Shard, check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,9 @@ class ExactIndex:
         best = None
         for lo in range(0, shard.vectors.shape[0], _BLOCK_ROWS):
             block = np.asarray(shard.vectors[lo : lo + _BLOCK_ROWS], dtype=np.float32)  # [b, D]
-            s, c = _topk(queries @ block.T, k)  # [n, b] -> [n, k]
+            scores = queries @ block.T  # [n, b]
+            check_finite(shard.path, shard.ids, lo, block, scores)
+            s, c = _topk(scores, k)  # [n, k]
             cur = (s, c + lo + self.offsets[i])
             best = cur if best is None else merge_topk([best, cur], k)
         return best

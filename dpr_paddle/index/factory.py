@@ -250,8 +250,8 @@ class DenseIndex:
         return int(self.exact.offsets[-1])
 
     def ef_for(self, k: int, n_docs: int) -> int:
-        """hnsw's ef for a search of depth k (see `default_ef`)."""
-        return default_ef(k, n_docs, self.spec.ef_search)
+        """hnsw's ef for a search of depth k (see `default_ef`), never more than the index holds."""
+        return max(min(default_ef(k, n_docs, self.spec.ef_search), len(self)), k)
 
     def search(self, q: np.ndarray, k: int, n_docs: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
         """Top k of [n, D] question vectors: (exact scores [n, k], global rows [n, k]), best first."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..common.files import ArtefactError, atomic_path, reading, write_json_atomic
 from .exact import ExactIndex, merge_topk
-from .shards import meta_digest
+from .shards import check_finite, meta_digest
 
 # Graph defaults, chosen from the 1M real-anchored curve (docs/benchmarks.md 3e): with ef 800 (the
 # retriever's default for 100 documents) M 48 / efc 400 reaches recall@100 0.991 at 7.7x a warm exact
@@ -92,6 +92,7 @@ class HNSWIndex:
             for i, s in enumerate(self.exact.shards):
                 for lo in range(0, len(s.ids), batch):
                     v = np.asarray(s.vectors[lo : lo + batch], dtype=np.float32)
+                    check_finite(s.path, s.ids, lo, v)
                     labels = np.arange(lo, lo + len(v)) + self.exact.offsets[i]
                     index.add_items(self._augment(v, phi), labels)
                     bar.update(len(v))

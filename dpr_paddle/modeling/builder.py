@@ -93,6 +93,22 @@ def build_biencoder(que_path: str, con_path: str, shared: bool = False, projecti
     return model, tokenizer
 
 
+def check_lengths(model: BiEncoder, max_query_length: int, max_passage_length: int) -> None:
+    """Refuse max lengths the encoders cannot take (more tokens than their position embeddings), in one
+    line, before a batch reaches the model: every command that tokenizes for a model asks here
+    (training, encoding, searching, serving, mining), instead of each ending in a Paddle or ONNX
+    traceback from an index out of range."""
+    towers = [model.question_model] + ([] if model.shared else [model.ctx_model])
+    limits = [getattr(getattr(t, "config", None), "max_position_embeddings", None) for t in towers]
+    limit = min((int(x) for x in limits if isinstance(x, int) and x > 0), default=None)
+    if limit is None:
+        return
+    for flag, value in (("--max_query_length", max_query_length), ("--max_passage_length", max_passage_length)):
+        if value > limit:
+            raise DprError(f"{flag} {value} is longer than the encoder can read: its position embeddings stop at "
+                           f"{limit} tokens; use {flag} <= {limit}")
+
+
 def resolve_encoder_paths(model_file: Optional[str], que_path: Optional[str], con_path: Optional[str],
                           default: str) -> Tuple[str, str, dict]:
     """(question path, context path, model config) from `--model_file` or the two path flags."""

@@ -8,10 +8,9 @@ names, and the rows turned into passage ids.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -39,20 +38,33 @@ def check_dim(q: np.ndarray, shards) -> None:
                              "the question and context encoders do not belong together")
 
 
-def check_encoders(pattern: str, context: Tuple[str, str], question: Optional[dict]) -> None:
-    """The shards must come from the given context encoder (refused otherwise); a question encoder
-    from another checkpoint than theirs is worth a warning (a DPR pair is trained together)."""
-    meta = read_meta(shard_paths(pattern)[0]) or {}  # one meta.json: the ids of every shard need not be read
-    path, fingerprint = context
-    if meta.get("model_fingerprint") != fingerprint:
-        raise EmbeddingError(f"{pattern}: the passages were encoded by {meta.get('model')} (fingerprint "
-                             f"{meta.get('model_fingerprint')}), not by the context encoder {path} ({fingerprint}); "
-                             "pass the context encoder that made them, or re-encode with this one")
-    same = os.path.realpath(os.path.dirname(str(question["model"]))) == os.path.realpath(
-        os.path.dirname(str(meta.get("model")))) if question else True  # SAVE_DIR/latest is a symlink
-    if not same:
-        logger.warning("the question encoder %s is not from the checkpoint of the shards' context encoder %s",
-                       question["model"], meta.get("model"))
+def check_pair(pattern: str, meta: dict, question: dict, context: Optional[Callable[[], Tuple[str, str]]]) -> None:
+    """The one check where shards meet a question tower (every search goes through DenseSearcher): the
+    question encoder `question` (load_tower's info) must be the one the shards' passages were encoded to
+    pair with, or every ranking is noise with the right shapes. Shards record that encoder's fingerprint
+    (`question_fingerprint`, written since round four); older shards, or shards made from a lone
+    --con_model_path, are checked through the context encoder: one encoder for both towers, or the
+    context encoder the spec names (`context()` -> (path, fingerprint)), which must be theirs."""
+    have = question.get("model_fingerprint")
+    made_by = f"{meta.get('model')} (fingerprint {meta.get('model_fingerprint')})"
+    pair = meta.get("question_fingerprint")
+    if context is not None:  # a context encoder named explicitly must be the one that made the shards
+        path, fingerprint = context()
+        if fingerprint != meta.get("model_fingerprint"):
+            raise EmbeddingError(f"{pattern}: the passages were encoded by {made_by}, not by the context encoder "
+                                 f"{path} ({fingerprint}); pass the context encoder that made them, or re-encode with "
+                                 "this one")
+    if pair is not None and have != pair:
+        raise EmbeddingError(f"{pattern}: the passages were encoded by {made_by} to be searched with the question "
+                             f"encoder of fingerprint {pair}, not with {question.get('model')} ({have}): its vectors "
+                             "would rank them at random. Pass the question encoder of the same checkpoint "
+                             "(--model_file), or re-encode the passages with this model's context encoder")
+    if pair is None and have != meta.get("model_fingerprint") and context is None:
+        raise EmbeddingError(f"{pattern}: these shards do not record which question encoder they pair with (encoded "
+                             f"by {made_by} before that was recorded, or from a lone --con_model_path), and "
+                             f"{question.get('model')} ({have}) is not that encoder itself; name the context encoder "
+                             "that made them (--model_file or --con_model_path; Retriever.load(context_encoder=...)) "
+                             "so that it is checked, or re-encode them")
 
 
 def check_recipe(shards, question_info: Optional[dict]) -> None:
@@ -70,7 +82,10 @@ def check_recipe(shards, question_info: Optional[dict]) -> None:
 class DenseSearcher:
     """A question encoder (`encode_fn`, `tensorizer`, its `info`) and the DenseIndex it searches."""
 
-    def __init__(self, encode_fn, tensorizer, info: dict, index: DenseIndex, batch_size: int = 64):
+    def __init__(self, encode_fn, tensorizer, info: dict, index: DenseIndex, batch_size: int = 64,
+                 pair_checked: bool = False):
+        if not pair_checked:  # `load` checks before it builds the index, with the context encoder it names
+            check_pair(index.shards[0].path, index.shards[0].meta, info, None)
         check_recipe(index.shards, info)
         self.encode_fn, self.tensorizer, self.info, self.index = encode_fn, tensorizer, info, index
         self.batch_size = batch_size
@@ -78,20 +93,20 @@ class DenseSearcher:
 
     @classmethod
     def load(cls, tower, shards: str, index_spec: Optional[IndexSpec] = None, batch_size: int = 64,
-             partial: bool = False, check_context: bool = False, index: Optional[DenseIndex] = None) -> "DenseSearcher":
-        """The question tower of `tower` (an encoding.towers.TowerSpec) over the shards `shards`; with
-        `check_context` the spec's context encoder must be the one that made them (checked before
-        any index is built). `partial`: a subset of the shards (one machine's part). `index`: the
-        DenseIndex of `shards` already loaded (shared by the server's workers)."""
-        from ..encoding.towers import load_tower, tower_fingerprint
+             partial: bool = False, index: Optional[DenseIndex] = None) -> "DenseSearcher":
+        """The question tower of `tower` (an encoding.towers.TowerSpec) over the shards `shards`, checked
+        to belong with them (`check_pair`, before any index is built). `partial`: a subset of the shards
+        (one machine's part). `index`: the DenseIndex of `shards` already loaded (shared by the
+        server's workers)."""
+        from ..encoding.towers import load_tower, names_context, tower_fingerprint
         from ..modeling.model import CONTEXT, QUESTION
 
-        shard_paths(shards)  # a wrong pattern is one line before the model loads
+        first = shard_paths(shards)[0]  # a wrong pattern is one line before the model loads
         encode_fn, tensorizer, info = load_tower(QUESTION, tower)
-        if check_context:
-            check_encoders(shards, tower_fingerprint(CONTEXT, tower), info)
+        context = (lambda: tower_fingerprint(CONTEXT, tower)) if names_context(tower) else None
+        check_pair(shards, read_meta(first) or {}, info, context)
         index = index or DenseIndex(shards, index_spec, partial=partial)
-        return cls(encode_fn, tensorizer, info, index, batch_size)
+        return cls(encode_fn, tensorizer, info, index, batch_size, pair_checked=True)
 
     def encode(self, questions: Sequence[str], progress: bool = False) -> np.ndarray:
         """[n, D] float32 question vectors, checked against the shards' dimension."""

@@ -12,6 +12,10 @@
 - `auto` (the default) decides per answer: one that holds a CJK character (Han, kana, Hangul) is
   matched by `char`, any other exactly as `string` (so English results are DPR's, hit for hit).
   `364.6公里` is matched by characters, `ω-force` by DPR's tokens.
+- In text that holds Han characters, `auto` matches an answer without CJK after splitting every Han
+  character off as a token of its own, as BERT's basic tokenizer does (`split_han`): DPR's tokenizer
+  glues CJK letters to Latin letters and digits, so "L2" was never found in "编号L2，为". Text
+  without Han characters is tokenized exactly as DPR does, and `string` is DPR's everywhere.
 - `regex` (CuratedTREC) compiles the answer as a case-insensitive regular expression; an invalid
   pattern matches nothing.
 
@@ -61,6 +65,17 @@ def char_normalize(text: str) -> str:
     return _SPACE.sub("", unicodedata.normalize("NFKC", text).lower())
 
 
+_HAN = regex.compile(r"\p{Han}")
+
+
+def split_han(text: str) -> str:
+    """`text` with a space on each side of every Han character, as BERT's basic tokenizer does before it
+    splits words: in Chinese text, DPR's letter runs would glue "编号L2" into one token, so the answer
+    "L2" inside it would never match. Text without Han characters is returned as it is (English
+    matches exactly as DPR)."""
+    return _HAN.sub(r" \g<0> ", text) if _HAN.search(text) else text
+
+
 def _string_match(answer: str, words: List[str]) -> bool:
     ans = tokenize_words(normalize(answer))
     if not ans:
@@ -86,7 +101,8 @@ def has_answer(answers: Sequence[str], text: str, match: str = "auto") -> bool:
     rest = [a for a in answers if a not in by_char]
     if not rest:
         return False
-    words = tokenize_words(normalize(text))
+    text = normalize(text)
+    words = tokenize_words(split_han(text) if match == "auto" else text)  # `string` stays DPR's, token for token
     return any(_string_match(a, words) for a in rest)
 
 

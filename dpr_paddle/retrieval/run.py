@@ -25,7 +25,7 @@ from ..index.exact import recall_at_k
 from ..index.shards import read_meta, shard_paths
 from .evaluation import DEFAULT_TOP_K, format_top_k_table, has_answer, top_k_accuracy
 from .passage_store import passage_texts
-from .qrels import Qrels, check_qrels, format_gold_table, gold_metrics, read_qrels
+from .qrels import Qrels, QrelsError, check_qrels, format_gold_table, gold_metrics, read_qrels
 from .searcher import Searcher
 from .topk_file import write_topk
 
@@ -94,15 +94,28 @@ def match_answers(jobs, match: str, workers: int = 1) -> List[List[bool]]:
         return pool.map(_match_one, [(job, match) for job in jobs], chunksize=64)
 
 
+def ranked_scores(row_scores) -> np.ndarray:
+    """A ranked list's scores as float32, made strictly decreasing: where the retriever ranked tied scores,
+    each later one is the next float32 below the one before. trec_eval orders by score and breaks ties by
+    document id, so only strictly decreasing scores make it read our order, and give the MAP that
+    metrics.json reports; float32 steps, because trec_eval (and pytrec_eval) may hold scores in single
+    precision, where a float64 step would tie again."""
+    out = np.asarray(row_scores, dtype=np.float32).copy()
+    for r in range(1, len(out)):
+        if out[r] >= out[r - 1]:
+            out[r] = np.nextafter(out[r - 1], np.float32(-np.inf))
+    return out
+
+
 def write_trec(path: str, qa: List[QAPair], ids: List[List[str]], scores: np.ndarray, run: str = "dpr_paddle") -> None:
     """A TREC run file as trec_eval reads it: `qid Q0 docid rank score run` (qid: the question's own id;
-    for DPR's qa.csv its position from 1)."""
+    for DPR's qa.csv its position from 1); scores in full precision, strictly decreasing (`ranked_scores`)."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             for q, (item, row_ids, row_scores) in enumerate(zip(qa, ids, scores)):
                 qid = item.qid or str(q + 1)
-                for rank, (pid, s) in enumerate(zip(row_ids, row_scores), start=1):
-                    f.write(f"{qid} Q0 {pid} {rank} {float(s):.6f} {run}\n")
+                for rank, (pid, s) in enumerate(zip(row_ids, ranked_scores(row_scores)), start=1):
+                    f.write(f"{qid} Q0 {pid} {rank} {float(s)!r} {run}\n")
 
 
 def index_metrics(index, trace: dict, k: int, n_docs: int, validate: int) -> dict:
@@ -164,7 +177,12 @@ def search_some_shards(dense, qa_file: str, n_docs: int, shards: str, topk_out: 
     metrics = {"mode": "dense", "questions": len(questions), "n_docs": n_docs, "seconds": trace["seconds"],
                **index_metrics(dense.index, trace, min(n_docs, len(dense.index)), n_docs, 0)}
     metas = [read_meta(p) for p in shard_paths(shards)]  # checked when the shards were loaded
+    # what makes the parts one search: the shards' model, and the question tower that searched them
+    asked = {key: dense.info.get(key) for key in ("pooling", "similarity")}
     meta = {"model_fingerprint": metas[0].get("model_fingerprint"), "num_shards": metas[0]["num_shards"],
+            "question_fingerprint": dense.info["model_fingerprint"], "max_query_length": dense.tensorizer.max_query_length,
+            "max_passage_length": metas[0].get("max_length"), "corpus": (metas[0].get("corpus") or {}).get("sha1"),
+            **asked,
             "shard_ids": sorted(m["shard_id"] for m in metas), "qa_file": os.path.abspath(qa_file),
             "qa": file_fingerprint(qa_file)["sha1"], "questions": len(questions), "k": n_docs,
             "index": metrics.get("index"), "passages": metrics["passages"]}
@@ -193,17 +211,28 @@ def report(qa: List[QAPair], scores: np.ndarray, ids: List[List[str]], metrics: 
         acc = top_k_accuracy(hits, ks)
         print(format_top_k_table({label: acc}, ks))
         metrics["top_k_accuracy"] = {str(a): b for a, b in acc.items()}
+    judged = list(range(len(qa)))
     if qrels is not None:
-        gold = gold_metrics(qrels, [x.qid for x in qa], ids)
+        judged = qrels.with_relevant([x.qid for x in qa])
+        if not judged:
+            raise QrelsError(f"{qrels.path}: no question has a passage judged relevant (> 0): MRR, nDCG, MAP and "
+                             "recall are not defined")
+        if len(judged) < len(qa):  # no right answer to rank: leaving them in would pull every metric down
+            first = next(x.qid for i, x in enumerate(qa) if i not in set(judged))
+            logger.warning("%s: %d of %d questions (first: %r) have no passage judged relevant (> 0); they are left "
+                           "out of the gold-passage metrics and the TREC run", qrels.path, len(qa) - len(judged),
+                           len(qa), first)
+        gold = gold_metrics(qrels, [qa[i].qid for i in judged], [ids[i] for i in judged])
         print(format_gold_table({label: gold}))
-        metrics.update(gold, qrels=os.path.abspath(qrels.path))
+        metrics.update(gold, qrels=os.path.abspath(qrels.path), gold_questions=len(judged))
     if out.out_file:
         write_results(out.out_file, qa, ids, scores, hits, passages)
     metrics_file = out.metrics_file or (out.out_file + ".metrics.json" if out.out_file else None)
     if metrics_file:
         write_json_atomic(metrics_file, metrics)
     if out.trec_file:
-        write_trec(out.trec_file, qa, ids, scores, run=f"dpr_paddle_{metrics['mode']}")
+        write_trec(out.trec_file, [qa[i] for i in judged], [ids[i] for i in judged], scores[judged],
+                   run=f"dpr_paddle_{metrics['mode']}")
     return metrics
 
 

@@ -61,7 +61,7 @@ class Searcher:
 
     @classmethod
     def load(cls, spec: SearchSpec, ctx_file: str, tower=None, shards: Optional[str] = None, index_spec=None,
-             batch_size: int = 64, check_context: bool = False, timings: Optional[dict] = None,
+             batch_size: int = 64, timings: Optional[dict] = None,
              index=None, bm25=None) -> "Searcher":
         """Load what `spec.mode` needs: the question tower (an encoding.towers.TowerSpec) over `shards`
         for dense and hybrid, BM25 over `ctx_file` (built once, then reused) for bm25 and hybrid.
@@ -71,7 +71,7 @@ class Searcher:
 
         dense = None
         if spec.mode != "bm25":
-            dense = DenseSearcher.load(tower, shards, index_spec, batch_size, check_context=check_context, index=index)
+            dense = DenseSearcher.load(tower, shards, index_spec, batch_size, index=index)
             if timings is not None:
                 timings["build_index"] = round(dense.index.build_seconds, 3)
         if spec.mode != "dense" and bm25 is None:
@@ -80,6 +80,11 @@ class Searcher:
             if timings is not None:
                 timings["bm25_index"] = round(time.perf_counter() - t0, 3)
         return cls(spec, dense, bm25 if spec.mode != "dense" else None)
+
+    @property
+    def size(self) -> int:
+        """How many passages it searches (dense and BM25 cover one corpus)."""
+        return len(self.dense.index) if self.dense is not None else len(self.bm25.ids)
 
     @property
     def modes(self) -> List[str]:
@@ -96,7 +101,10 @@ class Searcher:
         if mode not in self.modes:
             raise InvalidValue(f"mode {mode!r} is not available here; one of {self.modes}")
         questions = list(questions)
-        depth = max(k, self.spec.depth) if mode == "hybrid" else k
+        # every allocation below is sized by k or depth: asking for more than the corpus holds gives the
+        # whole corpus (what a user of --n_docs 10**12 meant), never an array of that many rows
+        k = min(k, self.size)
+        depth = min(max(k, self.spec.depth), self.size) if mode == "hybrid" else k
         dense = sparse = None
         if mode != "bm25":
             dense = self.dense.search(questions, depth, n_docs=k, trace=trace)

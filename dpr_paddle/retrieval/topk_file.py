@@ -1,8 +1,9 @@
 """Per-shard top-k files: what one machine's search of its own shards hands to the reduce step.
 
 A .npz (no pickle) with `scores` [n, k] float32, `ids` [n, k] passage ids, and `meta`, a JSON
-string: the model fingerprint, num_shards, the shard ids searched, the questions file and its
-fingerprint, k. `merge_parts` checks and merges a complete set for `python -m dpr_paddle.reduce`
+string: the shards' model fingerprint, passage length and corpus, the question encoder that searched
+them (fingerprint, max query length, pooling, similarity), num_shards, the shard ids searched, the
+questions file and its fingerprint, k. `merge_parts` checks and merges a complete set for `python -m dpr_paddle.reduce`
 (Tevatron's reducer).
 """
 from __future__ import annotations
@@ -57,15 +58,21 @@ def expand(patterns: List[str]) -> List[str]:
     return out
 
 
+# what every part of one search must share: a part without a key (written before it was recorded) has None
+PART_IDENTITY = ("model_fingerprint", "question_fingerprint", "max_query_length", "max_passage_length", "pooling",
+                 "similarity", "corpus", "num_shards", "qa", "questions", "k")
+
+
 def merge_parts(paths: List[str]) -> Tuple[np.ndarray, List[List[str]], dict]:
     """Check that the parts make one search and merge them: (scores [n, k], ids, meta)."""
     parts = sorted((read_topk(p) + (p,) for p in paths), key=lambda part: part[2]["shard_ids"])
     first = parts[0][2]
     for scores, _, meta, path in parts:
-        for key in ("model_fingerprint", "num_shards", "qa", "questions", "k"):
+        for key in PART_IDENTITY:
             if meta.get(key) != first.get(key):
                 raise TopKFileError(f"{path}: {key} {meta.get(key)!r}, but {parts[0][3]} has {first.get(key)!r}; "
-                                    "every part must search with one model, one questions file and one --n_docs")
+                                    "every part must search one corpus's shards of one model, with one question "
+                                    "encoder, one --max_query_length, one questions file and one --n_docs")
     seen = {}
     for _, _, meta, path in parts:
         for s in meta["shard_ids"]:

@@ -12,8 +12,9 @@ shards on first load when missing), never from streaming the TSV.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from ..common.options import InvalidValue, number_problem
 from ..index.factory import IndexSpec
@@ -35,9 +36,13 @@ def check_same_corpus(shards, store, passages: str, samples: int = 8) -> None:
                            "were encoded from another corpus; pass the passages file they were made from")
 
 
-def check_questions(questions) -> List[str]:
-    """`questions` as a list of strings, each valid Unicode text (no lone surrogates), or InvalidValue."""
-    if isinstance(questions, (str, bytes)):
+def check_questions(questions, max_chars: Optional[int] = None) -> List[str]:
+    """`questions` as a list of strings, each valid Unicode text (no lone surrogates) with something to
+    search (common.text.searchable) and at most `max_chars` characters, or InvalidValue. The HTTP
+    server and the commands ask the same."""
+    from ..common.text import NOTHING_TO_SEARCH, searchable
+
+    if isinstance(questions, (str, bytes)) or not isinstance(questions, Iterable):
         raise InvalidValue("questions must be a list of strings, not one string (it would be searched character "
                            "by character): pass [question]")
     questions = list(questions)
@@ -48,6 +53,10 @@ def check_questions(questions) -> List[str]:
             q.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidValue(f"question {i} is not valid Unicode text (a lone surrogate)") from None
+        if not searchable(q):
+            raise InvalidValue(f"question {i} {NOTHING_TO_SEARCH}")
+        if max_chars is not None and len(q) > max_chars:
+            raise InvalidValue(f"question {i} has {len(q)} characters; at most {max_chars} are allowed")
     return questions
 
 
@@ -104,6 +113,9 @@ class Retriever:
         from ..common.runtime import prepare_process
         from ..retrieval.passage_store import PassageStore, default_store_path
 
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidValue(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
         if not passages:
             raise ValueError("passages (the TSV) is needed: it is what hits are read from")
         if search.mode != "bm25" and not shards:
@@ -146,8 +158,11 @@ class Retriever:
         character); `k` an integer >= 1 (more than the corpus holds gives the whole corpus); `mode`
         one of `modes` (default: the one loaded)."""
         questions = check_questions(questions)
-        if isinstance(k, bool) or not isinstance(k, int) or number_problem("k", k):
-            raise InvalidValue(f"k must be an integer >= 1, got {k!r}")
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or number_problem("k", int(k)):
+            raise InvalidValue(f"k must be an integer >= 1, got {k!r}")  # a numpy integer is one; True is not
+        k = int(k)
+        if mode is not None and not isinstance(mode, str):
+            raise InvalidValue(f"mode must be a string, one of {self.modes}; got {mode!r}")
         if not questions:
             return []
         scores, ids = self.searcher.search(questions, k, mode=mode)

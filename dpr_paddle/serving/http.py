@@ -176,7 +176,7 @@ def create_app(retriever, limits: Limits = Limits(), api_key: Optional[str] = No
 
     from ..common.errors import DprError
 
-    class SearchRequest(BaseModel, extra="forbid"):
+    class SearchRequest(BaseModel, extra="forbid", strict=True):  # strict: a JSON true is not a k, "5" is not one
         queries: List[str] = Field(..., min_length=1, max_length=limits.max_queries)
         k: int = Field(10, ge=1, le=limits.max_k)
         mode: Optional[str] = None
@@ -247,11 +247,8 @@ def request_problem(queries: List[str], mode: Optional[str], modes: List[str], m
 
     if mode is not None and mode not in modes:
         return f"mode {mode!r} is not loaded here; one of {modes}"
-    bad = [i for i, q in enumerate(queries) if not q.strip() or len(q) > max_chars]
-    if bad:
-        return f"queries {bad[:10]} are empty or longer than {max_chars} characters"
     try:
-        check_questions(queries)
+        check_questions(queries, max_chars)  # the API's own rule: the same questions are refused both ways
     except DprError as e:
         return str(e)
     return None
