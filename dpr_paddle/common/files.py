@@ -37,6 +37,29 @@ def process_lock(path: str) -> Iterator[None]:
         yield
 
 
+def claim(path: str, what: str):
+    """Take the exclusive lock on the file `path` without waiting, for as long as the returned open file
+    lives (the kernel frees it when the process dies, however it dies); the holder's pid is written in
+    it. A lock another process holds is one DprError naming that process and `what` it guards."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise DprError(f"{what} is in use by another process (pid {holder}); wait for it to finish, or choose "
+                       "another location") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
 def open_text(path: str, mode: str = "rt") -> IO[str]:
     """Open a text file for reading, transparently un-gzipping `.gz` files; a UTF-8 byte-order
     mark (as Windows editors write it) is dropped instead of becoming part of the first field."""
@@ -111,7 +134,7 @@ def file_fingerprint(path: str, span: int = 1 << 16) -> dict:
     """Identify a (possibly huge) file: absolute path, size, a SHA-1 of its first and last `span` bytes
     (`sha1_ends`, cheap, for naming cache directories) and a SHA-1 of all of it (`sha1`, so that an
     edit anywhere is caught). The full digest is computed once per file version and cached by (path,
-    size, mtime, inode): 1.36 GB/s measured here, about 10 s for DPR's 13 GB psgs_w100.tsv
+    size, mtime, ctime, inode): 1.36 GB/s measured here, about 10 s for DPR's 13 GB psgs_w100.tsv
     (docs/benchmarks.md section 9); later opens cost a stat. Derived files (a BM25 index, a passage store, shards) record
     it to refuse another corpus (`same_file`); a copy of the same corpus elsewhere matches."""
     import hashlib
@@ -127,12 +150,15 @@ def file_fingerprint(path: str, span: int = 1 << 16) -> dict:
 
 
 def content_sha1(path: str, block: int = 1 << 22) -> str:
-    """SHA-1 of the whole file, cached under the cache root by (absolute path, size, mtime, inode)."""
+    """SHA-1 of the whole file, cached under the cache root by (absolute path, size, mtime, change time,
+    inode). The change time is what makes the cache safe: `cp -p` and `rsync -t` set the modification
+    time back after an edit, but no tool can set the change time (any write or chmod moves it; a
+    moved ctime only costs a re-hash)."""
     import hashlib
 
     st = os.stat(path)
     key = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()
-    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
     cache = os.path.join(cache_root(), "digests", key + ".json")
     try:
         with open(cache, encoding="utf-8") as f:

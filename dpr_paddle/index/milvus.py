@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..common.errors import DprError
-from .shards import meta_digest
+from .shards import check_finite, meta_digest
 from .exact import ExactIndex
 
 logger = logging.getLogger(__name__)
@@ -85,12 +85,51 @@ def connect(uri: str):
         raise MilvusIndexError(f"--milvus_uri {uri}: a local Milvus file must end in .db (milvus-lite), or give a "
                                "server as http://host:19530")
     try:
-        return MilvusClient(uri=uri)
+        with _quiet("milvus_lite"):  # it logs a traceback of its own before raising the exception handled here
+            return MilvusClient(uri=uri)
     except MilvusException as e:
-        fix = ("start the server (docker compose up -d, see README) or leave --milvus_uri out for a local "
-               "milvus-lite file" if is_remote(uri) else "check that the directory is writable and that no other "
-               "process holds the file")
-        raise MilvusIndexError(f"cannot open Milvus at {uri} ({e.message}); {fix}") from None
+        if is_remote(uri):
+            raise MilvusIndexError(f"cannot open Milvus at {uri} ({e.message}); start the server (docker compose up "
+                                   "-d, or python -m dpr_paddle.milvus_server: see README) or leave --milvus_uri out "
+                                   "for a local milvus-lite file") from None
+        raise MilvusIndexError(f"cannot open the milvus-lite database {uri}: {lite_problem(uri)}") from None
+
+
+def lite_problem(uri: str) -> str:
+    """Why milvus-lite could not open `uri` (it says only "Open local milvus failed"), and what to do."""
+    import fcntl
+
+    if os.path.exists(uri) and not os.path.isdir(uri):
+        return ("it is a file, not a milvus-lite database (a directory): move it away or pass another "
+                "--milvus_uri, and the index is built again from the shards")
+    lock = os.path.join(uri, "LOCK")
+    if os.path.isfile(lock):
+        try:
+            with open(lock, "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return ("another process has it open (milvus-lite serves one process at a time); wait for it, or use a "
+                    "Milvus server (--milvus_uri http://HOST:19530) for several processes")
+        except OSError as e:
+            return f"{e.strerror}; check the permissions"
+    return f"check that {os.path.dirname(os.path.abspath(uri))} is writable, or delete {uri} to build it again"
+
+
+@contextlib.contextmanager
+def milvus_errors(uri: str, collection: str):
+    """What Milvus raises while a collection is built, loaded or searched, as one MilvusIndexError: a
+    damaged milvus-lite database (a truncated parquet segment, an emptied schema) or a server's refusal."""
+    from pymilvus.exceptions import MilvusException
+
+    try:
+        # each logs a traceback of what is raised here, then turned into one line
+        with _quiet("grpc._server"), _quiet("pymilvus.decorators"), _quiet("milvus_lite"):
+            yield
+    except MilvusException as e:
+        fix = ("see the server's log" if is_remote(uri) else f"the milvus-lite database is damaged: delete {uri} "
+               "(rm -r) and it is built again from the shards")
+        raise MilvusIndexError(f"Milvus collection {collection!r} at {uri}: {' '.join(str(e.message).split())[:300]}; "
+                               f"{fix}") from None
 
 
 class MilvusIndex:
@@ -129,7 +168,8 @@ class MilvusIndex:
         self.client = connect(self.uri)
         # processes building one collection at once (a server's workers) take turns: one loads, the rest check
         key = hashlib.sha1(f"{self.uri}|{self.collection}".encode()).hexdigest()[:16]
-        with process_lock(os.path.join(cache_root(), "locks", f"milvus_{key}.lock")):
+        with process_lock(os.path.join(cache_root(), "locks", f"milvus_{key}.lock")), \
+                milvus_errors(self.uri, self.collection):
             self._build()
         return self
 
@@ -246,6 +286,10 @@ class MilvusIndex:
         """(global row, passage id, float32 vector) for rows [lo, hi)."""
         rows = np.arange(lo, hi)
         vectors = self.exact.vectors_of(rows)  # [b, D] float32, also from float16 shards
+        for i, shard in enumerate(self.exact.shards):  # refuse a NaN or inf row before Milvus stores it
+            a, b = max(lo, int(self.exact.offsets[i])), min(hi, int(self.exact.offsets[i + 1]))
+            if a < b:
+                check_finite(shard.path, shard.ids, a - int(self.exact.offsets[i]), vectors[a - lo : b - lo])
         for r, vec in zip(rows, vectors):
             yield int(r), self.exact.row_id(int(r)), vec
 
@@ -289,9 +333,10 @@ class MilvusIndex:
         rows = np.empty((len(queries), k), dtype=np.int64)
         short = []
         for lo in range(0, len(queries), SEARCH_BATCH):
-            hits = self.client.search(self.collection, data=list(queries[lo : lo + SEARCH_BATCH]), limit=k,
-                                      search_params={"metric_type": "IP", "params": params}, output_fields=["row"],
-                                      consistency_level=SEARCH_CONSISTENCY)
+            with milvus_errors(self.uri, self.collection):
+                hits = self.client.search(self.collection, data=list(queries[lo : lo + SEARCH_BATCH]), limit=k,
+                                          search_params={"metric_type": "IP", "params": params},
+                                          output_fields=["row"], consistency_level=SEARCH_CONSISTENCY)
             for j, found in enumerate(hits):
                 got = [hit.id for hit in found]
                 if len(got) < k:  # the probed IVF cells held fewer than k passages

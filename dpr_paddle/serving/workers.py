@@ -9,7 +9,9 @@ them, so an extra worker costs its encoder and runtime, not another copy of the 
 
 The parent supervises: SIGTERM or SIGINT is passed on to every worker, each of which stops
 accepting and lets its in-flight requests finish; a worker that crashes is started again; a worker
-that exits with a configuration error (status 2) stops the server with that status.
+that exits with a configuration error (status 2) stops the server with that status. A parent that
+dies without a word (kill -9) takes its workers with it (`die_with_parent`), so the port is free
+for a restart.
 """
 from __future__ import annotations
 
@@ -89,6 +91,25 @@ def run(make_app: Callable[[int], object], sock: socket.socket, workers: int, gr
     return status
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when the process that forked it dies, however it dies
+    (kill -9 included): orphaned workers would go on serving and hold the port, so a restart could not
+    bind it. SIGTERM lets a worker finish its in-flight requests first. Linux only (elsewhere a no-op)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(0)
+
+
 def _kill(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
@@ -98,11 +119,13 @@ def _kill(pid: int, sig: int) -> None:
 
 def _fork(make_app, sock, worker: int, graceful_seconds: float) -> int:
     """Start one worker process; returns its pid. The child never returns from here."""
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn installs its own graceful handlers
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    die_with_parent(parent)
     code = 1
     try:
         serve_socket(make_app(worker), sock, graceful_seconds)

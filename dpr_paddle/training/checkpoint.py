@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import paddle
 
-from ..common.files import atomic_dir, reading, write_json_atomic
+from ..common.files import atomic_dir, cache_root, claim, reading, write_json_atomic
 from ..modeling.builder import DPR_CONFIG, TOWER_DIRS, CheckpointError, save_tower
 from ..modeling.model import BiEncoder
 
@@ -88,14 +88,44 @@ def save_checkpoint(path: str, model: BiEncoder, tokenizer, optimizer, scheduler
 
 
 def load_trainer_state(path: str) -> dict:
-    """trainer_state.json of a checkpoint."""
+    """trainer_state.json of a checkpoint, trusted only whole (`state_problem`): a resume from a part
+    of it would skip the recipe check or restart the learning-rate schedule without a word."""
     f = os.path.join(path, TRAINER_STATE)
     if not os.path.isfile(f):
         raise CheckpointError(f"{path}: not a complete checkpoint (no {TRAINER_STATE})")
     with reading(f, "trainer state", "resume from another checkpoint"), open(f, encoding="utf-8") as fh:
         state = json.load(fh)
-        state["global_step"], state["epoch"], state["batch_in_epoch"]  # noqa: B018 - KeyError: damaged
+    problem = state_problem(state)
+    if problem:
+        raise CheckpointError(f"{f}: {problem}: the trainer state is damaged or was edited; resume from another "
+                              "checkpoint, or start afresh (--overwrite_save_dir)")
     return state
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def state_problem(state) -> Optional[str]:
+    """What makes a trainer state unusable for a resume, or None: the position (whole numbers >= 0), the
+    run's recipe (`run_config`, what the resume is checked against), the scheduler's state (or null
+    for a run without one) and the best result must all be there and of their kind."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    for key in ("global_step", "epoch", "batch_in_epoch"):
+        if not _count(state.get(key)):
+            return f"'{key}' is {state.get(key)!r}, not a whole number >= 0"
+    if not isinstance(state.get("run_config"), dict):
+        return "'run_config' (the recipe a resumed run is checked against) is missing"
+    if "scheduler" not in state:
+        return "'scheduler' (where the learning-rate schedule stands) is missing"
+    sched = state["scheduler"]
+    if sched is not None and not (isinstance(sched, dict) and _count(sched.get("last_epoch"))):
+        return f"'scheduler' is {sched!r}, not a learning-rate scheduler's state"
+    best = state.get("best")
+    if best is not None and not (isinstance(best, list) and all(isinstance(x, (int, float)) for x in best)):
+        return f"'best' is {best!r}, not a list of numbers"
+    return None
 
 
 # what a resumed run must share with the run it resumes, or it would silently train another model: refused
@@ -109,7 +139,7 @@ RESUME_SETTINGS = ("hard_negatives", "batch_size", "seed", "shuffle_positives", 
 def check_resume(run_config: dict, resume_from: str) -> None:
     """Refuse a resume whose recipe differs from the checkpoint's run, naming the first field that does;
     say so when a training setting differs (the run goes on, no longer as an uninterrupted one would)."""
-    saved = load_trainer_state(resume_from).get("run_config") or {}
+    saved = load_trainer_state(resume_from)["run_config"]
     for key in RESUME_RECIPE + RESUME_SETTINGS:
         have, want = saved.get(key), run_config.get(key)
         if key not in saved or have == want:
@@ -126,9 +156,32 @@ def restore_optimizer(path: str, optimizer, scheduler, model) -> None:
     f = os.path.join(path, OPTIMIZER)
     with reading(f, "optimizer state", "resume from another checkpoint"), np.load(f, allow_pickle=False) as z:
         load_optimizer_arrays(optimizer, model, {k: z[k] for k in z.files})
-    sched = load_trainer_state(path).get("scheduler")
-    if scheduler is not None and sched:
+    sched = load_trainer_state(path)["scheduler"]
+    if scheduler is not None:
+        if not sched:  # the schedule would start again from its warmup
+            raise CheckpointError(f"{os.path.join(path, TRAINER_STATE)}: holds no learning-rate scheduler state; "
+                                  "resume from another checkpoint, or start afresh (--overwrite_save_dir)")
         scheduler.set_state_dict(sched)
+
+
+_CLAIMS = {}  # save_dir -> the open lock file: held until this process ends
+
+
+def claim_save_dir(save_dir: str) -> None:
+    """Make this process the only run writing `save_dir` (a lock held until the process ends, under the
+    cache root so the run directory holds only checkpoints): a second training started on it is refused
+    in one line instead of writing over the first's checkpoints while both report success."""
+    key = os.path.realpath(save_dir)
+    if key not in _CLAIMS:
+        _CLAIMS[key] = claim(save_dir_lock(save_dir), f"--save_dir {save_dir}")
+
+
+def save_dir_lock(save_dir: str) -> str:
+    """The lock file that `claim_save_dir` holds for `save_dir`."""
+    import hashlib
+
+    name = hashlib.sha1(os.path.realpath(save_dir).encode()).hexdigest()[:16]
+    return os.path.join(cache_root(), "locks", f"train_{name}.lock")
 
 
 def _checkpoint_dirs(save_dir: str) -> List[Tuple[int, str]]:

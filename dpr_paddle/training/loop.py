@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..common.errors import DprError
 from ..common.files import check_output_path
 from ..data import BiEncoderCollator, BiEncoderDataset, epoch_batches, rank_slice, read_biencoder_records
-from ..modeling.builder import TOWER_DIRS, build_biencoder, encoder_recipe, model_config
+from ..modeling.builder import TOWER_DIRS, build_biencoder, check_lengths, encoder_recipe, model_config
 from ..modeling.model import CONTEXT, QUESTION, set_dropout
 from ..modeling.tokenization import Tensorizer
 from . import checkpoint as ckpt
@@ -86,6 +86,8 @@ def resolve_chunks(local_batch: int, hard_negatives: int, chunk_size: int, q_chu
 def prepare_save_dir(save_dir: str, resume: Optional[str], overwrite: bool, world: World) -> Optional[str]:
     """The checkpoint to resume from (or None), after refusing or clearing another run's checkpoints
     and removing the unfinished saves of a killed run."""
+    if world.is_main:
+        ckpt.claim_save_dir(save_dir)  # one run writes a save_dir at a time
     resume_from = None
     if resume and resume != "none":
         resume_from = ckpt.latest_checkpoint(save_dir) if resume == "auto" else resume
@@ -321,6 +323,7 @@ def train(cfg: TrainConfig) -> Dict[str, float]:
     total_steps, n_epochs = plan_steps(len(dataset), cfg, world)
     resume_from = prepare_save_dir(cfg.save_dir, cfg.resume, cfg.overwrite_save_dir, world)
     model, tokenizer, recipe = build_model(cfg, resume_from)
+    check_lengths(model, cfg.max_query_length, cfg.max_passage_length)
     collator = BiEncoderCollator(Tensorizer(tokenizer, cfg.max_query_length, cfg.max_passage_length))
     optimizer, scheduler = build_optimizer(model, cfg.learning_rate, total_steps, cfg.warmup_steps,
                                            cfg.weight_decay, cfg.adam_epsilon, cfg.max_grad_norm)
