@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -149,32 +148,22 @@ def references(url: str, questions, k: int, headers: dict) -> dict:
                 for q in dict.fromkeys(questions)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(serve_args, log_path: str, env=None):
     """`python -m dpr_paddle.serve SERVE_ARGS` on a free port of 127.0.0.1; (process, url) once /health answers."""
-    import httpx
+    from dpr_paddle.common.net import free_port, wait_healthy
 
     port = free_port()
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "dpr_paddle.serve", "--host", "127.0.0.1", "--port", str(port),
                              *serve_args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server stopped: see {log_path}")
-        try:
-            if httpx.get(url + "/health", timeout=2, headers=auth_headers()).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"the server did not answer within 10 minutes: see {log_path}")
+    try:
+        if wait_healthy(url + "/health", proc, 600, auth_headers()):
+            return proc, url
+    except TimeoutError:
+        proc.kill()
+        raise SystemExit(f"the server did not answer within 10 minutes: see {log_path}") from None
+    raise SystemExit(f"the server stopped: see {log_path}")
 
 
 def auth_headers() -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import time
 import numpy as np
 
 from common import ROOT, markdown_table, save_results  # also puts the repo on sys.path
+from dpr_paddle.common.net import free_port, wait_healthy
 
 
 def percentiles(ms):
@@ -56,12 +56,6 @@ def store_at_scale(n_rows: int, lookups: int) -> dict:
                 assert len(got) == len(set(ids))
             out[f"lookup_{k}"] = percentiles(ms)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_clients(url: str, questions, clients: int, per_client: int, max_seconds: float) -> dict:
@@ -146,12 +140,7 @@ def main() -> None:
                                "--index_path", index_path, "--port", str(port)], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(240):
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
+        wait_healthy(url + "/health", server, 120)
         with httpx.Client(timeout=60) as h:
             for q in questions[:10]:
                 h.post(url + "/search", json={"queries": [q], "k": 10})

@@ -13,19 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def free_port(wanted: int = 0) -> int:
-    """`wanted` when it is free on 127.0.0.1, else a port the system gives."""
-    import socket
-
-    for port in (wanted, 0) if wanted else (0,):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise OSError("no free port on 127.0.0.1")
+from .common.net import free_port
 
 
 def own_etcd_ports(base_dir: str) -> int:

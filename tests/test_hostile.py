@@ -5,10 +5,8 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -17,6 +15,7 @@ import pytest
 from conftest import ROOT, run_cli, sample_head
 from test_train import tiny_args as tiny_args_for
 from dpr_paddle.common.errors import DprError
+from dpr_paddle.common.net import free_port, wait_healthy
 
 
 @pytest.fixture(scope="module")
@@ -297,30 +296,17 @@ def test_an_exported_model_directory_carries_its_recipe(tmp_path):
 
 # --------------------------------------------------------------------------- 6. the HTTP server
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(*args):
-    import httpx
-
+    """`python -m dpr_paddle.serve ARGS` on a free port: (process, url), or (process, None) when it stopped."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dpr_paddle.serve", "--port", str(port), *map(str, args)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            return proc, None
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("server did not start")
+    try:
+        return proc, url if wait_healthy(url + "/health", proc) else None
+    except TimeoutError:
+        proc.kill()
+        raise
 
 
 def test_bad_requests_get_4xx_and_never_poison_the_good_ones(corpus):

@@ -3,17 +3,16 @@ each against what dense_retriever.py returns, on real files, a real SQLite file 
 server process on 127.0.0.1."""
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from conftest import ROOT, run_cli, sample_head
 from dpr_paddle.common.errors import DprError
+from dpr_paddle.common.net import free_port, wait_healthy
 from dpr_paddle.retrieval.passage_store import PassageStore, PassageStoreError
 
 
@@ -123,12 +122,6 @@ def test_search_command_prints_a_ranked_table(setup):
     assert proc.stdout.splitlines()[2].split()[2] == cli[1]["ctxs"][0]["id"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(setup):
     """A server process on 127.0.0.1 over MiniLM vectors of the 60 passages (a real model: the tiny
@@ -140,21 +133,9 @@ def server(setup):
     proc = subprocess.Popen([sys.executable, "-m", "dpr_paddle.serve", "--model_name_or_path", "minilm", "--ctx_file",
                              str(d / "p.tsv"), "--encoded_ctx_file", str(d / "mini" / "emb"), "--port", str(port),
                              "--max_k", "50"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    import httpx
-
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            raise AssertionError(proc.stdout.read()[-3000:])
-    else:
-        proc.kill()
-        raise AssertionError("server did not start in 120 s")
+    if not wait_healthy(url + "/health", proc):
+        raise AssertionError(proc.stdout.read()[-3000:])
     yield url
     proc.terminate()
     proc.wait(timeout=30)

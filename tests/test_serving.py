@@ -17,38 +17,26 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli, sample_head
+from dpr_paddle.common.net import free_port, wait_healthy
 
 KEY = "s3cret-key"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
     """`python -m dpr_paddle.serve ARGS` on a free port; its output goes to a file the tests read."""
 
     def __init__(self, tmp, *args, env=None, key=None):
-        import httpx
-
         self.port, self.key = free_port(), key
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"server_{self.port}.log"
         self.proc = subprocess.Popen([sys.executable, "-m", "dpr_paddle.serve", "--port", str(self.port),
                                       *map(str, args)], cwd=ROOT, stdout=open(self.log, "w"),
                                      stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            assert self.proc.poll() is None, self.output()[-3000:]
-            try:
-                if httpx.get(self.url + "/health", headers=self.headers(), timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.3)
-        self.stop()
-        raise AssertionError("server did not start: " + self.output()[-3000:])
+        try:
+            assert wait_healthy(self.url + "/health", self.proc, 180, self.headers()), self.output()[-3000:]
+        except TimeoutError:
+            self.stop()
+            raise AssertionError("server did not start: " + self.output()[-3000:]) from None
 
     def headers(self):
         return {"X-API-Key": self.key} if self.key else {}
@@ -316,6 +304,12 @@ def test_search_page_shows_what_the_api_answers(hybrid, corpus, tmp_path):
             assert ids == [h["id"] for h in want], mode
         assert driver.find_elements(By.CSS_SELECTOR, "mark.answer")  # the typed answer is highlighted
         driver.save_screenshot(str(tmp_path / "page.png"))
+        # nothing visible to search: said, and the last question's results go (the server's own rule)
+        driver.find_element(By.ID, "q").clear()
+        driver.find_element(By.ID, "q").send_keys("\u200b \u3164")
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: "Nothing to search" in d.find_element(By.ID, "status").text)
+        assert not driver.find_elements(By.CSS_SELECTOR, "li[data-id]")
     finally:
         driver.quit()
 
