@@ -3,9 +3,8 @@ expected errors into one clear line."""
 from __future__ import annotations
 
 import sys
-import warnings
 
-from .common.runtime import prepare_process, quiet_paddlenlp, setup_logging
+from .common.runtime import prepare_process, quiet_paddlenlp, quiet_warnings, setup_logging
 
 
 def expected_errors() -> tuple:
@@ -28,11 +27,7 @@ def run_main(body, needs_paddle: bool = True, threads=None) -> None:
     """Run a command's body; an expected error exits with status 2 and `error: <message>`. `threads`:
     OpenMP threads when the user set none (default one per core)."""
     setup_logging()
-    # Paddle warns about a missing ccache and setuptools on import; neither concerns a user.
-    warnings.filterwarnings("ignore", message="No ccache found")
-    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
-    # PaddleNLP says this about every truncated (title, text) pair; truncation is what we asked for.
-    warnings.filterwarnings("ignore", message="Be aware, overflowing tokens are not returned")
+    quiet_warnings()
     prepare_process(needs_paddle, threads)  # CPU defaults before paddle's first import, only where the user set nothing
     if needs_paddle:
         quiet_paddlenlp()

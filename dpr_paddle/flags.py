@@ -210,7 +210,7 @@ class ReduceArgs(ReportArgs):
 
 def tower_spec(args):
     """The encoding.towers.TowerSpec of a command that encodes (EmbedArgs, SearchArgs, MineArgs)."""
-    from .encoding.towers import TowerSpec
+    from .encoding.spec import TowerSpec
 
     return TowerSpec(model_name_or_path=args.model_name_or_path, model_file=args.model_file,
                      que_model_path=args.que_model_path, con_model_path=args.con_model_path,

@@ -120,6 +120,16 @@ def prepare_process(needs_paddle: bool = True, threads: Optional[int] = None) ->
     return applied
 
 
+def quiet_warnings() -> None:
+    """Ignore the Python warnings of our dependencies that no user can act on (only these messages):
+    Paddle's missing ccache and setuptools' distutils notice on import, and PaddleNLP's word on every
+    truncated (title, text) pair, where truncation is what we asked for."""
+    import warnings
+
+    for message in ("No ccache found", "Setuptools is replacing distutils", "Be aware, overflowing tokens are not returned"):
+        warnings.filterwarnings("ignore", message=message)
+
+
 def quiet_paddlenlp() -> None:
     """PaddleNLP's INFO lines (weights saved/loaded) drown ours: keep its warnings only."""
     try:

@@ -17,20 +17,20 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import paddle
 
 from ..common.files import atomic_dir, cache_root
-from ..common.options import check_numbers
 from ..common.runtime import cpu_threads, without_native_lines
 from ..modeling.builder import (build_biencoder, check_lengths, encoder_recipe, model_fingerprint,
                                 resolve_encoder_paths)
 from ..modeling.model import CONTEXT, QUESTION
-from ..modeling.tokenization import DEFAULT_MAX_PASSAGE_LENGTH, DEFAULT_MAX_QUERY_LENGTH, Tensorizer
+from ..modeling.tokenization import Tensorizer
 from . import onnx_backend
+from .spec import TowerSpec, names_context  # noqa: F401 - TowerSpec is imported from here too
 
 logger = logging.getLogger(__name__)
 
@@ -114,32 +114,6 @@ def resolve_backend(backend: str, on_gpu: bool) -> str:
     return "onnxruntime" if onnx_backend.available() else "inference"
 
 
-@dataclass(frozen=True)
-class TowerSpec:
-    """Which encoder a tower loads and how it runs (the commands build it from their flags).
-
-    The encoders come from `model_file` (a checkpoint) or the path fields; a checkpoint's
-    dpr_config.json overrides the lengths and projection given here, and `auto` pooling and
-    similarity take the encoder's own. `fp16` runs float16 autocast on GPU only; `backend` is
-    auto (`resolve_backend`), onnxruntime, onnxruntime-int8, inference or dygraph.
-    """
-
-    model_name_or_path: str = "minilm"
-    model_file: Optional[str] = None
-    que_model_path: Optional[str] = None
-    con_model_path: Optional[str] = None
-    projection_dim: int = 0
-    max_query_length: int = DEFAULT_MAX_QUERY_LENGTH
-    max_passage_length: int = DEFAULT_MAX_PASSAGE_LENGTH
-    pooling: str = "auto"
-    similarity: str = "auto"
-    fp16: bool = False
-    backend: str = "auto"
-
-    def __post_init__(self):
-        check_numbers(self, ("projection_dim", "max_query_length", "max_passage_length"))
-
-
 def _build_tower(tower: str, spec: TowerSpec):
     """(model, tokenizer, label, checkpoint config, recipe): one tower as a shared BiEncoder in eval
     mode; its projection (if any) is loaded from the tower's dir into q_proj."""
@@ -158,12 +132,6 @@ def tower_fingerprint(tower: str, spec: Optional[TowerSpec] = None, **fields) ->
     """(path, fingerprint) of one tower's weights, as `load_tower` records them, without exporting it."""
     model, _, label, _, _ = _build_tower(tower, spec or TowerSpec(**fields))
     return label, model_fingerprint(model)
-
-
-def names_context(spec: TowerSpec) -> bool:
-    """Whether `spec` names the context encoder itself (a checkpoint, or --con_model_path), so that it can be
-    checked against the shards it is said to have made."""
-    return bool(spec.model_file or spec.con_model_path)
 
 
 def paired_question_fingerprint(spec: TowerSpec, context_fingerprint: str) -> Optional[str]:

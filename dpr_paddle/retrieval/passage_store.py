@@ -180,12 +180,16 @@ class PassageStore:
 
 
 def fetch_passages(ctx_file: str, wanted: set) -> Dict[str, tuple]:
-    """{id: (text, title)} for the wanted ids only, streaming the TSV (21M rows need not fit)."""
+    """{id: (text, title)} for the wanted ids only, streaming the TSV (21M rows need not fit), with a bar."""
+    from tqdm import tqdm
+
     found = {}
-    for ids, texts, titles in iter_passage_chunks(ctx_file):
-        for pid, text, title in zip(ids, texts, titles):
-            if pid in wanted:
-                found[pid] = (text, title)
+    with tqdm(desc="passage texts", unit="psg", dynamic_ncols=True, leave=False) as bar:
+        for ids, texts, titles in iter_passage_chunks(ctx_file):
+            for pid, text, title in zip(ids, texts, titles):
+                if pid in wanted:
+                    found[pid] = (text, title)
+            bar.update(len(ids))
     missing = wanted - found.keys()
     if missing:
         sample = sorted(missing)[:5]

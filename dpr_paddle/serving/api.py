@@ -94,7 +94,7 @@ class Retriever:
         the TSV. `index_spec` picks any backend; without it `hnsw` and its settings pick between exact
         search and one hnsw graph. Other keywords are encoding.towers.TowerSpec fields (pooling,
         backend, max lengths...)."""
-        from ..encoding.towers import TowerSpec
+        from ..encoding.spec import TowerSpec
 
         is_checkpoint = bool(model) and os.path.isdir(os.path.join(model, "question_encoder"))
         tower = TowerSpec(model_name_or_path=model or "minilm", model_file=model if is_checkpoint else None,
@@ -110,7 +110,7 @@ class Retriever:
                    batch_size: int = 64, shared: Optional[dict] = None) -> "Retriever":
         """A Retriever from the specs the commands build from their flags (see `load`); `shared` holds
         parts loaded before the server's workers forked (retrieval.searcher.preload)."""
-        from ..common.runtime import prepare_process
+        from ..common.runtime import prepare_process, quiet_paddlenlp, quiet_warnings
         from ..retrieval.passage_store import PassageStore, default_store_path
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -120,7 +120,10 @@ class Retriever:
             raise ValueError("passages (the TSV) is needed: it is what hits are read from")
         if search.mode != "bm25" and not shards:
             raise ValueError("index (the embedding shards) is needed for dense and hybrid retrieval")
+        quiet_warnings()  # as quiet as the commands: no warning a user cannot act on
         prepare_process(needs_paddle=search.mode != "bm25")  # CPU defaults where unset, before paddle loads
+        if search.mode != "bm25":
+            quiet_paddlenlp()
         searcher = Searcher.load(search, passages, tower, shards, index_spec, batch_size, **(shared or {}))
         info = {"mode": search.mode, "modes": searcher.modes}
         if searcher.dense is not None:

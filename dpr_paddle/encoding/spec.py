@@ -1,0 +1,41 @@
+"""`TowerSpec`: which encoder a tower loads and how it runs. Light on purpose (no paddle import), so a
+BM25-only command or `Retriever.load(mode="bm25")` builds its specs without loading Paddle."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..common.options import check_numbers
+from ..modeling.tokenization import DEFAULT_MAX_PASSAGE_LENGTH, DEFAULT_MAX_QUERY_LENGTH
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    """Which encoder a tower loads and how it runs (the commands build it from their flags).
+
+    The encoders come from `model_file` (a checkpoint) or the path fields; a checkpoint's
+    dpr_config.json overrides the lengths and projection given here, and `auto` pooling and
+    similarity take the encoder's own. `fp16` runs float16 autocast on GPU only; `backend` is
+    auto (`resolve_backend`), onnxruntime, onnxruntime-int8, inference or dygraph.
+    """
+
+    model_name_or_path: str = "minilm"
+    model_file: Optional[str] = None
+    que_model_path: Optional[str] = None
+    con_model_path: Optional[str] = None
+    projection_dim: int = 0
+    max_query_length: int = DEFAULT_MAX_QUERY_LENGTH
+    max_passage_length: int = DEFAULT_MAX_PASSAGE_LENGTH
+    pooling: str = "auto"
+    similarity: str = "auto"
+    fp16: bool = False
+    backend: str = "auto"
+
+    def __post_init__(self):
+        check_numbers(self, ("projection_dim", "max_query_length", "max_passage_length"))
+
+
+def names_context(spec: TowerSpec) -> bool:
+    """Whether `spec` names the context encoder itself (a checkpoint, or --con_model_path), so that it can be
+    checked against the shards it is said to have made."""
+    return bool(spec.model_file or spec.con_model_path)
