@@ -60,8 +60,8 @@ demo: install sample
 		--ctx_file $(SAMPLE)/passages.tsv --qa_file $(SAMPLE)/qa_test.csv --model_file $(DEMO)/biencoder/latest \
 		--bm25_index $(DEMO)/bm25_index
 	@echo "== top-k accuracy on $(SAMPLE)/qa_test.csv (300 held-out questions, 2,200 passages)"
-	@$(PY) -m dpr_paddle.evaluation BM25=$(DEMO)/bm25.json.metrics.json zero-shot=$(DEMO)/zeroshot.json.metrics.json \
-		fine-tuned=$(DEMO)/finetuned.json.metrics.json hybrid=$(DEMO)/hybrid.json.metrics.json
+	@$(PY) -m dpr_paddle.evaluation bm25=$(DEMO)/bm25.json.metrics.json "dense, zero-shot=$(DEMO)/zeroshot.json.metrics.json" \
+		"dense, fine-tuned=$(DEMO)/finetuned.json.metrics.json" hybrid=$(DEMO)/hybrid.json.metrics.json
 
 test: install
 	$(PY) -m pytest -q tests

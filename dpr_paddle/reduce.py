@@ -20,7 +20,7 @@ def main(argv=None) -> None:
 
     def body():
         from .common.files import check_input_file, check_output_path, file_fingerprint
-        from .data.readers import read_qa
+        from .data.questions import read_qa
         from .data.passages import iter_passage_chunks
         from .retrieval.run import load_questions, report
         from .retrieval.topk_file import TopKFileError, expand, merge_parts
@@ -41,7 +41,7 @@ def main(argv=None) -> None:
         metrics = {"mode": "dense", "questions": len(qa), "n_docs": min(args.n_docs or meta["k"], meta["k"]),
                    "match": args.match, "seconds": {}, "index": meta.get("index"), "passages": meta["passages"],
                    "reduced_from": meta["files"]}
-        report(qa, scores, ids, metrics, report_spec(args), qa_file=args.qa_file, shards_pattern=None, label="reduced",
+        report(qa, scores, ids, metrics, report_spec(args), qa_file=args.qa_file, shards_pattern=None, label="dense",
                qrels=qrels)
 
     run_main(body, needs_paddle=False)
