@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT, run_cli, sample_head
 from test_hostile import start_server
-from dpr_paddle import encode, mine, passage_store, reduce, retrieve, search, train
+from dpr_paddle import encode, evaluation, mine, passage_store, reduce, retrieve, search, train
 from dpr_paddle.common.errors import DprError
 from dpr_paddle.common.net import free_port, wait_healthy
 
@@ -346,6 +346,8 @@ def test_relevance_labels_mean_one_thing(capsys, tmp_path):
               "--trec_file", tmp_path / "run.trec", "--n_docs", 12)
     metrics = json.loads((tmp_path / "r.json.metrics.json").read_text())
     assert metrics["gold_questions"] == 3 and "| bm25 |" in out  # q4 has no relevant passage: left out, said
+    table = ran(capsys, evaluation.main, f"bm25={tmp_path / 'r.json.metrics.json'}")  # no answers: the gold table
+    assert "| system | MRR@10 | nDCG@10 | MAP |" in table and f"| bm25 | {metrics['mrr@10']:.3f} |" in table
     run = {}
     for line in (tmp_path / "run.trec").read_text().splitlines():
         qid, _, pid, _, score, _ = line.split()

@@ -159,6 +159,7 @@ def test_api_key_is_checked_on_every_request_but_the_page(hybrid):
     ok = httpx.post(hybrid.url + "/search", json={"queries": ["q"]}, headers={"Authorization": "Bearer " + KEY})
     assert ok.status_code == 200
     assert httpx.get(hybrid.url + "/").status_code == 200  # the static page holds no data
+    assert httpx.get(hybrid.url + "/favicon.ico").status_code == 204  # nor its icon (none: no 404 either)
 
 
 def test_binding_beyond_loopback_needs_a_key(corpus):
@@ -310,6 +311,29 @@ def test_search_page_shows_what_the_api_answers(hybrid, corpus, tmp_path):
         driver.find_element(By.ID, "go").click()
         wait.until(lambda d: "Nothing to search" in d.find_element(By.ID, "status").text)
         assert not driver.find_elements(By.CSS_SELECTOR, "li[data-id]")
+        # a reload keeps the key for the tab's session (and searches the question in the address again)
+        driver.refresh()
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-searched") == "1")
+        assert driver.find_element(By.ID, "key").get_attribute("value") == KEY
+        assert "passages" in driver.find_element(By.ID, "about").text
+
+        def submitted(n):
+            driver.find_element(By.ID, "go").click()
+            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-searched") == str(n))
+
+        # an error is said once, in plain words, with the limit; no column shows it as a result
+        driver.execute_script("document.getElementById('q').value = 'why ' + 'x'.repeat(2100);")
+        submitted(2)
+        status = driver.find_element(By.ID, "status").text
+        assert status == "This question is too long: 2104 characters, and the server takes at most 2000."
+        assert not driver.find_elements(By.CSS_SELECTOR, "li")
+        # a wrong key is told apart from a missing one
+        driver.find_element(By.ID, "key").clear()
+        driver.find_element(By.ID, "key").send_keys("wrong-key")
+        driver.find_element(By.ID, "q").clear()
+        driver.find_element(By.ID, "q").send_keys(question)
+        submitted(3)
+        assert driver.find_element(By.ID, "status").text == "The server refused this API key: check it, then search again."
     finally:
         driver.quit()
 

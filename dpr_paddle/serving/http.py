@@ -4,7 +4,7 @@
     POST /search {"queries": ["who wrote hamlet"], "k": 10, "mode": "dense"}
          -> {"results": [[{"id", "title", "text", "score"}, ...]], "mode": "dense", "took_ms": 12.5}
     GET  /health -> {"status": "ok", "ready": true, "modes", "index", "passages", "model_fingerprint", ...}
-    GET  /       -> the search page (page.html; off with --no_ui)
+    GET  /       -> the search page (page.html; off with --no_ui); GET /favicon.ico -> 204
 
 How a request is answered:
 - A malformed request gets a 4xx with a JSON reason (422 for what validation refuses, with the
@@ -131,7 +131,7 @@ class Guard:
     """ASGI middleware around the app: the API key check (when a key is set) and one access log
     line per request. Pure ASGI rather than FastAPI's `@middleware`, which costs a task per request."""
 
-    def __init__(self, app, api_key: Optional[str] = None, open_paths: Sequence[str] = ("/",)):
+    def __init__(self, app, api_key: Optional[str] = None, open_paths: Sequence[str] = ("/", "/favicon.ico")):
         self.app, self.open_paths = app, set(open_paths)
         self.key = api_key.encode() if api_key else None
 
@@ -171,7 +171,7 @@ def create_app(retriever, limits: Limits = Limits(), api_key: Optional[str] = No
     queue is bounded, and `api_key`, `cors_origins` and `ui` (the page at GET /) as the module says."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from pydantic import BaseModel, Field
 
     from ..common.errors import DprError
@@ -208,6 +208,10 @@ def create_app(retriever, limits: Limits = Limits(), api_key: Optional[str] = No
         @app.get("/", response_class=HTMLResponse)
         async def search_page():
             return page
+
+        @app.get("/favicon.ico")
+        async def favicon():  # a browser asks for it with every page: no content, rather than a 404
+            return Response(status_code=204)
 
     @app.post("/search")
     async def search(req: SearchRequest):
