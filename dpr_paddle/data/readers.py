@@ -3,13 +3,13 @@
 - biencoder training data: `.json` (a list), `.json.gz`, `.jsonl` (one record a line), `.jsonl.gz`
 - passages: `psgs_w100.tsv` layout (header `id<TAB>text<TAB>title`), `.tsv.gz` too, streamed;
   `id` and `text` must be non-empty, a missing or empty `title` reads as ""
-- QA pairs: `nq-test.qa.csv` layout (`question<TAB>["a1", "a2"]`), answers parsed without eval
+- QA pairs: the answers column of `nq-test.qa.csv` (`parse_answers`, without eval); the file itself, and
+  the BEIR and MS MARCO layouts of questions, are read by `questions.read_qa`
 """
 from __future__ import annotations
 
 import ast
 import contextlib
-import csv
 import gzip
 import json
 import logging
@@ -250,38 +250,3 @@ def parse_answers(field: str) -> List[str]:
     if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
         raise ValueError(f"answers {field[:80]!r} are not a list of strings")
     return value
-
-
-def read_qa(path: str) -> List[QAPair]:
-    """Read questions: DPR's QA file (`question<TAB>[answers]`, no header; ids "1".."N" by position),
-    BEIR's queries.jsonl or MS MARCO's queries.tsv (`qid<TAB>query`), told apart by data/corpora.py."""
-    from .corpora import query_layout, read_beir_queries, read_id_text_queries
-
-    layout = query_layout(path)
-    if layout == "beir":
-        return read_beir_queries(path)
-    if layout == "id_text":
-        return read_id_text_queries(path)
-    out: List[QAPair] = []
-    with _file_errors(path), open_text(path) as f:
-        reader = csv.reader(f, delimiter="\t")
-        end = 0
-        for row in reader:
-            lineno, end = end + 1, reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if end > lineno:  # a stray quote made one row of several lines, and questions vanish
-                raise DataFormatError(path, f"line {lineno}", f"a quoted field runs from here to line {end}, "
-                                      "swallowing the rows between (an unbalanced '\"'?)")
-            if len(row) != 2:
-                raise DataFormatError(path, f"line {lineno}", f"expected 2 tab-separated columns (question, answers), found {len(row)}")
-            question, answers = row
-            check_question(path, f"line {lineno}", "question", question)
-            try:
-                parsed = parse_answers(answers)
-            except ValueError as e:
-                raise DataFormatError(path, f"line {lineno}", f"field 'answers': {e}") from None
-            out.append(QAPair(question=question, answers=parsed, qid=str(len(out) + 1)))
-    if not out:
-        raise DataFormatError(path, "line 1", "no questions (file is empty)")
-    return out

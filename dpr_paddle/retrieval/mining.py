@@ -56,7 +56,7 @@ def records_from_qrels(qa_file: str, qrels_file: str, ctx_file: str) -> List[BiE
     """Training records from relevance labels: each query with its judged-relevant passages (rel > 0) as
     positives, answers as the queries carry them (none for BEIR / MS MARCO). Queries without a relevant
     passage are left out, with a count in the log; a label naming an unknown query is an error."""
-    from ..data.readers import read_qa
+    from ..data.questions import read_qa
     from .qrels import QrelsError, read_qrels
 
     queries, qrels = read_qa(qa_file), read_qrels(qrels_file)
