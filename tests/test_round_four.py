@@ -468,7 +468,7 @@ def test_latin_answers_inside_chinese_text_are_found(capsys, tmp_path):
     from dpr_paddle.retrieval.evaluation import has_answer
 
     assert has_answer(["L2"], "编号L2，为") and has_answer(["3.5"], "约3.5公里") and has_answer(["iPhone 4"], "推出iPhone 4的")
-    assert not has_answer(["L2"], "编号L23，为")
+    assert not has_answer(["L2"], "编号L23，为") and has_answer(["2010"], "成立於２０１０年")  # full-width digits too
     # English is DPR's, token for token
     assert has_answer(["L2"], "the L2 norm") and not has_answer(["L2"], "the XL2 norm")
     assert not has_answer(["lo"], "hello") and has_answer(["ω-force"], "the ω-force here")

@@ -13,8 +13,9 @@
   matched by `char`, any other exactly as `string` (so English results are DPR's, hit for hit).
   `364.6公里` is matched by characters, `ω-force` by DPR's tokens.
 - In text that holds Han characters, `auto` matches an answer without CJK after splitting every Han
-  character off as a token of its own, as BERT's basic tokenizer does (`split_han`): DPR's tokenizer
-  glues CJK letters to Latin letters and digits, so "L2" was never found in "编号L2，为". Text
+  character off as a token of its own, as BERT's basic tokenizer does (`split_han`), and with NFKC
+  on both sides as the per-character path has: DPR's tokenizer glues CJK letters to Latin letters
+  and digits, so "L2" was never found in "编号L2，为", nor "2010" in "成立於２０１０年". Text
   without Han characters is tokenized exactly as DPR does, and `string` is DPR's everywhere.
 - `regex` (CuratedTREC) compiles the answer as a case-insensitive regular expression; an invalid
   pattern matches nothing.
@@ -76,8 +77,8 @@ def split_han(text: str) -> str:
     return _HAN.sub(r" \g<0> ", text) if _HAN.search(text) else text
 
 
-def _string_match(answer: str, words: List[str]) -> bool:
-    ans = tokenize_words(normalize(answer))
+def _string_match(answer: str, words: List[str], cjk_text: bool = False) -> bool:
+    ans = tokenize_words(normalize(unicodedata.normalize("NFKC", answer) if cjk_text else answer))
     if not ans:
         return False
     n, first = len(ans), ans[0]
@@ -101,9 +102,11 @@ def has_answer(answers: Sequence[str], text: str, match: str = "auto") -> bool:
     rest = [a for a in answers if a not in by_char]
     if not rest:
         return False
-    text = normalize(text)
-    words = tokenize_words(split_han(text) if match == "auto" else text)  # `string` stays DPR's, token for token
-    return any(_string_match(a, words) for a in rest)
+    # `auto` in text with Han: Han split off, and NFKC on both sides (full-width "２０１０" is "2010", as the
+    # per-character path reads it); `string`, and any text without Han, stay DPR's, token for token
+    cjk_text = match == "auto" and _HAN.search(text) is not None
+    text = normalize(split_han(unicodedata.normalize("NFKC", text)) if cjk_text else text)
+    return any(_string_match(a, tokenize_words(text), cjk_text) for a in rest)
 
 
 def top_k_accuracy(hits: Iterable[Sequence[bool]], ks: Sequence[int] = DEFAULT_TOP_K) -> Dict[int, float]:
