@@ -242,9 +242,9 @@ def test_sigterm_lets_in_flight_requests_finish(corpus, tmp_path):
     for t in threads:
         t.start()
     deadline = time.time() + 30
-    while time.time() < deadline:  # wait until the requests are in the server's hands
+    while time.time() < deadline:  # wait until every request is in the server's hands (or answered)
         h = httpx.get(server.url + "/health").json()
-        if h["queued"] + h["in_flight"] >= 3:
+        if h["queued"] + h["in_flight"] >= 3 and h["queued"] + h["in_flight"] + len(answers) >= 6:
             break
         time.sleep(0.02)
     server.proc.send_signal(signal.SIGTERM)
