@@ -172,8 +172,13 @@ def claim_save_dir(save_dir: str) -> None:
     cache root so the run directory holds only checkpoints): a second training started on it is refused
     in one line instead of writing over the first's checkpoints while both report success."""
     key = os.path.realpath(save_dir)
-    if key not in _CLAIMS:
+    if key in _CLAIMS:
+        return
+    try:
         _CLAIMS[key] = claim(save_dir_lock(save_dir), f"--save_dir {save_dir}")
+    except OSError as e:  # a read-only cache root must not stop a training; it only loses this guard
+        logger.warning("cannot take the lock %s (%s): a second training on %s would not be refused",
+                       save_dir_lock(save_dir), e.strerror or e, save_dir)
 
 
 def save_dir_lock(save_dir: str) -> str:
