@@ -30,7 +30,7 @@ from ..modeling.builder import (build_biencoder, check_lengths, encoder_recipe, 
 from ..modeling.model import CONTEXT, QUESTION
 from ..modeling.tokenization import Tensorizer
 from . import onnx_backend
-from .spec import TowerSpec, names_context  # noqa: F401 - TowerSpec is imported from here too
+from .spec import TowerSpec
 
 logger = logging.getLogger(__name__)
 

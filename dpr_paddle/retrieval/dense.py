@@ -7,7 +7,6 @@ names, and the rows turned into passage ids.
 """
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -16,8 +15,6 @@ import numpy as np
 
 from ..index.factory import DenseIndex, IndexSpec
 from ..index.shards import EmbeddingError, read_meta, shard_paths
-
-logger = logging.getLogger(__name__)
 
 
 def encode_questions(encode_fn, tensorizer, questions: List[str], batch_size: int, progress: bool = True) -> np.ndarray:
@@ -98,7 +95,8 @@ class DenseSearcher:
         to belong with them (`check_pair`, before any index is built). `partial`: a subset of the shards
         (one machine's part). `index`: the DenseIndex of `shards` already loaded (shared by the
         server's workers)."""
-        from ..encoding.towers import load_tower, names_context, tower_fingerprint
+        from ..encoding.spec import names_context
+        from ..encoding.towers import load_tower, tower_fingerprint
         from ..modeling.model import CONTEXT, QUESTION
 
         first = shard_paths(shards)[0]  # a wrong pattern is one line before the model loads
