@@ -22,11 +22,12 @@ from .retrieval.evaluation import MATCHES
 MATCH_HELP = ("auto (an answer with CJK characters by characters, any other as DPR) | string (DPR's token match) | "
               "regex | char (NFKC, lower case, no spaces: the answer's characters in a row, as CMRC 2018 scores)")
 from .modeling.spec import ModelSpec
-from .training.config import TrainConfig
+from .training.config import RerankConfig, TrainConfig
 
 
 ModelArgs = ModelSpec  # the encoders every command starts from (modeling/spec.py)
 TrainArgs = TrainConfig  # train_dense_encoder.py (training/config.py)
+RerankTrainArgs = RerankConfig  # train_reranker.py (training/config.py)
 
 
 def _backend_field():
@@ -103,6 +104,10 @@ class SearchArgs(ModelArgs):
     force: bool = option(False, "build an index even when the memory plan says it will not fit")
     n_docs: int = option(100, "passages retrieved per question (-k / --k: the API's and the page's name for it)",
                          aliases=("--n-docs", "-k", "--k"))
+    rerank_model: Optional[str] = option(None, "a reranker (cross-encoder) directory from train_reranker.py: reorders "
+                                               "the first stage's (dense, --bm25 or --hybrid) top --rerank_depth")
+    rerank_depth: int = option(20, "first-stage passages the reranker reads per question (<= --n_docs)")
+    rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
     batch_size: int = option(64, "questions per encoder forward")
     fp16: bool = option(False, "run the question encoder in float16 on GPU")
     backend: str = _backend_field()
@@ -242,7 +247,9 @@ def search_spec(args):
     from .retrieval.searcher import SearchSpec, retrieval_mode
 
     return SearchSpec(mode=retrieval_mode(args.bm25, args.hybrid), fusion=args.fusion, alpha=args.hybrid_alpha,
-                      depth=args.hybrid_depth, bm25_index=args.bm25_index, bm25_analyzer=args.bm25_analyzer)
+                      depth=args.hybrid_depth, bm25_index=args.bm25_index, bm25_analyzer=args.bm25_analyzer,
+                      rerank_model=args.rerank_model, rerank_depth=args.rerank_depth,
+                      rerank_batch_size=args.rerank_batch_size)
 
 
 def report_spec(args):

@@ -50,7 +50,7 @@ def main(argv=None) -> None:
         retrieve(searcher, args.qa_file, args.n_docs, report_spec(args), args.encoded_ctx_file, args.validate_index,
                  seconds)
 
-    run_main(body, needs_paddle=not args.bm25)
+    run_main(body, needs_paddle=not args.bm25 or bool(args.rerank_model))
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def main(argv=None) -> None:
             print(flush=True)
 
     try:
-        run_main(body, needs_paddle=not args.bm25)
+        run_main(body, needs_paddle=not args.bm25 or bool(args.rerank_model))
     except (EOFError, KeyboardInterrupt):
         print()
 

@@ -62,7 +62,7 @@ def main(argv=None) -> None:
               "opens in one process only", file=sys.stderr)
         raise SystemExit(2)
     threads = max(1, usable_cores() // args.workers) if args.workers > 1 else None
-    needs_paddle = not args.bm25
+    needs_paddle = not args.bm25 or bool(args.rerank_model)
 
     def make_app(worker: int, shared: dict):
         from .serving.http import Limits, create_app

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .readers import BiEncoderRecord
+from .readers import BiEncoderRecord, DataFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ class TrainExample:
 
     question: str
     passages: List[Tuple[str, str]]
+    teacher_scores: Optional[List[float]] = None  # one per passage, when the run distils a teacher
 
 
 class BiEncoderDataset:
@@ -34,9 +35,13 @@ class BiEncoderDataset:
     """
 
     def __init__(self, records: Sequence[BiEncoderRecord], hard_negatives: int = 1, seed: int = 0,
-                 shuffle_positives: bool = False, shuffle_negatives: bool = True):
+                 shuffle_positives: bool = False, shuffle_negatives: bool = True, teacher: bool = False,
+                 path: str = "records"):
         if hard_negatives < 0:
             raise ValueError("hard_negatives must be >= 0")
+        self.teacher = teacher
+        if teacher:
+            check_teacher(records, path)
         self.records = list(records)
         self.hard_negatives = hard_negatives
         self.seed = seed
@@ -69,7 +74,12 @@ class BiEncoderDataset:
             other = self.records[(index + 1) % len(self.records)].positives[0]
             negs = [other] * self.hard_negatives
         chosen = [pos] + negs[: self.hard_negatives]
-        return TrainExample(question=rec.question, passages=[(p.title, p.text) for p in chosen])
+        scores = [p.teacher_score for p in chosen] if self.teacher else None
+        if scores is not None and None in scores:  # another record's positive stood in: no score for this question
+            raise DataFormatError("records", f"record {index}", "has too few scored negatives for distillation; "
+                                  "lower --hard_negatives or score more (python -m dpr_paddle.score_records)")
+        return TrainExample(question=rec.question, passages=[(p.title, p.text) for p in chosen],
+                            teacher_scores=scores)
 
 
 def epoch_batches(num_examples: int, global_batch: int, epoch: int, seed: int, shuffle: bool = True,
@@ -92,3 +102,24 @@ def rank_slice(batch: List[int], rank: int, world_size: int) -> List[int]:
     """This rank's contiguous part of a global batch (rank order = single-process order)."""
     per = len(batch) // world_size
     return batch[rank * per : (rank + 1) * per]
+
+
+def check_teacher(records: Sequence[BiEncoderRecord], path: str) -> None:
+    """Refuse records that cannot be distilled from, in one line: a passage without its `teacher_score`
+    (the file was not scored, or only partly), or records scored by different teachers (files joined
+    after scoring: their scores are not on one scale)."""
+    teachers = {r.teacher for r in records}
+    if None in teachers or len(teachers) != 1:
+        which = next(i for i, r in enumerate(records) if r.teacher is None) if None in teachers else None
+        raise DataFormatError(path, f"record {which}" if which is not None else "records",
+                              "carries no teacher (no 'teacher' field): score the records first "
+                              "(python -m dpr_paddle.score_records)" if which is not None else
+                              f"were scored by {len(teachers)} different teachers ({', '.join(sorted(teachers))}); "
+                              "score the whole file with one")
+    for i, r in enumerate(records):
+        for kind, ps in (("positive_ctxs", r.positives), ("hard_negative_ctxs", r.hard_negatives),
+                         ("negative_ctxs", r.negatives)):
+            for j, p in enumerate(ps):
+                if p.teacher_score is None and kind != "negative_ctxs":
+                    raise DataFormatError(path, f"record {i}", f"{kind}[{j}] has no teacher_score: the file was "
+                                          "scored only in part; score it again (python -m dpr_paddle.score_records)")

@@ -12,6 +12,7 @@ import ast
 import contextlib
 import gzip
 import json
+import math
 import logging
 import os
 import re
@@ -43,6 +44,7 @@ class Passage:
     text: str
     title: str = ""
     id: Optional[str] = None
+    teacher_score: Optional[float] = None  # a cross-encoder's score for this record's question (distillation)
 
 
 @dataclass
@@ -54,6 +56,7 @@ class BiEncoderRecord:
     positives: List[Passage]
     negatives: List[Passage] = field(default_factory=list)
     hard_negatives: List[Passage] = field(default_factory=list)
+    teacher: Optional[str] = None  # the reranker that wrote the passages' teacher_score (its fingerprint)
 
 
 @dataclass
@@ -146,7 +149,11 @@ def _parse_ctx(obj, path: str, where: str, key: str, i: int) -> Passage:
     pid = obj.get("passage_id", obj.get("psg_id"))
     if pid is not None:
         pid = check_id(path, where, f"{key}[{i}].passage_id", str(pid))
-    return Passage(text=text, title=title, id=pid)
+    score = obj.get("teacher_score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))
+                              or not math.isfinite(score)):
+        raise DataFormatError(path, where, f"{key}[{i}].teacher_score is {score!r}, expected a finite number")
+    return Passage(text=text, title=title, id=pid, teacher_score=None if score is None else float(score))
 
 
 def _parse_record(obj, path: str, where: str) -> BiEncoderRecord:
@@ -169,12 +176,16 @@ def _parse_record(obj, path: str, where: str) -> BiEncoderRecord:
         lists[key] = [_parse_ctx(c, path, where, key, i) for i, c in enumerate(value)]
     if "positive_ctxs" not in obj:
         raise DataFormatError(path, where, "missing field 'positive_ctxs'")
+    teacher = obj.get("teacher")
+    if teacher is not None and not isinstance(teacher, str):
+        raise DataFormatError(path, where, f"field 'teacher' is {teacher!r}, expected the fingerprint of a reranker")
     return BiEncoderRecord(
         question=question,
         answers=answers,
         positives=lists["positive_ctxs"],
         negatives=lists["negative_ctxs"],
         hard_negatives=lists["hard_negative_ctxs"],
+        teacher=teacher,
     )
 
 

@@ -41,9 +41,10 @@ INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 EXPORT_VERSION = 4
 
 
-def export_static(model, fingerprint: str) -> str:
-    """jit.save the question tower of a (shared) BiEncoder once per fingerprint and recipe; returns the path prefix."""
-    recipe = f"{model.pooling}-{'cos' if model.normalize else 'dot'}"
+def export_static(model, fingerprint: str, recipe: Optional[str] = None) -> str:
+    """jit.save the question tower of a (shared) BiEncoder, or a CrossEncoder (`recipe` "rerank"), once per
+    fingerprint and recipe; returns the path prefix."""
+    recipe = recipe or f"{model.pooling}-{'cos' if model.normalize else 'dot'}"
     directory = os.path.join(cache_root(), "inference", f"{fingerprint}-{recipe}-v{EXPORT_VERSION}")
     prefix = os.path.join(directory, "tower")
     if os.path.isfile(prefix + ".pdiparams"):

@@ -18,9 +18,9 @@ from ..common.errors import DprError
 from ..common.files import reading, write_json_atomic
 from .model import CONTEXT, QUESTION, BiEncoder
 from .pooling import native_recipe, resolve_recipe
-from .pretrained import load_encoder, resolve_model
+from .pretrained import MODEL_CONFIG, load_encoder, resolve_model
 
-DPR_CONFIG = "dpr_config.json"
+DPR_CONFIG = MODEL_CONFIG
 PROJECTION = "dpr_projection.npz"
 TOWER_DIRS = {QUESTION: "question_encoder", CONTEXT: "context_encoder"}
 

@@ -34,16 +34,7 @@ class BiEncoder(nn.Layer):
         self.shared = ctx_model is None or ctx_model is question_model
         if not self.shared:
             self.ctx_model = ctx_model
-        # PaddleNLP encoders build a key/value cache when config.use_cache is set (HF configs such
-        # as MiniLM's set it): 12 useless concats per forward for an encoder; turn it off.
-        self._encoder_kwargs = {"use_cache": False} if _accepts(question_model, "use_cache") else {}
-        # ERNIE builds default position (and task-type) ids with paddle.ones(shape), which fails
-        # under paddle.jit.to_static with dynamic shapes; passing them explicitly works for every
-        # encoder and gives the same ids (0..L-1; task_id everywhere).
-        self._pass_position_ids = _accepts(question_model, "position_ids")
-        config = getattr(question_model, "config", None)
-        self._task_id = (int(getattr(config, "task_id", 0)) if getattr(config, "use_task_id", False)
-                         and _accepts(question_model, "task_type_ids") else None)
+        self._encoder_kwargs, self._pass_position_ids, self._task_id = encoder_call(question_model)
         self.projection_dim = projection_dim
         if projection_dim > 0:
             hidden = question_model.config.hidden_size
@@ -73,12 +64,7 @@ class BiEncoder(nn.Layer):
         The default is the literal value of QUESTION: paddle.jit.to_static cannot resolve a
         module-level name in a default argument, and inference.export_static converts this method.
         """
-        extra = dict(self._encoder_kwargs)
-        if self._pass_position_ids:
-            ones = paddle.ones_like(input_ids)  # [B, L]
-            extra["position_ids"] = paddle.cumsum(ones, axis=1) - ones  # [B, L]: 0..L-1
-            if self._task_id is not None:
-                extra["task_type_ids"] = ones * self._task_id
+        extra = extra_inputs(input_ids, self._encoder_kwargs, self._pass_position_ids, self._task_id)
         out = self.tower(tower)(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
                                 return_dict=True, **extra)
         reps = pool(out.last_hidden_state, attention_mask, out.pooler_output, self.pooling)  # [B, H]
@@ -91,6 +77,32 @@ class BiEncoder(nn.Layer):
 
 def _accepts(layer: nn.Layer, name: str) -> bool:
     return name in inspect.signature(layer.forward).parameters
+
+
+def encoder_call(encoder: nn.Layer):
+    """(fixed keyword arguments, pass position ids?, task id or None): how every model here calls a
+    PaddleNLP encoder (the bi-encoder's towers, the cross-encoder's backbone)."""
+    # PaddleNLP encoders build a key/value cache when config.use_cache is set (HF configs such
+    # as MiniLM's set it): 12 useless concats per forward for an encoder; turn it off.
+    kwargs = {"use_cache": False} if _accepts(encoder, "use_cache") else {}
+    # ERNIE builds default position (and task-type) ids with paddle.ones(shape), which fails
+    # under paddle.jit.to_static with dynamic shapes; passing them explicitly works for every
+    # encoder and gives the same ids (0..L-1; task_id everywhere).
+    config = getattr(encoder, "config", None)
+    task_id = (int(getattr(config, "task_id", 0)) if getattr(config, "use_task_id", False)
+               and _accepts(encoder, "task_type_ids") else None)
+    return kwargs, _accepts(encoder, "position_ids"), task_id
+
+
+def extra_inputs(input_ids, kwargs: dict, pass_position_ids: bool, task_id):
+    """The keyword arguments of one encoder call (`encoder_call`'s plan) for `input_ids` [B, L]."""
+    extra = dict(kwargs)
+    if pass_position_ids:
+        ones = paddle.ones_like(input_ids)  # [B, L]
+        extra["position_ids"] = paddle.cumsum(ones, axis=1) - ones  # [B, L]: 0..L-1
+        if task_id is not None:
+            extra["task_type_ids"] = ones * task_id
+    return extra
 
 
 def set_dropout(layer: nn.Layer, p: float) -> None:
@@ -125,6 +137,21 @@ def nll_loss(q_reps: paddle.Tensor, p_reps: paddle.Tensor, positive_idx: paddle.
     loss = F.nll_loss(log_probs, positive_idx, reduction="mean")
     correct = (paddle.argmax(scores, axis=1) == positive_idx).astype("int64").sum()
     return loss, correct
+
+
+def distill_loss(q_reps: paddle.Tensor, p_reps: paddle.Tensor, teacher: paddle.Tensor, temperature: float = 1.0,
+                 teacher_temperature: float = 1.0) -> paddle.Tensor:
+    """KL(teacher || student) over each question's own passages, mean over questions (RocketQAv2's
+    listwise distillation): q_reps [Q, D], p_reps [Q*n, D] (question i owns rows i*n..i*n+n-1, as
+    in `positive_indices`), teacher [Q, n] a cross-encoder's scores. The student's distribution is
+    softmax(q . p / temperature) over those n passages; the teacher's softmax(teacher / teacher_temperature)."""
+    q = q_reps.astype("float32")
+    n = teacher.shape[1]
+    own = p_reps.astype("float32").reshape([q.shape[0], n, -1])  # [Q, n, D]
+    student = paddle.einsum("qd,qnd->qn", q, own) / temperature  # [Q, n]
+    target = F.softmax(teacher.astype("float32") / teacher_temperature, axis=1)  # [Q, n]
+    log_target = F.log_softmax(teacher.astype("float32") / teacher_temperature, axis=1)
+    return (target * (log_target - F.log_softmax(student, axis=1))).sum(axis=1).mean()
 
 
 def average_rank(q_reps: paddle.Tensor, p_reps: paddle.Tensor, positive_idx: paddle.Tensor) -> paddle.Tensor:

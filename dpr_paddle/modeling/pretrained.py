@@ -215,10 +215,34 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path  # a built-in name; load_encoder downloads it
 
 
-def load_encoder(name_or_path: str) -> Tuple[object, object]:
-    """Load (model, tokenizer) for a name or directory; PaddleNLP's Auto classes pick BERT/ERNIE."""
+MODEL_CONFIG = "dpr_config.json"  # what a directory this project wrote carries (builder.py, cross_encoder.py)
+CROSS_ENCODER = "cross_encoder"  # its `kind` in a reranker's dpr_config.json; a bi-encoder's has none
+
+
+def model_kind(path: str) -> str:
+    """`cross_encoder` for a reranker directory, `bi_encoder` for anything else (a tower, a checkpoint, a
+    plain encoder): read from the directory's dpr_config.json, the one place a kind is written."""
+    f = os.path.join(path, MODEL_CONFIG)
+    if not os.path.isfile(f):
+        return "bi_encoder"
+    try:
+        with open(f, encoding="utf-8") as fh:
+            cfg = json.load(fh)
+    except (OSError, ValueError):
+        return "bi_encoder"  # builder.read_model_config names the damage when the config is read
+    return CROSS_ENCODER if isinstance(cfg, dict) and cfg.get("kind") == CROSS_ENCODER else "bi_encoder"
+
+
+def load_encoder(name_or_path: str, cross_encoder_ok: bool = False) -> Tuple[object, object]:
+    """Load (model, tokenizer) for a name or directory; PaddleNLP's Auto classes pick BERT/ERNIE.
+
+    Every encoder the project builds is loaded here, so this is where a reranker directory given as a
+    bi-encoder is refused (`cross_encoder_ok` is for the cross-encoder's own builder)."""
     from paddlenlp.transformers import AutoModel, AutoTokenizer
 
+    if not cross_encoder_ok and os.path.isdir(name_or_path) and model_kind(name_or_path) == CROSS_ENCODER:
+        raise ModelNotFoundError(f"{name_or_path}: a cross-encoder (reranker) directory, not a bi-encoder; pass it "
+                                 "as --rerank_model (or --denoise_model), and a bi-encoder where an encoder is expected")
     path = resolve_model(name_or_path)
     try:
         model = AutoModel.from_pretrained(path)

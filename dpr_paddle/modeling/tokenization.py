@@ -159,6 +159,13 @@ class Tensorizer:
         texts = [x for _, x in passages]
         return self._ids(titles, texts, self.max_passage_length)
 
+    def encode_pairs_ids(self, questions: Sequence[str], passages: Sequence[Tuple[str, str]], max_length: int):
+        """Unpadded (ids, type_ids) per (question, (title, text)) pair for a cross-encoder:
+        `[CLS] question [SEP] title [SEP] text [SEP]`, cut longest first to `max_length`."""
+        sep = self.tokenizer.sep_token
+        second = [f"{t} {sep} {x}" if t else x for t, x in passages]
+        return self._ids(list(questions), second, max_length)
+
     def encode_questions(self, questions: Sequence[str]) -> Dict[str, np.ndarray]:
         """Padded arrays for a list of questions."""
         return self.pad(self.encode_questions_ids(questions))

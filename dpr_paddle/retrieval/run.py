@@ -27,7 +27,8 @@ from ..index.shards import read_meta, shard_paths
 from .evaluation import DEFAULT_TOP_K, format_top_k_table, has_answer, top_k_accuracy
 from .passage_store import passage_texts
 from .qrels import Qrels, QrelsError, check_qrels, format_gold_table, gold_metrics, read_qrels
-from .searcher import Searcher
+from .rerank import check_depth
+from .searcher import RERANK, Searcher
 from .topk_file import write_topk
 
 logger = logging.getLogger(__name__)
@@ -158,7 +159,11 @@ def retrieve(searcher: Searcher, qa_file: str, n_docs: int, out: ReportSpec, sha
         index = searcher.dense.index
         logger.info("%d questions, %d passages in %d shard(s)", len(qa), len(index), len(index.shards))
     trace = {"seconds": metrics["seconds"]}
-    scores, ids = searcher.search(questions, n_docs, trace)
+    if searcher.reranker is not None:
+        check_depth(searcher.spec.rerank_depth, n_docs)
+        metrics["rerank"] = {"model": searcher.reranker.info["model"], "depth": searcher.spec.rerank_depth,
+                             "backend": searcher.reranker.info["backend"]}
+    scores, ids = searcher.search(questions, n_docs, trace, mode=RERANK if searcher.reranker is not None else None)
     if searcher.dense is not None:
         depth = max(n_docs, searcher.spec.depth) if mode == "hybrid" else n_docs
         metrics.update(index_metrics(searcher.dense.index, trace, min(depth, len(searcher.dense.index)), n_docs,
@@ -168,9 +173,11 @@ def retrieve(searcher: Searcher, qa_file: str, n_docs: int, out: ReportSpec, sha
         metrics["bm25"] = searcher.bm25.meta["params"]
     if mode == "hybrid":
         metrics["fusion"] = searcher.spec.describe()
-    # the system is named by what it is (dense, bm25, hybrid), as in the API, the page and the demo's table
+    # the system is named by what it is (dense, bm25, hybrid; "hybrid, reranked"), as in the API, the page and the
+    # demo's table
     return report(qa, scores, ids, metrics, out, qa_file=qa_file, shards_pattern=shards if mode != "bm25" else None,
-                  label=mode, qrels=qrels)
+                  label=mode, qrels=qrels, first_stage=trace.get("first_stage"),
+                  first_stage_scores=trace.get("first_stage_scores"))
 
 
 def search_some_shards(dense, qa_file: str, n_docs: int, shards: str, topk_out: str) -> dict:
@@ -199,24 +206,38 @@ def search_some_shards(dense, qa_file: str, n_docs: int, shards: str, topk_out: 
 
 
 def report(qa: List[QAPair], scores: np.ndarray, ids: List[List[str]], metrics: dict, out: ReportSpec, *, qa_file: str,
-           shards_pattern: Optional[str], label: str, qrels: Optional[Qrels] = None) -> dict:
+           shards_pattern: Optional[str], label: str, qrels: Optional[Qrels] = None,
+           first_stage: Optional[Tuple[np.ndarray, List[List[str]]]] = None,
+           first_stage_scores: Optional[np.ndarray] = None) -> dict:
     """Score a finished retrieval (scores [n, >=k], ids): answer-match top-k accuracy (when the questions
     have answers) and gold-passage metrics (with `qrels`) printed and returned, and the results JSON,
-    metrics JSON and TREC run written where `out` asks."""
+    metrics JSON and TREC run written where `out` asks. A reranked run also gives its `first_stage`
+    ((scores, ids) before reranking: a row of its own in every table, under `metrics["first_stage"]`)
+    and each returned passage's `first_stage_scores` [n, k] (kept in the results JSON)."""
     k = min(metrics["n_docs"], metrics["passages"])
     metrics["n_docs"] = k
     scores, ids = scores[:, :k], [row[:k] for row in ids]
+    systems = {label: ids}
+    if first_stage is not None:  # the first stage's own row first, then the reranked one
+        systems = {label: [row[:k] for row in first_stage[1]], f"{label}, reranked": ids}
+        metrics["first_stage"] = {"system": label}
     by_answers = qrels is None or any(x.answers for x in qa)
     passages = None
     if by_answers or out.out_file:
-        passages = passage_texts(out.ctx_file, {i for row in ids for i in row}, out.passage_store, shards_pattern)
+        wanted = {i for rows in systems.values() for row in rows for i in row}
+        passages = passage_texts(out.ctx_file, wanted, out.passage_store, shards_pattern)
     hits = [[False] * len(row) for row in ids]
     if by_answers:
-        hits = answer_hits(qa, ids, passages, out, qa_file)
         ks = [x for x in DEFAULT_TOP_K if x <= k] or [k]
-        acc = top_k_accuracy(hits, ks)
-        print(format_top_k_table({label: acc}, ks))
+        table = {}
+        for name, rows in systems.items():
+            hits = answer_hits(qa, rows, passages, out, qa_file)  # the last system's (the run's output) is kept
+            table[name] = top_k_accuracy(hits, ks)
+        print(format_top_k_table(table, ks))
+        acc = table[list(systems)[-1]]
         metrics["top_k_accuracy"] = {str(a): b for a, b in acc.items()}
+        if first_stage is not None:
+            metrics["first_stage"]["top_k_accuracy"] = {str(a): b for a, b in table[label].items()}
     judged = list(range(len(qa)))
     if qrels is not None:
         judged = qrels.with_relevant([x.qid for x in qa])
@@ -228,11 +249,16 @@ def report(qa: List[QAPair], scores: np.ndarray, ids: List[List[str]], metrics: 
             logger.warning("%s: %d of %d questions (first: %r) have no passage judged relevant (> 0); they are left "
                            "out of the gold-passage metrics and the TREC run", qrels.path, len(qa) - len(judged),
                            len(qa), first)
-        gold = gold_metrics(qrels, [qa[i].qid for i in judged], [ids[i] for i in judged])
-        print(format_gold_table({label: gold}))
+        gold_rows = {name: gold_metrics(qrels, [qa[i].qid for i in judged], [rows[i] for i in judged])
+                     for name, rows in systems.items()}
+        print(format_gold_table(gold_rows))
+        gold = gold_rows[list(systems)[-1]]
         metrics.update(gold, qrels=os.path.abspath(qrels.path), gold_questions=len(judged))
+        if first_stage is not None:
+            metrics["first_stage"].update(gold_rows[label])
     if out.out_file:
-        write_results(out.out_file, qa, ids, scores, hits, passages)
+        write_results(out.out_file, qa, ids, scores, hits, passages,
+                      None if first_stage_scores is None else first_stage_scores[:, :k])
     metrics_file = out.metrics_file or (out.out_file + ".metrics.json" if out.out_file else None)
     if metrics_file:
         write_json_atomic(metrics_file, metrics)
@@ -252,15 +278,16 @@ def answer_hits(qa: List[QAPair], ids: List[List[str]], passages: dict, out: Rep
                          out.match, out.workers)
 
 
-def write_results(path: str, qa: List[QAPair], ids, scores, hits, passages) -> None:
-    """The retrieval results JSON in DPR's format."""
+def write_results(path: str, qa: List[QAPair], ids, scores, hits, passages, first_scores=None) -> None:
+    """The retrieval results JSON in DPR's format; a reranked run adds each passage's `first_stage_score`."""
     results = []
-    for item, row_ids, row_scores, row_hits in zip(qa, ids, scores, hits):
-        results.append({
-            "question": item.question, "answers": item.answers,
-            "ctxs": [{"id": pid, "title": passages[pid][1], "text": passages[pid][0], "score": f"{float(s):.6f}",
-                      "has_answer": h} for pid, s, h in zip(row_ids, row_scores, row_hits)],
-        })
+    for q, (item, row_ids, row_scores, row_hits) in enumerate(zip(qa, ids, scores, hits)):
+        ctxs = [{"id": pid, "title": passages[pid][1], "text": passages[pid][0], "score": f"{float(s):.6f}",
+                 "has_answer": h} for pid, s, h in zip(row_ids, row_scores, row_hits)]
+        if first_scores is not None:
+            for c, f in zip(ctxs, first_scores[q]):
+                c["first_stage_score"] = f"{float(f):.6f}"
+        results.append({"question": item.question, "answers": item.answers, "ctxs": ctxs})
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2, ensure_ascii=False)

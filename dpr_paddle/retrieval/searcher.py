@@ -1,9 +1,12 @@
-"""Questions to one ranked list: dense, BM25, or both fused (the one fusion path).
+"""Questions to one ranked list: dense, BM25, or both fused (the one fusion path), then optionally
+reranked by a cross-encoder.
 
 `Searcher` holds a DenseSearcher and/or a BM25Index and a `SearchSpec`; `search(questions, k)`
 returns (scores [n, k], ids [n][k]), best first. In hybrid mode each retriever gives its top
-`depth` (>= k) and `fusion.fuse` merges them. dense_retriever.py, the `Retriever` API, the HTTP
-server and mining all search through it, so their results are the same for the same settings.
+`depth` (>= k) and `fusion.fuse` merges them. With a `Reranker` loaded, mode `rerank` takes the
+spec's first stage (dense, bm25 or hybrid) to max(k, `rerank_depth`) and reorders its top
+`rerank_depth` (rerank.py). dense_retriever.py, the `Retriever` API, the HTTP server and mining
+all search through it, so their results are the same for the same settings.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from ..common.options import InvalidValue, check_numbers
 from .fusion import fuse
 
 MODES = ("dense", "bm25", "hybrid")
+RERANK = "rerank"  # a mode of a Searcher with a reranker: its first stage (MODES), then the cross-encoder
 
 
 def retrieval_mode(bm25: bool, hybrid: bool) -> str:
@@ -37,6 +41,9 @@ class SearchSpec:
     depth: int = 1000
     bm25_index: Optional[str] = None
     bm25_analyzer: str = "auto"
+    rerank_model: Optional[str] = None  # a reranker directory (train_reranker.py): adds the `rerank` mode
+    rerank_depth: int = 20  # how many of the first stage's best it reorders (rerank.DEFAULT_RERANK_DEPTH)
+    rerank_batch_size: int = 32  # pairs per cross-encoder forward
 
     def __post_init__(self):
         from .analyzers import check_name
@@ -45,7 +52,7 @@ class SearchSpec:
         if self.mode not in MODES or self.fusion not in FUSIONS:
             raise InvalidValue(f"mode {self.mode!r} / fusion {self.fusion!r}: one of {MODES} / {FUSIONS}")
         check_name(self.bm25_analyzer)
-        check_numbers(self, ("alpha", "depth"))
+        check_numbers(self, ("alpha", "depth", "rerank_depth", "rerank_batch_size"))
 
     def describe(self) -> dict:
         """What a metrics file records about the fusion."""
@@ -56,15 +63,18 @@ class SearchSpec:
 class Searcher:
     """A dense searcher and/or a BM25 index, searched and fused as `spec` says."""
 
-    def __init__(self, spec: SearchSpec, dense=None, bm25=None):
+    def __init__(self, spec: SearchSpec, dense=None, bm25=None, reranker=None, passages=None):
         self.spec, self.dense, self.bm25 = spec, dense, bm25
+        self.reranker = reranker  # a rerank.Reranker, or None
+        self.passages = passages  # ids -> {id: (text, title)}: what the reranker reads
 
     @classmethod
     def load(cls, spec: SearchSpec, ctx_file: str, tower=None, shards: Optional[str] = None, index_spec=None,
              batch_size: int = 64, timings: Optional[dict] = None,
              index=None, bm25=None) -> "Searcher":
         """Load what `spec.mode` needs: the question tower (an encoding.towers.TowerSpec) over `shards`
-        for dense and hybrid, BM25 over `ctx_file` (built once, then reused) for bm25 and hybrid.
+        for dense and hybrid, BM25 over `ctx_file` (built once, then reused) for bm25 and hybrid, and
+        `spec.rerank_model` with the passages of `ctx_file` to read (the API gives its store instead).
         `index` (a loaded DenseIndex) and `bm25` (a loaded BM25Index) are used instead of loading
         them: the server's workers share them (see `preload`)."""
         from .dense import DenseSearcher
@@ -79,7 +89,15 @@ class Searcher:
             bm25 = open_bm25(spec, ctx_file)
             if timings is not None:
                 timings["bm25_index"] = round(time.perf_counter() - t0, 3)
-        return cls(spec, dense, bm25 if spec.mode != "dense" else None)
+        searcher = cls(spec, dense, bm25 if spec.mode != "dense" else None)
+        if spec.rerank_model:
+            from .passage_store import passage_texts
+            from .rerank import Reranker
+
+            reranker = Reranker.load(spec.rerank_model, tower.backend if tower is not None else "auto",
+                                     spec.rerank_batch_size)
+            searcher.with_reranker(reranker, lambda wanted: passage_texts(ctx_file, wanted, None, shards))
+        return searcher
 
     @property
     def size(self) -> int:
@@ -90,17 +108,37 @@ class Searcher:
     def modes(self) -> List[str]:
         """The modes this searcher can answer in: dense and/or bm25, and hybrid when it has both."""
         have = [m for m, part in (("dense", self.dense), ("bm25", self.bm25)) if part is not None]
-        return have + ["hybrid"] * (len(have) == 2)
+        return have + ["hybrid"] * (len(have) == 2) + [RERANK] * (self.reranker is not None)
+
+    def with_reranker(self, reranker, passages) -> "Searcher":
+        """This searcher with a second stage: `reranker` (rerank.Reranker) reading `passages(ids)`."""
+        self.reranker, self.passages = reranker, passages
+        return self
 
     def search(self, questions: Sequence[str], k: int, trace: Optional[dict] = None,
                mode: Optional[str] = None) -> Tuple[np.ndarray, List[List[str]]]:
         """Top k of each question, best first: (scores [n, k], ids [n][k]); a `trace` dict receives
         what was measured (seconds; the dense vectors and rows). `mode` (default: the spec's) is
-        one of `modes`: a hybrid searcher also answers as dense or BM25 alone."""
+        one of `modes`: a hybrid searcher also answers as dense or BM25 alone, one with a reranker as
+        `rerank` (its first stage's scores go to `trace["first_stage_scores"]`, [n, k])."""
         mode = mode or self.spec.mode
         if mode not in self.modes:
             raise InvalidValue(f"mode {mode!r} is not available here; one of {self.modes}")
         questions = list(questions)
+        if mode == RERANK:
+            depth = min(self.spec.rerank_depth, self.size)
+            scores, ids = self.search(questions, max(k, depth), trace, mode=self.spec.mode)
+            k = min(k, self.size)
+            if trace is not None:
+                trace["first_stage"] = (scores[:, :k], [row[:k] for row in ids])
+            t0 = time.perf_counter()
+            texts = self.passages({pid for row in ids for pid in row[:depth]})
+            scores, ids, first = self.reranker.rerank(questions, ids, scores, texts, depth,
+                                                      progress=len(questions) > 50)
+            if trace is not None:
+                trace.setdefault("seconds", {})["rerank"] = round(time.perf_counter() - t0, 3)
+                trace["first_stage_scores"] = first[:, :k]
+            return scores[:, :k], [row[:k] for row in ids]
         # every allocation below is sized by k or depth: asking for more than the corpus holds gives the
         # whole corpus (what a user of --n_docs 10**12 meant), never an array of that many rows
         k = min(k, self.size)

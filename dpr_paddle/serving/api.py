@@ -5,6 +5,8 @@
     hits = r.search(["who wrote hamlet"], k=10)  # [[{"id", "title", "text", "score"}, ...]]
 
 `mode="bm25"` needs only `passages`; `mode="hybrid"` fuses both (as dense_retriever.py --hybrid).
+With `rerank_model` (a train_reranker.py directory), `search(..., mode="rerank")` reorders the loaded
+mode's top `rerank_depth` with the cross-encoder; each hit then also holds its `first_stage_score`.
 The results equal dense_retriever.py's for the same settings: both search through one
 `retrieval.searcher.Searcher`. Passage texts come from the SQLite passage store (built beside the
 shards on first load when missing), never from streaming the TSV.
@@ -88,10 +90,11 @@ class Retriever:
              ef_construction: int = DEFAULT_EF_CONSTRUCTION, hnsw_space: str = "auto", ef_search: int = 0,
              bm25_index: Optional[str] = None, bm25_analyzer: str = "auto", fusion: str = "weighted",
              alpha: float = 1.0, depth: int = 1000, store: Optional[str] = None,
-             index_spec: Optional[IndexSpec] = None, batch_size: int = 64, **tower_fields) -> "Retriever":
+             index_spec: Optional[IndexSpec] = None, batch_size: int = 64, rerank_model: Optional[str] = None,
+             rerank_depth: int = 20, rerank_batch_size: int = 32, **tower_fields) -> "Retriever":
         """Load the model, index and passage store once. `model` is a checkpoint directory or an encoder
         name/dir (or give `question_encoder`/`context_encoder`); `index` the embedding shards; `passages`
-        the TSV. `index_spec` picks any backend; without it `hnsw` and its settings pick between exact
+        the TSV; `rerank_model` a reranker directory reading the top `rerank_depth`. `index_spec` picks any backend; without it `hnsw` and its settings pick between exact
         search and one hnsw graph. Other keywords are encoding.towers.TowerSpec fields (pooling,
         backend, max lengths...)."""
         from ..encoding.spec import TowerSpec
@@ -101,7 +104,8 @@ class Retriever:
                           que_model_path=question_encoder, con_model_path=context_encoder, **tower_fields)
         spec = index_spec or IndexSpec("hnsw" if hnsw else "exact", hnsw_m, ef_construction, hnsw_space, index_path,
                                        ef_search=ef_search)
-        return cls.from_specs(SearchSpec(mode, fusion, alpha, depth, bm25_index, bm25_analyzer), passages, tower,
+        return cls.from_specs(SearchSpec(mode, fusion, alpha, depth, bm25_index, bm25_analyzer, rerank_model,
+                                         rerank_depth, rerank_batch_size), passages, tower,
                               index, spec, store=store, batch_size=batch_size)
 
     @classmethod
@@ -121,8 +125,9 @@ class Retriever:
         if search.mode != "bm25" and not shards:
             raise ValueError("index (the embedding shards) is needed for dense and hybrid retrieval")
         quiet_warnings()  # as quiet as the commands: no warning a user cannot act on
-        prepare_process(needs_paddle=search.mode != "bm25")  # CPU defaults where unset, before paddle loads
-        if search.mode != "bm25":
+        needs_paddle = search.mode != "bm25" or bool(search.rerank_model)
+        prepare_process(needs_paddle=needs_paddle)  # CPU defaults where unset, before paddle loads
+        if needs_paddle:
             quiet_paddlenlp()
         searcher = Searcher.load(search, passages, tower, shards, index_spec, batch_size, **(shared or {}))
         info = {"mode": search.mode, "modes": searcher.modes}
@@ -143,6 +148,10 @@ class Retriever:
         passage_store = PassageStore.open_or_build(passages, store)
         if searcher.dense is not None:
             check_same_corpus(searcher.dense.index.shards, passage_store, passages)
+        if searcher.reranker is not None:  # it reads the store, as the hits do
+            searcher.with_reranker(searcher.reranker, passage_store.get)
+            info["rerank"] = {**searcher.reranker.info, "depth": search.rerank_depth}
+        info["modes"] = searcher.modes
         info["passages"] = len(passage_store)
         return cls(searcher, passage_store, info)
 
@@ -168,7 +177,13 @@ class Retriever:
             raise InvalidValue(f"mode must be a string, one of {self.modes}; got {mode!r}")
         if not questions:
             return []
-        scores, ids = self.searcher.search(questions, k, mode=mode)
+        trace = {}
+        scores, ids = self.searcher.search(questions, k, mode=mode, trace=trace)
         texts = self.store.get(pid for row in ids for pid in row[:k])
-        return [[{"id": pid, "title": texts[pid][1], "text": texts[pid][0], "score": float(s)}
+        hits = [[{"id": pid, "title": texts[pid][1], "text": texts[pid][0], "score": float(s)}
                  for pid, s in zip(row_ids[:k], row_scores[:k])] for row_ids, row_scores in zip(ids, scores)]
+        if "first_stage_scores" in trace:  # reranked: the first stage's score beside the cross-encoder's
+            for row, first in zip(hits, trace["first_stage_scores"]):
+                for hit, f in zip(row, first):
+                    hit["first_stage_score"] = float(f)
+        return hits

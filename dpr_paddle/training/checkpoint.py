@@ -23,7 +23,7 @@ import paddle
 
 from ..common.files import atomic_dir, cache_root, claim, reading, write_json_atomic
 from ..modeling.builder import DPR_CONFIG, TOWER_DIRS, CheckpointError, save_tower
-from ..modeling.model import BiEncoder
+from ..modeling.cross_encoder import CrossEncoder, save_cross_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +71,16 @@ def load_optimizer_arrays(optimizer, model, arrays: Dict[str, np.ndarray]) -> No
 
 # --------------------------------------------------------------------------- save / load
 
-def save_checkpoint(path: str, model: BiEncoder, tokenizer, optimizer, scheduler, trainer_state: dict,
+def save_checkpoint(path: str, model, tokenizer, optimizer, scheduler, trainer_state: dict,
                     cfg: dict, run_config: dict) -> str:
-    """Write a complete checkpoint atomically to `path`."""
+    """Write a complete checkpoint atomically to `path`: a BiEncoder's two towers, or a CrossEncoder as a reranker directory."""
     with atomic_dir(path) as tmp:
-        for tower, sub in TOWER_DIRS.items():
-            save_tower(model, tower, tokenizer, os.path.join(tmp, sub), cfg)
-        write_json_atomic(os.path.join(tmp, DPR_CONFIG), cfg)
+        if isinstance(model, CrossEncoder):  # the checkpoint is itself a reranker directory
+            save_cross_encoder(model, tokenizer, tmp, cfg)
+        else:
+            for tower, sub in TOWER_DIRS.items():
+                save_tower(model, tower, tokenizer, os.path.join(tmp, sub), cfg)
+            write_json_atomic(os.path.join(tmp, DPR_CONFIG), cfg)
         if optimizer is not None:
             np.savez(os.path.join(tmp, OPTIMIZER), **optimizer_arrays(optimizer, model))
         state = dict(trainer_state)
@@ -130,10 +133,12 @@ def state_problem(state) -> Optional[str]:
 
 # what a resumed run must share with the run it resumes, or it would silently train another model: refused
 RESUME_RECIPE = ("model_name_or_path", "que_model_path", "con_model_path", "shared_encoder", "projection_dim",
-                 "pooling", "similarity", "temperature", "dropout", "max_query_length", "max_passage_length")
+                 "pooling", "similarity", "temperature", "dropout", "max_query_length", "max_passage_length",
+                 "group_size", "max_length")
 # what may change on purpose (another learning rate for the rest of a run), at the price of exactness: logged
 RESUME_SETTINGS = ("hard_negatives", "batch_size", "seed", "shuffle_positives", "learning_rate", "weight_decay",
-                   "adam_epsilon", "warmup_steps", "max_grad_norm", "train_data_path")
+                   "adam_epsilon", "warmup_steps", "max_grad_norm", "train_data_path", "distill_weight",
+                   "distill_temperature")
 
 
 def check_resume(run_config: dict, resume_from: str) -> None:

@@ -69,6 +69,14 @@ class World:
         parts[self.rank] = x
         return paddle.concat(parts, axis=0)
 
+    def sum_scalar(self, value: float) -> float:
+        """A number summed over ranks (a loss or a count each rank computed on its slice)."""
+        if self.size == 1:
+            return value
+        t = paddle.to_tensor([float(value)], dtype="float64")
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return float(t.numpy()[0])
+
     def wrap(self, model):
         """Make every rank start from rank 0's parameters."""
         if self.size > 1:

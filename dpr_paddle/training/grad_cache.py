@@ -139,3 +139,20 @@ def graph_reference_step(encoders, chunks_per_group, loss_fn, scale_loss: Option
     loss = out[0] if isinstance(out, (tuple, list)) else out
     _scaled(loss, scale_loss).backward()
     return out
+
+
+def accumulated_step(encode: Callable[[Any], paddle.Tensor], chunks: Sequence[Any], loss_fn: Callable[..., Any],
+                     scale_loss: Optional[Callable] = None):
+    """One step for a loss that is a sum over chunks (a cross-encoder's groups, each whole in one
+    chunk): encode each chunk with a graph, back-propagate its share `loss_fn(reps)` at once, free the
+    graph. The spec is the same `graph_reference_step([encode], [chunks], loss_fn_over_all)`: with
+    `loss_fn` dividing by the whole batch's count, the chunks' losses add up to the batch's, and the
+    gradients with them. No cache is needed: no chunk's loss reads another chunk's representations.
+    Returns (summed loss, summed second outputs) as floats/ints of `loss_fn`'s (loss, count)."""
+    total, count = 0.0, 0
+    for chunk in chunks:
+        loss, n = loss_fn(encode(chunk))
+        _scaled(loss, scale_loss).backward()
+        total += float(loss)
+        count += int(n)
+    return total, count

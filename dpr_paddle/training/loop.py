@@ -1,4 +1,4 @@
-"""Bi-encoder training: read `train()` top to bottom.
+"""Training, the bi-encoder's and the reranker's: read `train()` top to bottom.
 
 A run: the records become a dataset whose every random choice is a function of (seed, epoch,
 index); the model starts from the encoders named (or the checkpoint resumed); each step
@@ -6,7 +6,8 @@ index); the model starts from the encoders named (or the checkpoint resumed); ea
 smaller than the batch, and AdamW steps under a linear warmup/decay schedule (optim.py);
 checkpoints (checkpoint.py) are written whole, every --save_steps and at each epoch's end, and
 carry the model's config, the optimizer and a TrainState, so a resumed run repeats exactly what an
-uninterrupted run would have done.
+uninterrupted run would have done. What differs between a bi-encoder and a cross-encoder (reranker)
+run is a `Task` (tasks.py): the model, its collator, its step and its dev metrics.
 """
 from __future__ import annotations
 
@@ -17,28 +18,22 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, Union
 
 import paddle
 from tqdm import tqdm
 
 from ..common.errors import DprError
 from ..common.files import check_output_path
-from ..data import BiEncoderCollator, BiEncoderDataset, epoch_batches, rank_slice, read_biencoder_records
-from ..modeling.builder import TOWER_DIRS, build_biencoder, check_lengths, encoder_recipe, model_config
-from ..modeling.model import CONTEXT, QUESTION, set_dropout
-from ..modeling.tokenization import Tensorizer
+from ..data import BiEncoderDataset, epoch_batches, rank_slice, read_biencoder_records
 from . import checkpoint as ckpt
-from .config import TrainConfig
+from .config import LoopConfig, RerankConfig, TrainConfig
 from .distributed import World
 from .optim import NonFiniteGradient, apply_update, build_optimizer, setup_amp
-from .step import evaluate, step_seed, train_step
+from .step import step_seed
+from .tasks import Task, TrainingError, bi_encoder_task, reranker_task
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingError(DprError, RuntimeError):
-    """Training cannot go on (bad settings, NaN loss); the message says what to do."""
 
 
 @dataclass
@@ -53,34 +48,24 @@ class TrainState:
     last: Optional[dict] = None  # the last step's loss, gradient norm and learning rate: what a run did
 
 
-def check_config(cfg: TrainConfig) -> None:
+def check_config(cfg: LoopConfig) -> None:
     """Reject settings that cannot work, with a sentence that says which and why."""
     if cfg.batch_size < 1:
         raise TrainingError(f"--batch_size must be >= 1, got {cfg.batch_size}")
     for name in ("chunk_size", "q_chunk_size", "p_chunk_size"):
-        if getattr(cfg, name) < 0:
+        if getattr(cfg, name, 0) < 0:
             raise TrainingError(f"--{name} must be >= 1 (or 0 for no chunking), got {getattr(cfg, name)}")
     if cfg.epochs < 1 and cfg.max_steps < 1:
         raise TrainingError("--epochs (or --max_steps) must be >= 1")
-    if cfg.hard_negatives < 0:
+    if getattr(cfg, "hard_negatives", 0) < 0:
         raise TrainingError("--hard_negatives must be >= 0")
+    if isinstance(cfg, RerankConfig) and cfg.group_size < 2:
+        raise TrainingError(f"--group_size must be >= 2 (1 positive and at least 1 negative), got {cfg.group_size}")
     if not os.path.isfile(cfg.train_data_path):
         raise TrainingError(f"{cfg.train_data_path}: training data not found")
     if cfg.dev_data_path and not os.path.isfile(cfg.dev_data_path):
         raise TrainingError(f"{cfg.dev_data_path}: dev data not found")
     check_output_path(os.path.join(cfg.save_dir, "checkpoint"), "checkpoint")
-
-
-def resolve_chunks(local_batch: int, hard_negatives: int, chunk_size: int, q_chunk_size: int,
-                   p_chunk_size: int):
-    """(question chunk, passage chunk); 0 = no chunking, also when a chunk would hold the whole slice."""
-    q_chunk = q_chunk_size or chunk_size
-    p_chunk = p_chunk_size or chunk_size
-    if q_chunk and q_chunk >= local_batch:
-        q_chunk = 0
-    if p_chunk and p_chunk >= local_batch * (1 + hard_negatives):
-        p_chunk = 0
-    return q_chunk, p_chunk
 
 
 def prepare_save_dir(save_dir: str, resume: Optional[str], overwrite: bool, world: World) -> Optional[str]:
@@ -141,12 +126,12 @@ class Saver:
         return path
 
 
-def run_dev(model, dev, collator, batch_size, temperature, writer, step, state, saver) -> Optional[dict]:
+def run_dev(task: Task, dev, batch_size, writer, step, state, saver) -> Optional[dict]:
     """Rank 0 evaluates and keeps the best checkpoint; the other ranks go on to the next step,
     whose all_gather waits for rank 0."""
     if dev is None or not saver.world.is_main:
         return None
-    metrics = evaluate(model, dev, collator, batch_size, temperature)
+    metrics = task.evaluate(dev, batch_size)
     for k, v in metrics.items():
         writer.add_scalar(f"dev/{k}", v, step)
     logger.info("dev at step %d: nll %.4f, accuracy %.3f, average rank %.2f", step, metrics["nll"],
@@ -198,33 +183,17 @@ def plan_steps(n_examples: int, cfg: TrainConfig, world: World):
     return total, math.ceil(total / per_epoch)
 
 
-def load_data(cfg: TrainConfig):
-    """(training dataset, dev dataset or None)."""
+def load_data(cfg: LoopConfig, negatives: int, teacher: bool = False):
+    """(training dataset, dev dataset or None): `negatives` hard negatives per question; `teacher`:
+    each example carries its passages' teacher scores (distillation)."""
     records = read_biencoder_records(cfg.train_data_path)
-    dataset = BiEncoderDataset(records, cfg.hard_negatives, seed=cfg.seed, shuffle_positives=cfg.shuffle_positives)
+    dataset = BiEncoderDataset(records, negatives, seed=cfg.seed, shuffle_positives=cfg.shuffle_positives,
+                               teacher=teacher, path=cfg.train_data_path)
     dev = None
     if cfg.dev_data_path:
-        dev = BiEncoderDataset(read_biencoder_records(cfg.dev_data_path), cfg.hard_negatives, seed=cfg.seed,
+        dev = BiEncoderDataset(read_biencoder_records(cfg.dev_data_path), negatives, seed=cfg.seed,
                                shuffle_negatives=False)
     return dataset, dev
-
-
-def build_model(cfg: TrainConfig, resume_from: Optional[str]):
-    """(model, tokenizer, recipe) from the checkpoint resumed or the encoders named; pooling, similarity
-    and temperature are the flags', else what the starting encoder was trained with."""
-    if resume_from:
-        ckpt.check_resume(dataclasses.asdict(cfg), resume_from)
-        que, con = (os.path.join(resume_from, TOWER_DIRS[t]) for t in (QUESTION, CONTEXT))
-    else:
-        que, con = cfg.que_model_path or cfg.model_name_or_path, cfg.con_model_path or cfg.model_name_or_path
-    recipe = encoder_recipe(que, cfg.pooling, cfg.similarity, cfg.temperature)
-    paddle.seed(cfg.seed)  # a projection layer is initialised identically on every rank and run
-    model, tokenizer = build_biencoder(que, con, cfg.shared_encoder, cfg.projection_dim, recipe["pooling"],
-                                       normalize=recipe["similarity"] == "cosine")
-    if cfg.dropout is not None:
-        set_dropout(model, cfg.dropout)
-    model.speed_up_training()
-    return model, tokenizer, recipe
 
 
 def resume_state(resume_from: Optional[str], optimizer, scheduler, model, total_steps: int) -> TrainState:
@@ -248,13 +217,10 @@ class StepParts:
     optimizer: object
     scheduler: object
     world: World
-    q_chunk: int
-    p_chunk: int
+    step: Callable  # Task.step: (batch, amp, scale_loss) -> (loss, number right)
     amp: Optional[dict]
     scaler: object
-    temperature: float
     save_dir: str
-    sort_chunks: bool = True
 
 
 def optimise(parts: StepParts, batch, state: TrainState, epoch: int, b: int, n_global: int) -> Dict[str, float]:
@@ -262,9 +228,7 @@ def optimise(parts: StepParts, batch, state: TrainState, epoch: int, b: int, n_g
     t0 = time.perf_counter()
     world = parts.world
     try:
-        loss, correct = train_step(parts.model, batch, parts.q_chunk, parts.p_chunk, world, parts.amp,
-                                   scale_loss=parts.scaler.scale if parts.scaler else None,
-                                   temperature=parts.temperature, sort_chunks=parts.sort_chunks)
+        loss, correct = parts.step(batch, parts.amp, parts.scaler.scale if parts.scaler else None)
     except RuntimeError as e:
         if world.size == 1:
             raise
@@ -310,21 +274,23 @@ def open_writer(log_dir: Optional[str], save_dir: str, world: World):
     return LogWriter(logdir=log_dir or os.path.join(save_dir, "vdl"))
 
 
-def train(cfg: TrainConfig) -> Dict[str, float]:
-    """Train a bi-encoder as `cfg` says; returns the last step's metrics, the step and the checkpoint."""
+def train(cfg: Union[TrainConfig, RerankConfig]) -> Dict[str, float]:
+    """Train a bi-encoder (TrainConfig) or a reranker (RerankConfig) as `cfg` says; returns the last
+    step's metrics, the step and the checkpoint."""
     check_config(cfg)
     world = World.init()
     if cfg.batch_size % world.size:
         raise TrainingError(f"--batch_size {cfg.batch_size} is the global batch and must be divisible by the "
                             f"number of processes ({world.size})")
-    q_chunk, p_chunk = resolve_chunks(cfg.batch_size // world.size, cfg.hard_negatives, cfg.chunk_size,
-                                      cfg.q_chunk_size, cfg.p_chunk_size)
-    dataset, dev = load_data(cfg)
+    make_task = reranker_task if isinstance(cfg, RerankConfig) else bi_encoder_task
+    negatives = cfg.group_size - 1 if isinstance(cfg, RerankConfig) else cfg.hard_negatives
+    dataset, dev = load_data(cfg, negatives, teacher=getattr(cfg, "distill_weight", 0) > 0)
     total_steps, n_epochs = plan_steps(len(dataset), cfg, world)
     resume_from = prepare_save_dir(cfg.save_dir, cfg.resume, cfg.overwrite_save_dir, world)
-    model, tokenizer, recipe = build_model(cfg, resume_from)
-    check_lengths(model, cfg.max_query_length, cfg.max_passage_length)
-    collator = BiEncoderCollator(Tensorizer(tokenizer, cfg.max_query_length, cfg.max_passage_length))
+    if resume_from:
+        ckpt.check_resume(dataclasses.asdict(cfg), resume_from)
+    task = make_task(cfg, resume_from, world)
+    model = task.model
     optimizer, scheduler = build_optimizer(model, cfg.learning_rate, total_steps, cfg.warmup_steps,
                                            cfg.weight_decay, cfg.adam_epsilon, cfg.max_grad_norm)
     model = world.wrap(model)
@@ -332,17 +298,13 @@ def train(cfg: TrainConfig) -> Dict[str, float]:
     resumed_step = state.global_step if resume_from else None
     say_why_when_stopped(world, state, cfg.save_dir)
     amp, scaler = setup_amp(cfg.fp16, cfg.amp_dtype)
-    parts = StepParts(model, optimizer, scheduler, world, q_chunk, p_chunk, amp, scaler, recipe["temperature"],
-                      cfg.save_dir, cfg.sort_chunks)
-    model_cfg = model_config(cfg.max_query_length, cfg.max_passage_length, cfg.projection_dim, cfg.shared_encoder,
-                             recipe)
-    saver = Saver(cfg.save_dir, cfg.keep_last, world, model, tokenizer, optimizer, scheduler, state, model_cfg,
-                  dataclasses.asdict(cfg))
+    parts = StepParts(model, optimizer, scheduler, world, task.step, amp, scaler, cfg.save_dir)
+    saver = Saver(cfg.save_dir, cfg.keep_last, world, model, task.tokenizer, optimizer, scheduler, state,
+                  task.model_cfg, dataclasses.asdict(cfg))
     writer = open_writer(cfg.log_dir, cfg.save_dir, world)
-    logger.info("training: %d records, global batch %d (%d ranks), chunks q=%s p=%s, %d steps; pooling %s, "
-                "similarity %s, temperature %g", len(dataset), cfg.batch_size, world.size, q_chunk or "none",
-                p_chunk or "none", total_steps, recipe["pooling"], recipe["similarity"], recipe["temperature"])
-    dev_run = (model, dev, collator, cfg.dev_batch_size, recipe["temperature"], writer)
+    logger.info("training %s: %d records, global batch %d (%d ranks), %d steps; %s", task.name, len(dataset),
+                cfg.batch_size, world.size, total_steps, task.describe)
+    dev_run = (task, dev, cfg.dev_batch_size, writer)
 
     model.train()
     last = {}
@@ -357,7 +319,8 @@ def train(cfg: TrainConfig) -> Dict[str, float]:
                   dynamic_ncols=True, unit="step") as bar:  # closed before an error's line, not after it
             for b in range(first, last_batch):
                 paddle.seed(step_seed(cfg.seed, state.global_step, world.rank))
-                batch = collator([dataset.example(i, epoch) for i in rank_slice(batches[b], world.rank, world.size)])
+                batch = task.collator([dataset.example(i, epoch) for i in rank_slice(batches[b], world.rank,
+                                                                                       world.size)])
                 last = optimise(parts, batch, state, epoch, b, len(batches[b]))
                 log_step(writer, bar, last, state, epoch, cfg.log_steps, world.is_main)
                 if cfg.eval_steps and state.global_step % cfg.eval_steps == 0:

@@ -7,13 +7,13 @@ per step from (seed, step, rank), so a resumed run repeats exactly what an unint
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import paddle
 
 from ..data import BiEncoderCollator, BiEncoderDataset
-from ..modeling.model import CONTEXT, QUESTION, average_rank, nll_loss, positive_indices
+from ..modeling.model import CONTEXT, QUESTION, average_rank, distill_loss, nll_loss, positive_indices
 from .distributed import World
 from .grad_cache import cached_step, graph_reference_step
 
@@ -57,9 +57,13 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def train_step(model, batch, q_chunk: int, p_chunk: int, world: World, amp: Optional[dict] = None,
-               scale_loss=None, temperature: float = 1.0, sort_chunks: bool = True):
+               scale_loss=None, temperature: float = 1.0, sort_chunks: bool = True,
+               distill: Optional[Tuple[float, float]] = None, reference: bool = False):
     """Forward and backward of one batch; gradients are left in the parameters. With `sort_chunks`
     the chunks hold rows of similar length (`length_order`) and the loss sees them in batch order.
+    `distill` = (weight, teacher temperature) adds weight * `distill_loss` against the batch's
+    `teacher` scores [Q, n] to DPR's loss: still a loss of the representations, so the gradient cache
+    stays exact. `reference=True` runs the graph reference on the same chunks (the tests' spec).
 
     Returns (loss, number of questions whose positive scored highest) over the global batch.
     """
@@ -70,12 +74,18 @@ def train_step(model, batch, q_chunk: int, p_chunk: int, world: World, amp: Opti
     q_chunks = numpy_chunks(batch["question"], q_chunk, q_order)
     p_chunks = numpy_chunks(batch["context"], p_chunk, p_order)
     pos = positive_indices(local_q * world.size, n_per_q)  # positives' indices in the global batch
+    teacher = paddle.to_tensor(batch["teacher"]) if distill else None  # [Q_local, n]
 
     def loss_fn(q_reps, p_reps):
         # Every rank scores all questions of the global batch against all its passages; the
         # gradient reaches only this rank's slice (the others arrive as constants).
         q_reps, p_reps = in_batch_order(q_reps, q_order), in_batch_order(p_reps, p_order)
-        return nll_loss(world.gather_with_grad(q_reps), world.gather_with_grad(p_reps), pos, temperature)
+        loss, correct = nll_loss(world.gather_with_grad(q_reps), world.gather_with_grad(p_reps), pos, temperature)
+        if distill:
+            # each rank's own questions against their own passages; / world.size: the gradients are summed
+            kl = distill_loss(q_reps, p_reps, teacher, temperature, distill[1])
+            loss = loss + distill[0] * kl / world.size
+        return loss, correct
 
     def encoder(tower):
         def encode(chunk):
@@ -86,7 +96,7 @@ def train_step(model, batch, q_chunk: int, p_chunk: int, world: World, amp: Opti
         return encode
 
     encoders = [encoder(QUESTION), encoder(CONTEXT)]
-    use_cache = len(q_chunks) > 1 or len(p_chunks) > 1
+    use_cache = (len(q_chunks) > 1 or len(p_chunks) > 1) and not reference
     if use_cache:
         loss, correct = cached_step(encoders, [q_chunks, p_chunks], loss_fn, scale_loss=scale_loss)
     else:

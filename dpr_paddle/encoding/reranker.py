@@ -1,0 +1,57 @@
+"""Loading a reranker (cross-encoder) for inference, on the backends the towers use: ONNX Runtime by
+default on CPU (converted once and checked against Paddle Inference on a probe batch, as the towers
+are), Paddle Inference, or dygraph (the GPU default)."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Dict, Tuple
+
+import numpy as np
+import paddle
+
+from ..modeling.builder import model_fingerprint
+from ..modeling.cross_encoder import build_cross_encoder
+from ..modeling.tokenization import Tensorizer
+from . import onnx_backend
+from .towers import export_static, onnx_encoder, paddle_inference_encoder, resolve_backend
+
+logger = logging.getLogger(__name__)
+
+EXPORT_RECIPE = "rerank"  # the export cache key's recipe part: a cross-encoder's program is not a tower's
+
+
+def load_reranker(path: str, backend: str = "auto") -> Tuple[Callable[[Dict[str, np.ndarray]], np.ndarray],
+                                                              Tensorizer, dict]:
+    """(score_fn(arrays) -> [B] float32, tensorizer, info) for the reranker directory `path`; info holds
+    its max length, fingerprint and backend. A directory that is not a reranker is refused in one line."""
+    model, tokenizer, cfg = build_cross_encoder(path, trained=True)
+    model.eval()
+    info = {"model": os.path.abspath(path), "max_length": int(cfg["max_length"]),
+            "model_fingerprint": model_fingerprint(model)}
+    on_gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device()
+    backend = resolve_backend(backend, on_gpu)
+    if backend == "onnxruntime-int8":
+        raise onnx_backend.OnnxUnavailable("--backend onnxruntime-int8 is for towers; a reranker runs in float32 "
+                                           "(onnxruntime, inference or dygraph)")
+    if backend == "onnxruntime":
+        if not onnx_backend.available():
+            raise onnx_backend.OnnxUnavailable(
+                "--backend onnxruntime needs paddle2onnx and onnxruntime: pip install paddle2onnx onnxruntime")
+        prefix = export_static(model, info["model_fingerprint"], EXPORT_RECIPE)
+        try:
+            info["backend"] = backend
+            return onnx_encoder(prefix, False, len(tokenizer.vocab)), Tensorizer(tokenizer), info
+        except onnx_backend.OnnxUnavailable as e:
+            logger.warning("%s; using Paddle Inference instead", e)
+            backend = "inference"
+    info["backend"] = backend
+    if backend == "inference":
+        prefix = export_static(model, info["model_fingerprint"], EXPORT_RECIPE)
+        return paddle_inference_encoder(prefix), Tensorizer(tokenizer), info
+
+    @paddle.no_grad()
+    def score(arrays: Dict[str, np.ndarray]) -> np.ndarray:
+        return model(**{k: paddle.to_tensor(v) for k, v in arrays.items()}).astype("float32").numpy()  # [B]
+
+    return score, Tensorizer(tokenizer), info

@@ -1,0 +1,210 @@
+"""The second stage: a cross-encoder trained in the bi-encoder's loop (exact chunked accumulation), the
+reranker's kind kept apart from the bi-encoder's at every entry point, reranking through the one
+Searcher (commands, Retriever, HTTP), denoised mining, and distillation's exactness."""
+import json
+import os
+
+import httpx
+import numpy as np
+import paddle
+import pytest
+
+from conftest import sample_head
+from test_grad_cache import compare, grads, make_batch
+from test_hostile import start_server
+from test_round_four import ran, refused
+from dpr_paddle import mine, retrieve, search, train, train_reranker
+from dpr_paddle.modeling.cross_encoder import CrossEncoder, build_cross_encoder, listwise_loss
+from dpr_paddle.modeling.model import set_dropout
+from dpr_paddle.modeling.pretrained import load_encoder
+from dpr_paddle.training.distributed import World
+from dpr_paddle.training.rerank import rerank_step
+
+
+def pair_batch(rng, groups, group_size, length=24):
+    """A collated batch of `groups` groups of random pairs (ragged, two segments)."""
+    return {"pairs": make_batch(rng, groups * group_size, length), "group_size": group_size}
+
+
+def cross(name_or_dir, fast=False, seed=0):
+    paddle.seed(seed)
+    model, _, _ = build_cross_encoder(name_or_dir, trained=False)
+    if fast:
+        model.speed_up_training()
+    return model
+
+
+@pytest.fixture(scope="module")
+def minilm_cross():
+    return cross("minilm")
+
+
+@pytest.mark.parametrize("groups,chunk", [(6, 1), (6, 2), (7, 3), (5, 4)])
+def test_chunked_groups_dropout_off_equal_the_full_batch(minilm_cross, groups, chunk):
+    model = minilm_cross
+    model.eval()
+    batch = pair_batch(np.random.default_rng(groups), groups, 4)
+    ref_loss, ref_right = rerank_step(model, batch, 0, World())  # one chunk: the plain full-batch step
+    ref = grads(model)
+    loss, right = rerank_step(model, batch, chunk, World())
+    got = grads(model)
+    assert ref_loss > 0.1 and abs(loss - ref_loss) <= 1e-5 * ref_loss and right == ref_right
+    assert compare(ref, got) <= 1e-5
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["paddle_dropout", "fast_cpu"])
+@pytest.mark.parametrize("groups,chunk,sort", [(6, 2, True), (7, 3, False), (5, 1, True)])
+def test_chunked_groups_dropout_on_equal_the_graph_reference_bitwise(tiny_dir, groups, chunk, sort, fast):
+    model = cross(tiny_dir, fast)
+    set_dropout(model, 0.2)
+    model.train()
+    batch = pair_batch(np.random.default_rng(1), groups, 3)
+    paddle.seed(7)
+    ref_loss, _ = rerank_step(model, batch, chunk, World(), sort_chunks=sort, reference=True)
+    after_ref = paddle.rand([8]).numpy()
+    ref = grads(model)
+    paddle.seed(7)
+    loss, _ = rerank_step(model, batch, chunk, World(), sort_chunks=sort)
+    after = paddle.rand([8]).numpy()
+    got = grads(model)
+    assert ref.keys() == got.keys() and len(ref) > 10
+    assert all(np.array_equal(ref[k], got[k]) for k in ref)  # bit for bit
+    assert np.array_equal(after_ref, after)  # the random stream goes on where the reference left it
+    assert abs(loss - ref_loss) <= 1e-6 * abs(ref_loss)
+
+
+def test_listwise_loss_is_the_groups_softmax_cross_entropy():
+    s = paddle.to_tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    loss, right = listwise_loss(s, 2)
+    want = -np.mean([np.log(np.exp(2) / np.exp([2, 1, 0]).sum()), np.log(1 / np.exp([0, 3, 1]).sum())])
+    assert abs(float(loss) - want) < 1e-6 and int(right) == 1
+
+
+# --------------------------------------------------------------------------- a trained tiny reranker
+
+
+@pytest.fixture(scope="module")
+def rr(tmp_path_factory, sample_dir):
+    """A tiny reranker trained 4 steps on the sample (a reranker directory), 60 sample passages, 5 questions."""
+    d = tmp_path_factory.mktemp("rerank")
+    sample_head(sample_dir, str(d), 60)
+    lines = open(os.path.join(sample_dir, "qa_test.csv"), encoding="utf-8").read().splitlines()[:5]
+    (d / "qa.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    train_reranker.main([str(a) for a in (
+        "--train_data_path", os.path.join(sample_dir, "train.json"), "--save_dir", d / "rr", "--model_name_or_path",
+        "tiny", "--group_size", "3", "--batch_size", "4", "--chunk_size", "2", "--max_steps", "4", "--max_length",
+        "64", "--log_steps", "0")])
+    return d
+
+
+def test_a_reranker_checkpoint_is_a_reranker_directory_and_resumes(capsys, caplog, rr, sample_dir):
+    latest = os.path.realpath(rr / "rr" / "latest")
+    cfg = json.load(open(os.path.join(latest, "dpr_config.json")))
+    assert cfg["kind"] == "cross_encoder" and cfg["max_length"] == 64
+    model, _, _ = build_cross_encoder(latest)
+    assert isinstance(model, CrossEncoder)
+    caplog.set_level("INFO")
+    ran(capsys, train_reranker.main, "--train_data_path", os.path.join(sample_dir, "train.json"), "--save_dir", rr / "rr",
+              "--model_name_or_path", "tiny", "--group_size", "3", "--batch_size", "4", "--chunk_size", "2",
+              "--max_steps", "5", "--max_length", "64", "--log_steps", "0", "--resume", "auto")
+    assert "resuming from" in caplog.text and os.path.isdir(rr / "rr" / "checkpoint-5")
+
+
+def test_kinds_are_kept_apart_at_every_entry_point(capsys, rr, sample_dir):
+    latest = str(rr / "rr" / "latest")
+    p = str(rr / "p.tsv")
+    # a reranker where a bi-encoder goes: encoding, retrieval, training, mining
+    for main, argv in ((retrieve.main, ["--qa_file", rr / "qa.csv", "--ctx_file", p, "--encoded_ctx_file", "x_*",
+                                        "--model_name_or_path", latest]),
+                       (train.main, ["--train_data_path", os.path.join(sample_dir, "train.json"), "--save_dir",
+                                     rr / "bi", "--model_name_or_path", latest, "--max_steps", "1"]),
+                       (mine.main, ["--train_data_path", os.path.join(sample_dir, "train.json"), "--ctx_file", p,
+                                    "--output", rr / "m.json", "--retriever", "dense", "--model_name_or_path", latest,
+                                    "--encoded_ctx_file", "x_*"])):
+        line = refused(capsys, main, *argv)
+        assert "cross-encoder (reranker) directory" in line or "no embedding shards" in line, line
+    from dpr_paddle.encoding.towers import load_tower
+    from dpr_paddle.modeling.pretrained import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="cross-encoder"):
+        load_tower("context", model_name_or_path=latest)
+    # a bi-encoder (or a plain encoder) where a reranker goes
+    for bad in ("tiny", str(rr)):
+        line = refused(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p,
+                       "--rerank_model", bad)
+        assert "reranker" in line, line
+
+
+def test_rerank_in_the_batch_run_keeps_both_rows_and_scores(capsys, rr):
+    p, latest = str(rr / "p.tsv"), str(rr / "rr" / "latest")
+    out = ran(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p, "--n_docs", "10",
+              "--rerank_model", latest, "--rerank_depth", "5", "--out_file", rr / "r.json",
+              "--bm25_index", rr / "bm25")
+    assert "| bm25 |" in out and "| bm25, reranked |" in out
+    res = json.load(open(rr / "r.json"))
+    metrics = json.load(open(str(rr / "r.json") + ".metrics.json"))
+    assert metrics["first_stage"]["system"] == "bm25" and metrics["rerank"]["depth"] == 5
+    for r in res:
+        scores = [float(c["score"]) for c in r["ctxs"]]
+        assert scores == sorted(scores, reverse=True) and len(scores) == 10
+        assert all("first_stage_score" in c for c in r["ctxs"])
+        firsts = [float(c["first_stage_score"]) for c in r["ctxs"][5:]]
+        assert firsts == sorted(firsts, reverse=True)  # past the depth: the first stage's order
+    for depth, why in (("0", "must be >= 1"), ("11", "deeper than the first stage")):
+        line = refused(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p, "--n_docs", "10",
+                       "--rerank_model", latest, "--rerank_depth", depth, "--bm25_index", rr / "bm25")
+        assert why in line, line
+
+
+def test_rerank_through_retriever_search_and_http(rr):
+    from dpr_paddle import Retriever
+
+    latest = str(rr / "rr" / "latest")
+    r = Retriever.load(passages=str(rr / "p.tsv"), mode="bm25", rerank_model=latest, rerank_depth=5,
+                       bm25_index=str(rr / "bm25"))
+    assert r.modes == ["bm25", "rerank"]
+    q = ["Who founded the city?"]
+    first = r.search(q, k=5)[0]
+    again = r.search(q, k=5, mode="rerank")[0]
+    assert {h["id"] for h in first} == {h["id"] for h in again}  # depth 5 of k 5: the same passages, reordered
+    assert all("first_stage_score" in h for h in again)
+    by_id = {h["id"]: h["score"] for h in first}
+    assert all(abs(h["first_stage_score"] - by_id[h["id"]]) < 1e-5 for h in again)
+    # the same through the server
+    proc, base = start_server("--bm25", "--ctx_file", rr / "p.tsv", "--rerank_model", latest, "--rerank_depth", "5",
+                              "--bm25_index", rr / "bm25")
+    assert base, proc.stdout.read()[-3000:]
+    try:
+        health = httpx.get(base + "/health").json()
+        assert "rerank" in health["modes"] and health["rerank"]["depth"] == 5
+        got = httpx.post(base + "/search", json={"queries": q, "k": 5, "mode": "rerank"}).json()["results"][0]
+        assert [h["id"] for h in got] == [h["id"] for h in again]
+        assert np.allclose([h["score"] for h in got], [h["score"] for h in again], atol=1e-4)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_onnx_reranker_agrees_with_paddle_and_nan_is_refused(rr, tmp_path):
+    from dpr_paddle.retrieval.rerank import Reranker, RerankError
+
+    latest = os.path.realpath(rr / "rr" / "latest")
+    pairs = (["who founded it?", "when was it built?"], [("Rome", "It was founded by Romulus."), ("", "In 1990.")])
+    onnx = Reranker.load(latest, "onnxruntime").score(*pairs)
+    dygraph = Reranker.load(latest, "dygraph").score(*pairs)
+    assert np.allclose(onnx, dygraph, atol=1e-4)
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(latest, broken)
+    head = dict(np.load(broken / "rerank_head.npz"))
+    head["bias"] = np.full_like(head["bias"], np.nan)
+    np.savez(broken / "rerank_head.npz", **head)
+    with pytest.raises(RerankError, match="non-finite"):
+        Reranker.load(str(broken), "dygraph").score(*pairs)
+
+
+def test_group_size_below_two_is_refused(capsys, rr, sample_dir):
+    line = refused(capsys, train_reranker.main, "--train_data_path", os.path.join(sample_dir, "train.json"),
+                   "--save_dir", rr / "g1", "--model_name_or_path", "tiny", "--group_size", "1")
+    assert "--group_size" in line and ">= 2" in line
