@@ -194,8 +194,30 @@ class MineArgs(ModelArgs):
     seed: int = option(0, "seed of --sample random (per record: seed, record index)")
     batch_size: int = option(5000, "questions retrieved per batch (a resumable unit)")
     match: str = option("auto", "answer matching that disqualifies a passage: " + MATCH_HELP, choices=MATCHES)
+    denoise_model: Optional[str] = option(None, "a reranker directory (train_reranker.py): scores each record's positive "
+                                                "and candidates, drops candidates scored like the positive (false "
+                                                "negatives) and writes every teacher_score (for --distill_weight)")
+    denoise_margin: float = option(0.0, "with --denoise_model: drop a candidate scored at or above the positive's "
+                                        "score minus this margin")
+    rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
     fp16: bool = option(False, "run the question encoder in float16 on GPU")
     backend: str = _backend_field()
+
+
+@dataclass
+class ScoreArgs:
+    """python -m dpr_paddle.score_records."""
+
+    train_data_path: str = option(None, "biencoder records (.json, .jsonl, .gz) whose positives and hard negatives "
+                                        "are scored", required=True)
+    rerank_model: str = option(None, "the teacher: a reranker directory (train_reranker.py)", required=True)
+    output: str = option(None, "the scored records (.json: a list, .jsonl: one a line)", required=True)
+    denoise_margin: Optional[float] = option(None, "also drop hard negatives scored at or above the positive's score "
+                                                   "minus this margin (false negatives); default: keep them all")
+    rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
+    batch_size: int = option(1000, "records per resumable batch")
+    backend: str = option("auto", "onnxruntime (CPU default) | inference | dygraph | auto",
+                          choices=("auto", "onnxruntime", "inference", "dygraph"))
 
 
 @dataclass

@@ -49,10 +49,18 @@ def main(argv=None) -> None:
             corpus_ids = set(searcher.bm25.ids)
         check_gold_in_corpus(records, corpus_ids, source, args.ctx_file)
         del corpus_ids
-        mine(records, searcher.search, args.ctx_file, args.output, job, tuple(args.rank_range), args.num_negatives,
-             args.sample, args.seed, args.batch_size, args.match)
+        denoise = None
+        if args.denoise_model:
+            from .retrieval.rerank import Reranker
+            from .retrieval.teacher import Denoiser
 
-    run_main(body, needs_paddle=args.retriever == "dense")
+            denoise = Denoiser(Reranker.load(args.denoise_model, args.backend, args.rerank_batch_size),
+                               args.denoise_margin)
+            job.update(denoise_model=denoise.fingerprint, denoise_margin=args.denoise_margin)
+        mine(records, searcher.search, args.ctx_file, args.output, job, tuple(args.rank_range), args.num_negatives,
+             args.sample, args.seed, args.batch_size, args.match, denoise)
+
+    run_main(body, needs_paddle=args.retriever == "dense" or bool(args.denoise_model))
 
 
 if __name__ == "__main__":

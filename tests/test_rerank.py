@@ -208,3 +208,113 @@ def test_group_size_below_two_is_refused(capsys, rr, sample_dir):
     line = refused(capsys, train_reranker.main, "--train_data_path", os.path.join(sample_dir, "train.json"),
                    "--save_dir", rr / "g1", "--model_name_or_path", "tiny", "--group_size", "1")
     assert "--group_size" in line and ">= 2" in line
+
+
+# --------------------------------------------------------------------------- teacher scores, denoising, distillation
+
+
+def scored_file(rr, sample_dir, capsys, margin=None, n=12):
+    records = json.load(open(os.path.join(sample_dir, "train.json"), encoding="utf-8"))[:n]
+    src = rr / f"train{n}.json"
+    src.write_text(json.dumps(records), encoding="utf-8")
+    out = rr / f"scored{n}_{margin}.json"
+    from dpr_paddle import score_records
+
+    ran(capsys, score_records.main, "--train_data_path", src, "--rerank_model", rr / "rr" / "latest", "--output", out,
+        "--batch_size", "5", *(["--denoise_margin", margin] if margin is not None else []))
+    return records, json.load(open(out, encoding="utf-8")), out
+
+
+def test_score_records_writes_every_teacher_score_and_denoises(capsys, rr, sample_dir):
+    records, scored, _ = scored_file(rr, sample_dir, capsys)
+    assert len(scored) == len(records) and len({r["teacher"] for r in scored}) == 1
+    for before, after in zip(records, scored):
+        assert len(after["hard_negative_ctxs"]) == len(before["hard_negative_ctxs"])  # no margin: nothing dropped
+        assert all(np.isfinite(c["teacher_score"]) for c in after["positive_ctxs"] + after["hard_negative_ctxs"])
+    _, everything_dropped, _ = scored_file(rr, sample_dir, capsys, margin="1e6")
+    assert all(not r["hard_negative_ctxs"] for r in everything_dropped)
+    # mining with the same teacher: candidates scored, a false-negative margin applied before the cut
+    out = rr / "mined.json"
+    ran(capsys, mine.main, "--train_data_path", rr / "train12.json", "--ctx_file", os.path.join(sample_dir, "passages.tsv"),
+        "--output", out, "--retriever", "bm25", "--rank_range", "0", "10", "--num_negatives", "3",
+        "--denoise_model", rr / "rr" / "latest", "--denoise_margin", "0", "--batch_size", "5")
+    mined = json.load(open(out, encoding="utf-8"))
+    for r in mined:
+        best = max(c["teacher_score"] for c in r["positive_ctxs"])
+        assert r["teacher"] and all(c["teacher_score"] < best for c in r["hard_negative_ctxs"])
+
+
+def test_distillation_refuses_records_it_cannot_trust(capsys, rr, sample_dir):
+    _, scored, _ = scored_file(rr, sample_dir, capsys)
+    cases = {}
+    partial = json.loads(json.dumps(scored))
+    del partial[3]["hard_negative_ctxs"][0]["teacher_score"]
+    cases["has no teacher_score"] = partial
+    mixed = json.loads(json.dumps(scored))
+    mixed[5]["teacher"] = "0123456789abcdef"
+    cases["different teachers"] = mixed
+    unscored = json.load(open(os.path.join(sample_dir, "train.json"), encoding="utf-8"))[:12]
+    cases["carries no teacher"] = unscored
+    nan = json.loads(json.dumps(scored))
+    nan[2]["positive_ctxs"][0]["teacher_score"] = float("nan")
+    cases["expected a finite number"] = nan
+    for why, records in cases.items():
+        path = rr / "bad_teacher.json"
+        path.write_text(json.dumps(records), encoding="utf-8")
+        line = refused(capsys, train.main, "--train_data_path", path, "--save_dir", rr / "distil_bad",
+                       "--model_name_or_path", "tiny", "--distill_weight", "1", "--max_steps", "1",
+                       "--batch_size", "4", "--overwrite_save_dir")
+        assert why in line and "bad_teacher.json" in line, (why, line)
+
+
+def test_distillation_trains_end_to_end(capsys, caplog, rr, sample_dir):
+    _, _, path = scored_file(rr, sample_dir, capsys)
+    caplog.set_level("INFO")
+    ran(capsys, train.main, "--train_data_path", path, "--save_dir", rr / "distil", "--model_name_or_path", "tiny",
+        "--distill_weight", "0.5", "--distill_temperature", "2", "--max_steps", "2", "--batch_size", "4",
+        "--chunk_size", "2", "--max_passage_length", "48", "--log_steps", "1")
+    assert "distillation weight 0.5" in caplog.text and os.path.isdir(rr / "distil" / "checkpoint-2")
+
+
+RECIPES = [("cls", "dot"), ("mean", "cosine"), ("pooler", "dot"), ("mean", "dot"), ("cls", "cosine")]
+
+
+def distill_batch(seed, n_q, hard):
+    from test_grad_cache import make_batch as mk
+
+    rng = np.random.default_rng(seed)
+    return {"question": mk(rng, n_q, 10), "context": mk(rng, n_q * (1 + hard), 20), "passages_per_question": 1 + hard,
+            "teacher": rng.normal(0, 2, (n_q, 1 + hard)).astype("float32")}
+
+
+@pytest.mark.parametrize("pooling,similarity", RECIPES)
+def test_distillation_keeps_the_gradient_cache_exact(tiny_dir, pooling, similarity):
+    from dpr_paddle.modeling.model import BiEncoder
+    from dpr_paddle.modeling.pooling import DEFAULT_TAU
+    from dpr_paddle.training.step import train_step
+
+    tau = DEFAULT_TAU[similarity]
+    paddle.seed(0)
+    model = BiEncoder(load_encoder("minilm")[0], load_encoder("minilm")[0], pooling=pooling,
+                      normalize=similarity == "cosine")
+    batch = distill_batch(1, 6, 2)
+    model.eval()  # dropout off: the cached step equals the plain full-batch step
+    ref_loss, _ = train_step(model, batch, 0, 0, World(), temperature=tau, distill=(0.7, 2.0))
+    ref = grads(model)
+    loss, _ = train_step(model, batch, 2, 5, World(), temperature=tau, distill=(0.7, 2.0))
+    got = grads(model)
+    assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss) and compare(ref, got) <= 1e-5
+    plain, _ = train_step(model, batch, 0, 0, World(), temperature=tau)
+    grads(model)
+    assert ref_loss > plain  # the KL term is in the loss
+    # dropout on: bit for bit against the same chunks encoded with a graph
+    tiny = BiEncoder(load_encoder(tiny_dir)[0], load_encoder(tiny_dir)[0], pooling=pooling,
+                     normalize=similarity == "cosine")
+    tiny.train()
+    paddle.seed(3)
+    ref_loss, _ = train_step(tiny, batch, 2, 5, World(), temperature=tau, distill=(0.7, 2.0), reference=True)
+    ref = grads(tiny)
+    paddle.seed(3)
+    loss, _ = train_step(tiny, batch, 2, 5, World(), temperature=tau, distill=(0.7, 2.0))
+    got = grads(tiny)
+    assert loss == ref_loss and all(np.array_equal(ref[k], got[k]) for k in ref)

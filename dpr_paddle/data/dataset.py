@@ -31,7 +31,9 @@ class BiEncoderDataset:
     Hard negatives come from `hard_negative_ctxs`, topped up from `negative_ctxs` when a record
     has too few (DPR's `hard_neg_fallback`), and repeated if even that is not enough so every
     question brings the same number of passages. The positive is `positive_ctxs[0]` (DPR's
-    default) unless `shuffle_positives`.
+    default) unless `shuffle_positives`. With `teacher` (distillation) every example carries its
+    passages' teacher scores: only scored hard negatives are used (repeated when too few), and the
+    records must all have been scored by one teacher (`check_teacher`).
     """
 
     def __init__(self, records: Sequence[BiEncoderRecord], hard_negatives: int = 1, seed: int = 0,
@@ -40,8 +42,13 @@ class BiEncoderDataset:
         if hard_negatives < 0:
             raise ValueError("hard_negatives must be >= 0")
         self.teacher = teacher
-        if teacher:
+        if teacher:  # only scored passages: records the teacher left without a hard negative sit out
             check_teacher(records, path)
+            before = len(records)
+            records = [r for r in records if r.hard_negatives]
+            if len(records) < before:
+                logger.info("%s: %d of %d records have no hard negative left to distil from; they are left out",
+                            path, before - len(records), before)
         self.records = list(records)
         self.hard_negatives = hard_negatives
         self.seed = seed
@@ -62,7 +69,7 @@ class BiEncoderDataset:
         negs = list(rec.hard_negatives)
         if self.shuffle_negatives and len(negs) > 1:
             negs = [negs[i] for i in rng.permutation(len(negs))]
-        if len(negs) < self.hard_negatives:
+        if len(negs) < self.hard_negatives and not self.teacher:  # negative_ctxs carry no teacher scores
             extra = list(rec.negatives)
             if self.shuffle_negatives and len(extra) > 1:
                 extra = [extra[i] for i in rng.permutation(len(extra))]
@@ -75,9 +82,6 @@ class BiEncoderDataset:
             negs = [other] * self.hard_negatives
         chosen = [pos] + negs[: self.hard_negatives]
         scores = [p.teacher_score for p in chosen] if self.teacher else None
-        if scores is not None and None in scores:  # another record's positive stood in: no score for this question
-            raise DataFormatError("records", f"record {index}", "has too few scored negatives for distillation; "
-                                  "lower --hard_negatives or score more (python -m dpr_paddle.score_records)")
         return TrainExample(question=rec.question, passages=[(p.title, p.text) for p in chosen],
                             teacher_scores=scores)
 

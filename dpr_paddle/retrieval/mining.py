@@ -10,6 +10,13 @@ answer. From what is left within `--rank_range LO HI` (0-based ranks of the retr
 (seed, record index) (`--sample random`). The output is the same DPR JSON (or JSONL) with
 `hard_negative_ctxs` replaced, each with its `passage_id` and retrieval `score`.
 
+Denoised (`--denoise_model`, RocketQA's denoised hard negatives): a reranker (teacher.py) scores
+each record's first positive and its candidates, and a candidate scored within `--denoise_margin`
+of the positive, or above it, is taken for an unlabelled positive and dropped before the
+`--num_negatives` cut (sentence-transformers' `absolute_margin`; NV-Retriever's margin to the
+positive). Every kept passage then carries its `teacher_score` and the record its `teacher`, so the
+output also serves distillation (train_dense_encoder.py --distill_weight).
+
 Questions go in batches of `--batch_size`. Each finished batch is written to
 OUTPUT.partial/part_NNNNNN.jsonl atomically, so an interrupted run resumes at the first
 unfinished batch; the output appears by an atomic rename at the end.
@@ -27,7 +34,7 @@ import json
 import logging
 import os
 import shutil
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -92,76 +99,105 @@ def check_gold_in_corpus(records: Sequence[BiEncoderRecord], corpus_ids: set, tr
                           f"({len(missing)} gold ids missing); mine against the corpus the training data was made from")
 
 
-def select_negatives(record: BiEncoderRecord, candidates: Sequence[Tuple[str, float, Passage]], num_negatives: int,
-                     sample: str, rng: np.random.Generator, match: str = "auto") -> List[dict]:
-    """The hard negatives of one record from its (id, score, passage) candidates, best ranked first:
-    the retrieved list cut to --rank_range (see the module doc)."""
+def candidate_negatives(record: BiEncoderRecord, candidates: Sequence[Tuple[str, float, Passage]],
+                        match: str = "auto") -> List[dict]:
+    """Every candidate (id, score, passage) of one record that is neither one of its gold passages nor
+    holds an answer, best ranked first, as a hard_negative_ctxs entry."""
     gold, gold_texts = gold_ids(record), {p.text.strip() for p in record.positives if p.id is None}
     kept = []
     for pid, score, passage in candidates:
         if pid in gold or passage.text.strip() in gold_texts or has_answer(record.answers, passage.text, match):
             continue
         kept.append({"title": passage.title, "text": passage.text, "score": float(score), "passage_id": pid})
+    return kept
+
+
+def select_negatives(kept: List[dict], num_negatives: int, sample: str, rng: np.random.Generator) -> List[dict]:
+    """`num_negatives` of a record's candidate negatives: the best ranked, or a seeded random draw."""
     if sample == "random" and len(kept) > num_negatives:
         chosen = sorted(rng.choice(len(kept), size=num_negatives, replace=False))
         return [kept[i] for i in chosen]
     return kept[:num_negatives]
 
 
-def record_to_json(record: BiEncoderRecord, hard_negatives: List[dict]) -> dict:
-    """A DPR biencoder record with the mined hard negatives."""
+def record_to_json(record: BiEncoderRecord, hard_negatives: List[dict], teacher: Optional[str] = None) -> dict:
+    """A DPR biencoder record with the mined hard negatives (and the teacher that scored them, if any)."""
     def ctx(p: Passage) -> dict:
-        return {"title": p.title, "text": p.text, **({"passage_id": p.id} if p.id is not None else {})}
+        return {"title": p.title, "text": p.text, **({"passage_id": p.id} if p.id is not None else {}),
+                **({"teacher_score": p.teacher_score} if p.teacher_score is not None else {})}
 
-    return {"question": record.question, "answers": record.answers,
-            "positive_ctxs": [ctx(p) for p in record.positives],
-            "negative_ctxs": [ctx(p) for p in record.negatives],
-            "hard_negative_ctxs": hard_negatives}
+    out = {"question": record.question, "answers": record.answers,
+           "positive_ctxs": [ctx(p) for p in record.positives],
+           "negative_ctxs": [ctx(p) for p in record.negatives],
+           "hard_negative_ctxs": hard_negatives}
+    if teacher:
+        out["teacher"] = teacher
+    return out
 
 
 def mine(records: Sequence[BiEncoderRecord], search, ctx_file: str, output: str, job: dict,
          rank_range: Tuple[int, int], num_negatives: int, sample: str = "top", seed: int = 0,
-         batch_size: int = 5000, match: str = "auto") -> str:
+         batch_size: int = 5000, match: str = "auto", denoise=None) -> str:
     """Mine hard negatives for `records` with `search(questions, k) -> (scores [n, k], ids [n][k])`;
-    write DPR JSON (or JSONL for a .jsonl output) to `output`, resumably. Returns `output`."""
-    from tqdm import tqdm
-
+    write DPR JSON (or JSONL for a .jsonl output) to `output`, resumably. `denoise`: a
+    teacher.Denoiser that scores and drops false negatives (module doc). Returns `output`."""
     lo, hi = rank_range
     if not 0 <= lo < hi:
         raise MiningError(f"--rank_range {lo} {hi}: needs 0 <= LO < HI")
     if not records:
         raise MiningError(f"no training records to mine negatives for; nothing was written to {output}")
+    stats = {"negatives": 0, "short": 0, "candidates": 0, "dropped_false": 0}
+
+    def process(b: int, batch: List[BiEncoderRecord]) -> List[str]:
+        scores, ids = search([r.question for r in batch], hi)
+        texts = fetch_passages(ctx_file, {pid for row in ids for pid in row[lo:hi]})  # {id: (text, title)}
+        kept = [candidate_negatives(record, [(pid, s, Passage(text=texts[pid][0], title=texts[pid][1], id=pid))
+                                             for pid, s in zip(row_ids[lo:hi], row_scores[lo:hi])], match)
+                for record, row_ids, row_scores in zip(batch, ids, scores)]
+        teacher = None
+        if denoise is not None:
+            stats["candidates"] += sum(len(k) for k in kept)
+            batch, kept, dropped = denoise(batch, kept)
+            stats["dropped_false"] += dropped
+            teacher = denoise.fingerprint
+        lines = []
+        for j, (record, candidates) in enumerate(zip(batch, kept)):
+            negs = select_negatives(candidates, num_negatives, sample, np.random.default_rng([seed, b * batch_size + j]))
+            stats["negatives"] += len(negs)
+            stats["short"] += len(negs) < num_negatives
+            lines.append(json.dumps(record_to_json(record, negs, teacher), ensure_ascii=False))
+        return lines
+
+    resumable_batches(records, output, job, batch_size, process, "mine")
+    logger.info("wrote %s: %d records; %d hard negatives (this run's batches); %d records got fewer than %d",
+                output, len(records), stats["negatives"], stats["short"], num_negatives)
+    if denoise is not None:
+        logger.info("denoised: %d of %d candidate negatives (this run's batches) were scored within %g of their "
+                    "positive or above it by the reranker, and dropped as false negatives", stats["dropped_false"],
+                    stats["candidates"], denoise.margin)
+    return output
+
+
+def resumable_batches(records: Sequence, output: str, job: dict, batch_size: int, process, desc: str) -> None:
+    """Write `process(b, batch) -> [JSON line]` for each batch of `records` to OUTPUT.partial/part_NNNNNN.jsonl
+    atomically (a finished batch is skipped when the same `job` resumes), then assemble `output` (a JSON list,
+    or JSONL for .jsonl) by an atomic rename and remove the partial directory."""
+    from tqdm import tqdm
+
     partial = open_job_dir(output + ".partial", job)
     n_batches = (len(records) + batch_size - 1) // batch_size
-    stats = {"negatives": 0, "dropped_answer_or_gold": 0, "short": 0}
-    with tqdm(total=len(records), desc="mine", unit="q", dynamic_ncols=True) as bar:
+    with tqdm(total=len(records), desc=desc, unit="q", dynamic_ncols=True) as bar:
         for b in range(n_batches):
             part = os.path.join(partial, f"part_{b:06d}.jsonl")
-            batch = records[b * batch_size : (b + 1) * batch_size]
-            if os.path.isfile(part):
-                bar.update(len(batch))
-                continue
-            scores, ids = search([r.question for r in batch], hi)
-            texts = fetch_passages(ctx_file, {pid for row in ids for pid in row[lo:hi]})  # {id: (text, title)}
-            lines = []
-            for j, (record, row_ids, row_scores) in enumerate(zip(batch, ids, scores)):
-                index = b * batch_size + j
-                candidates = [(pid, s, Passage(text=texts[pid][0], title=texts[pid][1], id=pid))
-                              for pid, s in zip(row_ids[lo:hi], row_scores[lo:hi])]
-                negs = select_negatives(record, candidates, num_negatives, sample,
-                                        np.random.default_rng([seed, index]), match)
-                stats["negatives"] += len(negs)
-                stats["short"] += len(negs) < num_negatives
-                lines.append(json.dumps(record_to_json(record, negs), ensure_ascii=False))
-            with atomic_path(part) as tmp:
-                with open(tmp, "w", encoding="utf-8") as f:
-                    f.write("\n".join(lines) + "\n")
+            batch = list(records[b * batch_size : (b + 1) * batch_size])
+            if not os.path.isfile(part):
+                lines = process(b, batch)
+                with atomic_path(part) as tmp:
+                    with open(tmp, "w", encoding="utf-8") as f:
+                        f.write("\n".join(lines) + "\n")
             bar.update(len(batch))
     _assemble(partial, n_batches, output)
     shutil.rmtree(partial, ignore_errors=True)
-    logger.info("wrote %s: %d records; %d hard negatives (this run's batches); %d records got fewer than %d",
-                output, len(records), stats["negatives"], stats["short"], num_negatives)
-    return output
 
 
 def _assemble(partial: str, n_batches: int, output: str) -> None:
