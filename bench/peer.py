@@ -11,6 +11,8 @@ so that ours and the peer's figures come from one run. It prints one JSON object
 
     encode      SentenceTransformer.encode of the first --limit passages ("title [SEP] text", which
                 its tokenizer reads as the same pair of segments we encode), max length, batch
+    rerank      CrossEncoder.predict (one label, all-MiniLM-L6-v2's weights under a fresh head) of the
+                (question, "title [SEP] text") pairs in --pairs, max length, batch
     train_step  CachedMultipleNegativesRankingLoss (GradCache) steps on the same random token ids
                 as bench/train_step.py: questions of --q_len, 1 positive + --hard_negatives
                 passages of --p_len, mini-batch --chunk, dropout on, AdamW + clipping
@@ -62,6 +64,20 @@ def encode(args, model) -> dict:
     return {"passages_per_s": len(texts) / seconds, "seconds": seconds, "real_tokens": tokens, "dim": int(vecs.shape[1])}
 
 
+def rerank(args) -> dict:
+    """Pairs/s of CrossEncoder.predict on --pairs (a JSON list of [question, title, text]), after a warm-up batch."""
+    from sentence_transformers import CrossEncoder
+
+    with open(args.pairs, encoding="utf-8") as f:
+        pairs = [(q, f"{t} [SEP] {x}" if t else x) for q, t, x in json.load(f)]
+    model = CrossEncoder(model_dir(), num_labels=1, max_length=args.max_length, device="cpu")
+    model.predict(pairs[: args.batch_size], batch_size=args.batch_size)
+    t = time.perf_counter()
+    model.predict(pairs, batch_size=args.batch_size)
+    seconds = time.perf_counter() - t
+    return {"pairs_per_s": len(pairs) / seconds, "seconds": seconds, "pairs": len(pairs)}
+
+
 def train_step(args, model) -> dict:
     """Median seconds of CachedMNRL steps on random ids, after a warm-up step on two mini-batches."""
     import numpy as np
@@ -104,7 +120,8 @@ def train_step(args, model) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["encode", "train_step"])
+    ap.add_argument("mode", choices=["encode", "train_step", "rerank"])
+    ap.add_argument("--pairs", help="rerank: a JSON list of [question, title, text]")
     ap.add_argument("--ctx")
     ap.add_argument("--limit", type=int, default=512)
     ap.add_argument("--max_length", type=int, default=256)
@@ -125,8 +142,11 @@ def main() -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    model = SentenceTransformer(model_dir(), device="cpu")
-    out = encode(args, model) if args.mode == "encode" else train_step(args, model)
+    if args.mode == "rerank":
+        out = rerank(args)
+    else:
+        model = SentenceTransformer(model_dir(), device="cpu")
+        out = encode(args, model) if args.mode == "encode" else train_step(args, model)
     out.update(peer=f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}",
                threads=torch.get_num_threads())
     print(json.dumps(out))

@@ -29,10 +29,13 @@ def snippet(text: str, answers: Sequence[str], chars: int) -> str:
 
 def format_hits(question: str, hits: List[Dict], answers: Sequence[str] = (), chars: int = 240) -> str:
     """A plain-text ranked table of one question's hits."""
-    lines = [f"Q: {question}", f"{'rank':>4}  {'score':>9}  {'id':<10}  title | snippet"]
+    first = bool(hits) and "first_stage_score" in hits[0]  # reranked: the first stage's score beside
+    lines = [f"Q: {question}", f"{'rank':>4}  {'score':>9}  " + (f"{'1st stage':>9}  " if first else "") +
+             f"{'id':<10}  title | snippet"]
     for rank, h in enumerate(hits, start=1):
         text = snippet(" ".join(h["text"].split()), answers, chars)
-        lines.append(f"{rank:>4}  {h['score']:>9.4f}  {h['id']:<10}  {h['title']} | {text}")
+        lines.append(f"{rank:>4}  {h['score']:>9.4f}  " + (f"{h['first_stage_score']:>9.4f}  " if first else "") +
+                     f"{h['id']:<10}  {h['title']} | {text}")
     return "\n".join(lines)
 
 
@@ -64,8 +67,8 @@ def main(argv=None) -> None:
             q = q.strip()
             if not q and not args.questions:  # a blank line between questions typed or piped in
                 continue
-            try:
-                hits = retriever.search([q], k=args.n_docs)[0]
+            try:  # with --rerank_model the answer is the reranked list
+                hits = retriever.search([q], k=args.n_docs, mode="rerank" if args.rerank_model else None)[0]
             except DprError as e:  # one bad question is reported; the next ones are still answered
                 print(f"error: {e}", file=sys.stderr, flush=True)
                 continue

@@ -318,3 +318,40 @@ def test_distillation_keeps_the_gradient_cache_exact(tiny_dir, pooling, similari
     loss, _ = train_step(tiny, batch, 2, 5, World(), temperature=tau, distill=(0.7, 2.0))
     got = grads(tiny)
     assert loss == ref_loss and all(np.array_equal(ref[k], got[k]) for k in ref)
+
+
+def test_search_command_answers_reranked(capsys, rr):
+    out = ran(capsys, search.main, "--bm25", "--ctx_file", rr / "p.tsv", "--bm25_index", rr / "bm25", "--rerank_model",
+              rr / "rr" / "latest", "--rerank_depth", "5", "-k", "3", "Who founded the city?")
+    assert "1st stage" in out and len([x for x in out.splitlines() if x.strip()[:1].isdigit()]) == 3
+
+
+def test_search_page_shows_a_reranked_column(rr):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from test_serving import chrome
+
+    proc, base = start_server("--bm25", "--ctx_file", rr / "p.tsv", "--rerank_model", rr / "rr" / "latest",
+                              "--rerank_depth", "5", "--bm25_index", rr / "bm25")
+    assert base, proc.stdout.read()[-3000:]
+    driver = chrome()
+    try:
+        driver.get(base + "/")
+        wait = WebDriverWait(driver, 60)
+        driver.find_element(By.ID, "q").send_keys("Who founded the city?")
+        k = driver.find_element(By.ID, "k")
+        k.clear()
+        k.send_keys("5")
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-searched") == "1")
+        cols = {c.get_attribute("data-mode"): c for c in driver.find_elements(By.CSS_SELECTOR, ".col")}
+        assert list(cols) == ["bm25", "rerank"]
+        assert cols["rerank"].find_element(By.CSS_SELECTOR, "h2 span").text == "BM25, reranked"
+        want = httpx.post(base + "/search", json={"queries": ["Who founded the city?"], "k": 5, "mode": "rerank"})
+        assert [li.get_attribute("data-id") for li in cols["rerank"].find_elements(By.CSS_SELECTOR, "li[data-id]")] == \
+            [h["id"] for h in want.json()["results"][0]]
+        assert len(cols["rerank"].find_elements(By.CSS_SELECTOR, "li .first")) == 5  # the first stage's score beside
+    finally:
+        driver.quit()
+        proc.terminate()
+        proc.wait(timeout=30)
