@@ -11,10 +11,18 @@ from __future__ import annotations
 
 def main(argv=None) -> None:
     """Entry point of train_dense_encoder.py and dpr-train."""
-    from .cli import run_main
-    from .flags import TrainArgs, parse
+    from .flags import TrainArgs
 
-    config = parse(TrainArgs, argv, description=__doc__)
+    run_training(TrainArgs, argv, __doc__)
+
+
+def run_training(args_class, argv, description: str) -> None:
+    """Parse `argv` into `args_class` (a TrainConfig or RerankConfig) and run the training loop on it: the
+    body of dpr-train and dpr-train-reranker."""
+    from .cli import run_main
+    from .flags import parse
+
+    config = parse(args_class, argv, description=description)
 
     def body():
         from .training.loop import train

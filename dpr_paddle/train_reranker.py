@@ -16,18 +16,10 @@ from __future__ import annotations
 
 def main(argv=None) -> None:
     """Entry point of train_reranker.py and dpr-train-reranker."""
-    from .cli import run_main
-    from .flags import RerankTrainArgs, parse
+    from .flags import RerankTrainArgs
+    from .train import run_training
 
-    config = parse(RerankTrainArgs, argv, description=__doc__)
-
-    def body():
-        from .training.loop import train
-
-        train(config)
-
-    run_main(body)
-
+    run_training(RerankTrainArgs, argv, __doc__)
 
 if __name__ == "__main__":
     main()

@@ -37,6 +37,16 @@ def sample_head(sample_dir, out_dir, n):
     return lines[1:]
 
 
+def sample_slice(sample_dir, out_dir, passages=60, questions=5):
+    """OUT_DIR/p.tsv with the sample's first `passages` passages and OUT_DIR/qa.csv with its first `questions`
+    test questions: the small corpus most end-to-end tests search."""
+    sample_head(sample_dir, str(out_dir), passages)
+    with open(os.path.join(sample_dir, "qa_test.csv"), encoding="utf-8") as f:
+        lines = f.read().splitlines()[:questions]
+    with open(os.path.join(str(out_dir), "qa.csv"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 @pytest.fixture(scope="session")
 def tiny_dir():
     """Directory of the tiny random-init BERT (made once, cached)."""

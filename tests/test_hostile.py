@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli, sample_head
+from conftest import ROOT, run_cli, sample_head, sample_slice
 from test_train import tiny_args as tiny_args_for
 from dpr_paddle.common.errors import DprError
 from dpr_paddle.common.net import free_port, wait_healthy
@@ -22,9 +22,7 @@ from dpr_paddle.common.net import free_port, wait_healthy
 def corpus(tmp_path_factory, sample_dir):
     """60 sample passages, encoded by the tiny encoder into 2 shards, with a BM25 index and a store."""
     d = tmp_path_factory.mktemp("hostile")
-    sample_head(sample_dir, str(d), 60)
-    lines = open(os.path.join(sample_dir, "qa_test.csv"), encoding="utf-8").read().splitlines()[:5]
-    (d / "qa.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sample_slice(sample_dir, d)
     for shard in (0, 1):
         run_cli("generate_dense_embedding.py", "--model_name_or_path", "tiny", "--ctx_file", d / "p.tsv",
                 "--out_file", d / "emb", "--shard_id", shard, "--num_shards", 2, "--max_passage_length", 48)

@@ -9,7 +9,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import sample_head
+from conftest import sample_slice
 from test_grad_cache import compare, grads, make_batch
 from test_hostile import start_server
 from test_round_four import ran, refused
@@ -87,9 +87,7 @@ def test_listwise_loss_is_the_groups_softmax_cross_entropy():
 def rr(tmp_path_factory, sample_dir):
     """A tiny reranker trained 4 steps on the sample (a reranker directory), 60 sample passages, 5 questions."""
     d = tmp_path_factory.mktemp("rerank")
-    sample_head(sample_dir, str(d), 60)
-    lines = open(os.path.join(sample_dir, "qa_test.csv"), encoding="utf-8").read().splitlines()[:5]
-    (d / "qa.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sample_slice(sample_dir, d)
     train_reranker.main([str(a) for a in (
         "--train_data_path", os.path.join(sample_dir, "train.json"), "--save_dir", d / "rr", "--model_name_or_path",
         "tiny", "--group_size", "3", "--batch_size", "4", "--chunk_size", "2", "--max_steps", "4", "--max_length",

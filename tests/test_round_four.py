@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli, sample_head
+from conftest import ROOT, run_cli, sample_slice
 from test_hostile import start_server
 from dpr_paddle import encode, evaluation, mine, passage_store, reduce, retrieve, search, train
 from dpr_paddle.common.errors import DprError
@@ -27,9 +27,7 @@ def world(tmp_path_factory, sample_dir, tiny_dir):
     """60 sample passages in 2 shards of the tiny encoder; `other/`, an encoder of the same shape whose
     weights differ (a question tower the shards do not belong with); 5 questions."""
     d = tmp_path_factory.mktemp("round4")
-    sample_head(sample_dir, str(d), 60)
-    lines = open(os.path.join(sample_dir, "qa_test.csv"), encoding="utf-8").read().splitlines()[:5]
-    (d / "qa.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sample_slice(sample_dir, d)
     (d / "t.json").write_text(json.dumps([{"question": "who", "answers": ["zzz"], "positive_ctxs": [
         {"title": "", "text": "x"}]}]))
     for shard in (0, 1):

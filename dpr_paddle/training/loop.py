@@ -23,7 +23,6 @@ from typing import Callable, Dict, Optional, Union
 import paddle
 from tqdm import tqdm
 
-from ..common.errors import DprError
 from ..common.files import check_output_path
 from ..data import BiEncoderDataset, epoch_batches, rank_slice, read_biencoder_records
 from . import checkpoint as ckpt
