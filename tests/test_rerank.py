@@ -353,3 +353,24 @@ def test_search_page_shows_a_reranked_column(rr):
         driver.quit()
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_reranker_resume_mid_epoch_equals_an_uninterrupted_run(capsys, rr, sample_dir):
+    common = ["--train_data_path", os.path.join(sample_dir, "train.json"), "--model_name_or_path", "tiny",
+              "--group_size", "3", "--batch_size", "4", "--chunk_size", "2", "--max_length", "64", "--log_steps", "0",
+              "--max_steps", "4", "--epochs", "1"]
+    ran(capsys, train_reranker.main, *common, "--save_dir", rr / "whole")
+    ran(capsys, train_reranker.main, *common, "--save_dir", rr / "halves", "--save_steps", "2")
+    import shutil
+
+    shutil.rmtree(rr / "halves" / "checkpoint-4")
+    os.remove(rr / "halves" / "latest")
+    ran(capsys, train_reranker.main, *common, "--save_dir", rr / "halves", "--resume", "auto")
+
+    def params(run):
+        state = paddle.load(str(rr / run / "checkpoint-4" / "model_state.pdparams"))
+        head = np.load(rr / run / "checkpoint-4" / "rerank_head.npz")
+        return {**{k: v.numpy() for k, v in state.items()}, "head": head["weight"]}
+
+    a, b = params("whole"), params("halves")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
