@@ -108,6 +108,9 @@ class SearchArgs(ModelArgs):
                                                "the first stage's (dense, --bm25 or --hybrid) top --rerank_depth")
     rerank_depth: int = option(20, "first-stage passages the reranker reads per question (<= --n_docs)")
     rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
+    rerank_alpha: float = option(0.0, "0: order the reranked passages by the cross-encoder alone; > 0: by its min-max "
+                                      "normalised score + RERANK_ALPHA x the first stage's (0.75 was best on "
+                                      "squad1_open's dev questions)")
     batch_size: int = option(64, "questions per encoder forward")
     fp16: bool = option(False, "run the question encoder in float16 on GPU")
     backend: str = _backend_field()
@@ -271,7 +274,7 @@ def search_spec(args):
     return SearchSpec(mode=retrieval_mode(args.bm25, args.hybrid), fusion=args.fusion, alpha=args.hybrid_alpha,
                       depth=args.hybrid_depth, bm25_index=args.bm25_index, bm25_analyzer=args.bm25_analyzer,
                       rerank_model=args.rerank_model, rerank_depth=args.rerank_depth,
-                      rerank_batch_size=args.rerank_batch_size)
+                      rerank_batch_size=args.rerank_batch_size, rerank_alpha=args.rerank_alpha)
 
 
 def report_spec(args):

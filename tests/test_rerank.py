@@ -374,3 +374,18 @@ def test_reranker_resume_mid_epoch_equals_an_uninterrupted_run(capsys, rr, sampl
 
     a, b = params("whole"), params("halves")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_rerank_alpha_interpolates_with_the_first_stage(rr):
+    from dpr_paddle.retrieval.rerank import Reranker
+
+    r = Reranker(lambda arrays: np.arange(arrays["input_ids"].shape[0], dtype=np.float32)[::-1].copy(), None,
+                 {"model": "m", "max_length": 32}, batch_size=8)
+    r.score = lambda qs, ps, progress=False: np.array([0.0, 1.0, 2.0], dtype=np.float32)  # the cross-encoder's
+    texts = {i: ("t", "") for i in "abcd"}
+    first = np.array([[9.0, 5.0, 4.9, 1.0]])
+    s, ids, f = r.rerank(["q"], [list("abcd")], first, texts, depth=3)
+    assert ids == [list("cbad")] and list(f[0]) == [4.9, 5.0, 9.0, 1.0]
+    s, ids, f = r.rerank(["q"], [list("abcd")], first, texts, depth=3, alpha=3.0)
+    assert ids == [list("acbd")]  # 0 + 3*1 = 3 beats 1 + 0 and 0.5 + 3*0.02
+    assert s[0, 0] > s[0, 1] > s[0, 2] > s[0, 3]

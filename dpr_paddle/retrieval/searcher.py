@@ -44,6 +44,7 @@ class SearchSpec:
     rerank_model: Optional[str] = None  # a reranker directory (train_reranker.py): adds the `rerank` mode
     rerank_depth: int = 20  # how many of the first stage's best it reorders (rerank.DEFAULT_RERANK_DEPTH)
     rerank_batch_size: int = 32  # pairs per cross-encoder forward
+    rerank_alpha: float = 0.0  # > 0: the cross-encoder's score interpolated with the first stage's (rerank.py)
 
     def __post_init__(self):
         from .analyzers import check_name
@@ -52,7 +53,7 @@ class SearchSpec:
         if self.mode not in MODES or self.fusion not in FUSIONS:
             raise InvalidValue(f"mode {self.mode!r} / fusion {self.fusion!r}: one of {MODES} / {FUSIONS}")
         check_name(self.bm25_analyzer)
-        check_numbers(self, ("alpha", "depth", "rerank_depth", "rerank_batch_size"))
+        check_numbers(self, ("alpha", "depth", "rerank_depth", "rerank_batch_size", "rerank_alpha"))
 
     def describe(self) -> dict:
         """What a metrics file records about the fusion."""
@@ -134,7 +135,7 @@ class Searcher:
             t0 = time.perf_counter()
             texts = self.passages({pid for row in ids for pid in row[:depth]})
             scores, ids, first = self.reranker.rerank(questions, ids, scores, texts, depth,
-                                                      progress=len(questions) > 50)
+                                                      progress=len(questions) > 50, alpha=self.spec.rerank_alpha)
             if trace is not None:
                 trace.setdefault("seconds", {})["rerank"] = round(time.perf_counter() - t0, 3)
                 trace["first_stage_scores"] = first[:, :k]

@@ -91,7 +91,8 @@ class Retriever:
              bm25_index: Optional[str] = None, bm25_analyzer: str = "auto", fusion: str = "weighted",
              alpha: float = 1.0, depth: int = 1000, store: Optional[str] = None,
              index_spec: Optional[IndexSpec] = None, batch_size: int = 64, rerank_model: Optional[str] = None,
-             rerank_depth: int = 20, rerank_batch_size: int = 32, **tower_fields) -> "Retriever":
+             rerank_depth: int = 20, rerank_batch_size: int = 32, rerank_alpha: float = 0.0,
+             **tower_fields) -> "Retriever":
         """Load the model, index and passage store once. `model` is a checkpoint directory or an encoder
         name/dir (or give `question_encoder`/`context_encoder`); `index` the embedding shards; `passages`
         the TSV; `rerank_model` a reranker directory reading the top `rerank_depth`. `index_spec` picks any backend; without it `hnsw` and its settings pick between exact
@@ -105,7 +106,7 @@ class Retriever:
         spec = index_spec or IndexSpec("hnsw" if hnsw else "exact", hnsw_m, ef_construction, hnsw_space, index_path,
                                        ef_search=ef_search)
         return cls.from_specs(SearchSpec(mode, fusion, alpha, depth, bm25_index, bm25_analyzer, rerank_model,
-                                         rerank_depth, rerank_batch_size), passages, tower,
+                                         rerank_depth, rerank_batch_size, rerank_alpha), passages, tower,
                               index, spec, store=store, batch_size=batch_size)
 
     @classmethod
@@ -150,7 +151,7 @@ class Retriever:
             check_same_corpus(searcher.dense.index.shards, passage_store, passages)
         if searcher.reranker is not None:  # it reads the store, as the hits do
             searcher.with_reranker(searcher.reranker, passage_store.get)
-            info["rerank"] = {**searcher.reranker.info, "depth": search.rerank_depth}
+            info["rerank"] = {**searcher.reranker.info, "depth": search.rerank_depth, "alpha": search.rerank_alpha}
         info["modes"] = searcher.modes
         info["passages"] = len(passage_store)
         return cls(searcher, passage_store, info)
