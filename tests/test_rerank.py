@@ -389,3 +389,20 @@ def test_rerank_alpha_interpolates_with_the_first_stage(rr):
     s, ids, f = r.rerank(["q"], [list("abcd")], first, texts, depth=3, alpha=3.0)
     assert ids == [list("acbd")]  # 0 + 3*1 = 3 beats 1 + 0 and 0.5 + 3*0.02
     assert s[0, 0] > s[0, 1] > s[0, 2] > s[0, 3]
+
+
+def test_a_reranker_whose_tokenizer_cannot_be_loaded_is_one_line(capsys, rr, tmp_path):
+    import shutil
+
+    broken = tmp_path / "no_vocab"
+    shutil.copytree(os.path.realpath(rr / "rr" / "latest"), broken)
+    os.remove(broken / "vocab.txt")
+    line = refused(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", rr / "p.tsv",
+                   "--rerank_model", broken, "--bm25_index", rr / "bm25")
+    assert str(broken) in line, line
+    head_gone = tmp_path / "no_head"
+    shutil.copytree(os.path.realpath(rr / "rr" / "latest"), head_gone)
+    os.remove(head_gone / "rerank_head.npz")
+    line = refused(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", rr / "p.tsv",
+                   "--rerank_model", head_gone, "--bm25_index", rr / "bm25")
+    assert "rerank_head.npz" in line, line
