@@ -205,13 +205,19 @@ def test_fast_tokenizer_ids_equal_paddlenlp_for_a_chinese_ernie_vocabulary():
                                               "學", "術", "研", "究", "[SEP]"]
 
 
-def test_tiny_chinese_ernie_through_train_encode_retrieve_and_qrels(tmp_path):
+def drcd_training_set(out, hard_negatives):
+    """(DRCD dev's eval set with 30 of DRCD test's questions as training records, a tiny ERNIE with a Chinese
+    vocabulary made from DRCD's text)."""
     from dpr_paddle.modeling.pretrained import tiny_ernie_zh_dir
 
     d = shared_path("data", "drcd")
-    data = convert(tmp_path / "set", "--eval", os.path.join(d, "DRCD_dev.json"), "--train",
-                   os.path.join(d, "DRCD_test.json"), "--limit", 30, "--hard_negatives", 1)
-    model = tiny_ernie_zh_dir(drcd_texts())
+    data = convert(out, "--eval", os.path.join(d, "DRCD_dev.json"), "--train", os.path.join(d, "DRCD_test.json"),
+                   "--limit", 30, "--hard_negatives", hard_negatives)
+    return data, tiny_ernie_zh_dir(drcd_texts())
+
+
+def test_tiny_chinese_ernie_through_train_encode_retrieve_and_qrels(tmp_path):
+    data, model = drcd_training_set(tmp_path / "set", 1)
     run_cli("train_dense_encoder.py", "--model_name_or_path", model, "--train_data_path", data / "train.json",
             "--save_dir", tmp_path / "run", "--batch_size", 8, "--chunk_size", 4, "--max_steps", 3, "--epochs", 1,
             "--max_passage_length", 96)
@@ -234,12 +240,7 @@ def test_tiny_chinese_ernie_through_train_encode_retrieve_and_qrels(tmp_path):
 def test_tiny_chinese_ernie_reranker_trains_and_reranks_drcd(tmp_path):
     """A cross-encoder from a tiny Chinese-vocabulary ERNIE: trained on DRCD records, then reranking BM25's
     top 10 with the answers matched per character (auto) and the gold passages by qrels."""
-    from dpr_paddle.modeling.pretrained import tiny_ernie_zh_dir
-
-    d = shared_path("data", "drcd")
-    data = convert(tmp_path / "set", "--eval", os.path.join(d, "DRCD_dev.json"), "--train",
-                   os.path.join(d, "DRCD_test.json"), "--limit", 30, "--hard_negatives", 2)
-    model = tiny_ernie_zh_dir(drcd_texts())
+    data, model = drcd_training_set(tmp_path / "set", 2)
     run_cli("train_reranker.py", "--model_name_or_path", model, "--train_data_path", data / "train.json",
             "--save_dir", tmp_path / "rr", "--batch_size", 6, "--chunk_size", 2, "--group_size", 3, "--max_steps", 3,
             "--max_length", 128)

@@ -112,18 +112,17 @@ def check_teacher(records: Sequence[BiEncoderRecord], path: str) -> None:
     """Refuse records that cannot be distilled from, in one line: a passage without its `teacher_score`
     (the file was not scored, or only partly), or records scored by different teachers (files joined
     after scoring: their scores are not on one scale)."""
+    unscored = next((i for i, r in enumerate(records) if r.teacher is None), None)
+    if unscored is not None:
+        raise DataFormatError(path, f"record {unscored}", "carries no teacher (no 'teacher' field): score the records "
+                              "first (python -m dpr_paddle.score_records)")
     teachers = {r.teacher for r in records}
-    if None in teachers or len(teachers) != 1:
-        which = next(i for i, r in enumerate(records) if r.teacher is None) if None in teachers else None
-        raise DataFormatError(path, f"record {which}" if which is not None else "records",
-                              "carries no teacher (no 'teacher' field): score the records first "
-                              "(python -m dpr_paddle.score_records)" if which is not None else
-                              f"were scored by {len(teachers)} different teachers ({', '.join(sorted(teachers))}); "
-                              "score the whole file with one")
-    for i, r in enumerate(records):
-        for kind, ps in (("positive_ctxs", r.positives), ("hard_negative_ctxs", r.hard_negatives),
-                         ("negative_ctxs", r.negatives)):
+    if len(teachers) != 1:
+        raise DataFormatError(path, "records", f"were scored by {len(teachers)} different teachers "
+                              f"({', '.join(sorted(teachers))}); score the whole file with one")
+    for i, r in enumerate(records):  # negative_ctxs are not scored: distillation does not use them
+        for kind, ps in (("positive_ctxs", r.positives), ("hard_negative_ctxs", r.hard_negatives)):
             for j, p in enumerate(ps):
-                if p.teacher_score is None and kind != "negative_ctxs":
+                if p.teacher_score is None:
                     raise DataFormatError(path, f"record {i}", f"{kind}[{j}] has no teacher_score: the file was "
                                           "scored only in part; score it again (python -m dpr_paddle.score_records)")

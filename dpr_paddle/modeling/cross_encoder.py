@@ -92,13 +92,13 @@ def build_cross_encoder(name_or_path: str, trained: bool = True):
     """(CrossEncoder, tokenizer, config). `trained=True` (reranking, denoising, scoring) accepts only a
     reranker directory; `trained=False` (the start of training) also takes any encoder the bi-encoder
     takes, with a fresh head (seed paddle first for a reproducible one)."""
-    is_reranker = os.path.isdir(name_or_path) and not reranker_problem(name_or_path)
-    if trained and not is_reranker:
-        raise ModelNotFoundError(f"{name_or_path}: {reranker_problem(name_or_path)}")
+    problem = reranker_problem(name_or_path)
+    if trained and problem:
+        raise ModelNotFoundError(f"{name_or_path}: {problem}")
     backbone, tokenizer = load_encoder(name_or_path, cross_encoder_ok=True)
     model = CrossEncoder(backbone)
     cfg = {}
-    if is_reranker:
+    if not problem:  # a reranker: its config and its trained head
         cfg = read_reranker_config(name_or_path)
         f = os.path.join(name_or_path, HEAD)
         with reading(f, "reranker head", "restore it from the checkpoint it came from"), \

@@ -149,9 +149,8 @@ def distill_loss(q_reps: paddle.Tensor, p_reps: paddle.Tensor, teacher: paddle.T
     n = teacher.shape[1]
     own = p_reps.astype("float32").reshape([q.shape[0], n, -1])  # [Q, n, D]
     student = paddle.einsum("qd,qnd->qn", q, own) / temperature  # [Q, n]
-    target = F.softmax(teacher.astype("float32") / teacher_temperature, axis=1)  # [Q, n]
-    log_target = F.log_softmax(teacher.astype("float32") / teacher_temperature, axis=1)
-    return (target * (log_target - F.log_softmax(student, axis=1))).sum(axis=1).mean()
+    log_target = F.log_softmax(teacher.astype("float32") / teacher_temperature, axis=1)  # [Q, n]
+    return (log_target.exp() * (log_target - F.log_softmax(student, axis=1))).sum(axis=1).mean()
 
 
 def average_rank(q_reps: paddle.Tensor, p_reps: paddle.Tensor, positive_idx: paddle.Tensor) -> paddle.Tensor:

@@ -229,9 +229,13 @@ def report(qa: List[QAPair], scores: np.ndarray, ids: List[List[str]], metrics: 
     hits = [[False] * len(row) for row in ids]
     if by_answers:
         ks = [x for x in DEFAULT_TOP_K if x <= k] or [k]
+        # each retrieved passage is matched once, however many systems list it (a reranked run's two lists
+        # hold nearly the same passages): the systems' hits are read from one match per (question, passage)
+        union = [list(dict.fromkeys(pid for rows in systems.values() for pid in rows[q])) for q in range(len(qa))]
+        matched = [dict(zip(u, h)) for u, h in zip(union, answer_hits(qa, union, passages, out, qa_file))]
         table = {}
-        for name, rows in systems.items():
-            hits = answer_hits(qa, rows, passages, out, qa_file)  # the last system's (the run's output) is kept
+        for name, rows in systems.items():  # the last system's hits (the run's output) are kept
+            hits = [[m[pid] for pid in row] for m, row in zip(matched, rows)]
             table[name] = top_k_accuracy(hits, ks)
         print(format_top_k_table(table, ks))
         acc = table[list(systems)[-1]]

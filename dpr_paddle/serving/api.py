@@ -152,7 +152,6 @@ class Retriever:
         if searcher.reranker is not None:  # it reads the store, as the hits do
             searcher.with_reranker(searcher.reranker, passage_store.get)
             info["rerank"] = {**searcher.reranker.info, "depth": search.rerank_depth, "alpha": search.rerank_alpha}
-        info["modes"] = searcher.modes
         info["passages"] = len(passage_store)
         return cls(searcher, passage_store, info)
 
