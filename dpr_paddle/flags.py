@@ -18,6 +18,8 @@ from .common.options import number_problem, option
 from .index.hnsw import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
 from .retrieval.analyzers import ANALYZERS
 from .retrieval.evaluation import MATCHES
+from .retrieval.jvm import DEFAULT_HEAP
+from .retrieval.searcher import ENGINES
 
 MATCH_HELP = ("auto (an answer with CJK characters by characters, any other as DPR) | string (DPR's token match) | "
               "regex | char (NFKC, lower case, no spaces: the answer's characters in a row, as CMRC 2018 scores)")
@@ -34,6 +36,43 @@ def _backend_field():
     return option("auto", "onnxruntime (CPU default when installed) | onnxruntime-int8 (int8 weights; changes the "
               "vectors) | inference (Paddle Inference + oneDNN) | dygraph (GPU default) | auto",
               choices=("auto", "onnxruntime", "onnxruntime-int8", "inference", "dygraph"))
+
+
+@dataclass
+class BM25Args:
+    """How BM25 is built and searched (every command that takes BM25)."""
+
+    bm25_index: Optional[str] = option(None, "where the BM25 index of --ctx_file is saved and reused (default: a cache "
+                                         "dir keyed by the corpus); with lucene, a glob of shard indexes searched as "
+                                         "one ('bm25/shard_*', made by dpr-bm25-index --shard_id)")
+    bm25_analyzer: str = option("auto", "how BM25 splits text: en (words) | cjk (CJK character bigrams, English words "
+                                        "elsewhere) | cjk+uni (bigrams and characters) | zh (jieba words) | auto "
+                                        "(cjk when a fifth of the corpus's letters are CJK, else en)",
+                                choices=ANALYZERS)
+    bm25_engine: str = option("auto", "bm25s (in memory, ~7 GB per million passages to build) | lucene (Anserini's "
+                                      "on-disk index, a small Java heap; DPR's 21M passages) | auto (an existing "
+                                      "index's engine, else bm25s when it fits in memory, else lucene)",
+                              choices=ENGINES)
+    bm25_k1: Optional[float] = option(None, "BM25 k1 (default: bm25s 1.5, lucene 0.9 as Anserini and DPR)")
+    bm25_b: Optional[float] = option(None, "BM25 b (default: bm25s 0.75, lucene 0.4 as Anserini and DPR)")
+    bm25_heap: str = option(DEFAULT_HEAP, "lucene: the Java heap (-Xmx), e.g. 2g; the index itself is memory-mapped, "
+                                         "off the heap")
+    bm25_threads: int = option(2, "lucene: threads that index and search")
+
+
+def bm25_fields(args) -> dict:
+    """SearchSpec's BM25 fields from BM25Args."""
+    return {name: getattr(args, name) for name in ("bm25_index", "bm25_analyzer", "bm25_engine", "bm25_k1", "bm25_b",
+                                                   "bm25_heap", "bm25_threads")}
+
+
+@dataclass
+class BM25IndexArgs(BM25Args):
+    """python -m dpr_paddle.bm25_index (dpr-bm25-index)."""
+
+    ctx_file: str = option(None, "the corpus: passages TSV, BEIR corpus.jsonl or MS MARCO collection.tsv", required=True)
+    shard_id: int = option(0, "which shard of --num_shards to index (lucene)")
+    num_shards: int = option(1, "how many shards the corpus is split into, as generate_dense_embedding.py splits it")
 
 
 @dataclass
@@ -59,7 +98,7 @@ class EmbedArgs(ModelArgs):
 
 
 @dataclass
-class SearchArgs(ModelArgs):
+class SearchArgs(ModelArgs, BM25Args):
     """What a retriever is made of (dense_retriever.py, python -m dpr_paddle.search / serve)."""
 
     ctx_file: str = option(None, "passages TSV, for titles/texts (and BM25)", required=True)
@@ -70,12 +109,6 @@ class SearchArgs(ModelArgs):
                                             "passages.sqlite beside the shards, used when it exists")
     bm25: bool = option(False, "BM25 alone (bm25s over --ctx_file; no model or shards needed)")
     hybrid: bool = option(False, "dense and BM25 fused (--fusion); outputs as for dense")
-    bm25_index: Optional[str] = option(None, "where the BM25 index of --ctx_file is saved and reused "
-                                         "(default: a cache dir keyed by the corpus)")
-    bm25_analyzer: str = option("auto", "how BM25 splits text: en (words) | cjk (CJK character bigrams, English words "
-                                        "elsewhere) | cjk+uni (bigrams and characters) | zh (jieba words) | auto "
-                                        "(cjk when a fifth of the corpus's letters are CJK, else en)",
-                                choices=ANALYZERS)
     fusion: str = option("weighted", "hybrid fusion: weighted (pyserini's normalised alpha * bm25 + dense) | rrf "
                                  "(reciprocal rank, k = 60)", choices=("weighted", "rrf"))
     hybrid_alpha: float = option(1.0, "weight of BM25 in --fusion weighted (best of 0.1-2 on squad1_open's dev questions)")
@@ -174,7 +207,7 @@ class ServeArgs(SearchArgs):
 
 
 @dataclass
-class MineArgs(ModelArgs):
+class MineArgs(ModelArgs, BM25Args):
     """mine_hard_negatives.py / python -m dpr_paddle.mine."""
 
     train_data_path: Optional[str] = option(None, "biencoder records whose hard negatives are mined (.json, .jsonl, "
@@ -186,8 +219,6 @@ class MineArgs(ModelArgs):
     output: str = option(None, "output biencoder file (.json: a list, .jsonl: one record a line)", required=True)
     retriever: str = option("bm25", "bm25 (bm25s over --ctx_file) | dense (a bi-encoder over --encoded_ctx_file)",
                         choices=("bm25", "dense"))
-    bm25_index: Optional[str] = option(None, "where the BM25 index of --ctx_file is kept (default: a cache dir)")
-    bm25_analyzer: str = option("auto", "how BM25 splits text (see dense_retriever.py --help)", choices=ANALYZERS)
     encoded_ctx_file: Optional[str] = option(None, "embedding shards of --ctx_file, for --retriever dense")
     model_file: Optional[str] = option(None, "a training checkpoint dir, for --retriever dense")
     rank_range: tuple = option((0, 50), "take negatives from ranks [LO, HI) of the retrieved list", nargs=2, type=int)
@@ -272,8 +303,7 @@ def search_spec(args):
     from .retrieval.searcher import SearchSpec, retrieval_mode
 
     return SearchSpec(mode=retrieval_mode(args.bm25, args.hybrid), fusion=args.fusion, alpha=args.hybrid_alpha,
-                      depth=args.hybrid_depth, bm25_index=args.bm25_index, bm25_analyzer=args.bm25_analyzer,
-                      rerank_model=args.rerank_model, rerank_depth=args.rerank_depth,
+                      depth=args.hybrid_depth, **bm25_fields(args), rerank_model=args.rerank_model, rerank_depth=args.rerank_depth,
                       rerank_batch_size=args.rerank_batch_size, rerank_alpha=args.rerank_alpha)
 
 

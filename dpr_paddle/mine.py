@@ -20,7 +20,7 @@ import os
 def main(argv=None) -> None:
     """Entry point of mine_hard_negatives.py, `python -m dpr_paddle.mine` and dpr-mine."""
     from .cli import run_main
-    from .flags import MineArgs, parse, tower_spec
+    from .flags import MineArgs, bm25_fields, parse, tower_spec
 
     args = parse(MineArgs, argv, description=__doc__)
 
@@ -39,14 +39,13 @@ def main(argv=None) -> None:
                "sample": args.sample, "seed": args.seed, "batch_size": args.batch_size, "match": args.match}
         if args.retriever == "dense" and not args.encoded_ctx_file:
             raise MiningError("--retriever dense needs --encoded_ctx_file (shards of the corpus) and the model flags")
-        searcher = Searcher.load(SearchSpec(mode=args.retriever, bm25_index=args.bm25_index,
-                                            bm25_analyzer=args.bm25_analyzer), args.ctx_file,
+        searcher = Searcher.load(SearchSpec(mode=args.retriever, **bm25_fields(args)), args.ctx_file,
                                  tower_spec(args), args.encoded_ctx_file)
         if searcher.dense is not None:
             corpus_ids = {i for s in searcher.dense.index.shards for i in s.ids}
             job["model_fingerprint"] = searcher.dense.index.shards[0].meta.get("model_fingerprint")
         else:
-            corpus_ids = set(searcher.bm25.ids)
+            corpus_ids = set(searcher.bm25.passage_ids())
         check_gold_in_corpus(records, corpus_ids, source, args.ctx_file)
         del corpus_ids
         denoise = None

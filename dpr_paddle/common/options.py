@@ -28,6 +28,7 @@ BOUNDS = {
     "p_chunk_size": (0, None, ">= 1 (or 0: --chunk_size)"),
     "group_size": (2, None, ">= 2 (1 positive and at least 1 negative)"), "max_length": (4, None),
     "rerank_depth": (1, None), "rerank_alpha": (0, 1e6), "distill_weight": (0, 1e6), "distill_temperature": ("gt", 0),
+    "bm25_k1": (0, 1e3), "bm25_b": (0, 1), "bm25_threads": (1, 256),
     "denoise_margin": (0, 1e6),
     "workers": (1, 256), "max_queue": (1, None), "request_timeout": ("gt", 0), "max_chars": (1, None),
 }

@@ -13,7 +13,11 @@ built from another corpus, or with another analyzer, is refused.
 Memory: bm25s takes every passage's token ids as Python lists while building. Measured here:
 200,000 synthetic 100-word passages peak at 1.47 GB RSS (24 s; a 163 MB index), i.e. about 7 GB
 per million passages; DPR's 21M would need ~150 GB. Past a couple of million passages, build the
-index on a larger machine and pass it with --bm25_index (or use pyserini's prebuilt one).
+index on a larger machine, or use `--bm25_engine lucene` (lucene.py: on disk, memory-mapped). A
+build that would not fit in the memory available is refused, naming that flag (`check_fits`).
+
+k1 and b are baked into bm25s' precomputed scores, so an index is searched only with the k1 and b it
+was built with (recorded in meta.json; another pair is refused).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "dpr_paddle.bm25/1"
 PARAMS = {"k1": 1.5, "b": 0.75, "method": "lucene", "stopwords": "en"}
+BUILD_BYTES_PER_CORPUS_BYTE = 11  # peak RSS of a build over the corpus file's size (measured: 7 GB per 1M, ~640 MB)
 
 
 class BM25Error(DprError, RuntimeError):
@@ -48,13 +53,33 @@ def _tokenizer(analyzer: str):
                                         stopwords=PARAMS["stopwords"])
 
 
-def default_index_path(ctx_file: str, analyzer: str = "en") -> str:
+def default_index_path(ctx_file: str, analyzer: str = "en", k1: float = PARAMS["k1"], b: float = PARAMS["b"]) -> str:
     """Where the index of `ctx_file` is kept when --bm25_index is not given: the user's cache,
-    because corpora often sit in read-only directories; one directory per analyzer."""
+    because corpora often sit in read-only directories; one directory per analyzer (and k1, b)."""
     from ..common.files import cache_root
 
     name = file_fingerprint(ctx_file)["sha1_ends"][:16] + ("" if analyzer == "en" else "-" + analyzer)
+    if (k1, b) != (PARAMS["k1"], PARAMS["b"]):
+        name += f"-k1_{k1:g}-b_{b:g}"
     return os.path.join(cache_root(), "bm25", name)
+
+
+def build_bytes(ctx_file: str) -> int:
+    """Peak memory of a bm25s build over `ctx_file`, estimated from its size (a gzipped file is ~3x larger
+    read)."""
+    size = os.path.getsize(ctx_file) * (3 if ctx_file.endswith(".gz") else 1)
+    return size * BUILD_BYTES_PER_CORPUS_BYTE
+
+
+def check_fits(ctx_file: str) -> None:
+    """Refuse, in one line naming the Lucene engine, a bm25s build that would not fit in memory."""
+    from ..index.factory import GB, MemoryPlan, available_memory
+
+    plan = MemoryPlan("bm25s", build_bytes(ctx_file), available_memory(),
+                      f"every passage's terms in memory while indexing {os.path.basename(ctx_file)}", [])
+    if not plan.fits:
+        raise BM25Error(f"{plan.line()}: bm25s would not fit; use --bm25_engine lucene (an on-disk index searched "
+                        f"with a small Java heap), or build on a machine with ~{plan.needed / GB:.0f} GB")
 
 
 def corpus_analyzer(ctx_file: str, analyzer: str) -> str:
@@ -70,6 +95,8 @@ def corpus_analyzer(ctx_file: str, analyzer: str) -> str:
 class BM25Index:
     """A bm25s retriever with the passage ids of its rows; `build`, `load`, `search`."""
 
+    engine = "bm25s"
+
     def __init__(self, retriever, ids: List[str], meta: dict):
         self.retriever, self.ids, self.meta = retriever, ids, meta
         self.analyzer = meta["params"].get("analyzer", "en")  # indexes made before analyzers were English
@@ -77,11 +104,13 @@ class BM25Index:
         self._stopwords = set(_tokenizer(self.analyzer).stopwords)
 
     @classmethod
-    def build(cls, ctx_file: str, path: str, analyzer: str = "en", chunksize: int = 100_000) -> "BM25Index":
+    def build(cls, ctx_file: str, path: str, analyzer: str = "en", chunksize: int = 100_000,
+              k1: float = PARAMS["k1"], b: float = PARAMS["b"]) -> "BM25Index":
         """Tokenize `ctx_file` chunk by chunk with `analyzer` into one vocabulary, index it, save it to `path`."""
         import bm25s
         from tqdm import tqdm
 
+        check_fits(ctx_file)
         tokenizer = _tokenizer(analyzer)
         ids, token_ids = [], []
         with tqdm(desc="bm25 tokenize", unit="psg", dynamic_ncols=True) as bar:
@@ -90,11 +119,11 @@ class BM25Index:
                 token_ids += tokenizer.tokenize(docs, update_vocab=True, return_as="ids", show_progress=False)
                 ids += chunk_ids
                 bar.update(len(chunk_ids))
-        retriever = bm25s.BM25(k1=PARAMS["k1"], b=PARAMS["b"], method=PARAMS["method"])
+        retriever = bm25s.BM25(k1=k1, b=b, method=PARAMS["method"])
         retriever.index(bm25s.tokenization.Tokenized(ids=token_ids, vocab=tokenizer.get_vocab_dict()),
                         show_progress=False)
         meta = {"format": FORMAT, "corpus": file_fingerprint(ctx_file), "count": len(ids),
-                "params": {**PARAMS, "analyzer": analyzer}}
+                "params": {**PARAMS, "k1": k1, "b": b, "analyzer": analyzer, "engine": "bm25s"}}
         with atomic_dir(path) as tmp:
             retriever.save(tmp, show_progress=False)
             with open(os.path.join(tmp, "ids.txt"), "w", encoding="utf-8") as f:
@@ -104,9 +133,10 @@ class BM25Index:
         return cls(retriever, ids, meta)
 
     @classmethod
-    def load(cls, path: str, ctx_file: Optional[str] = None, analyzer: Optional[str] = None) -> "BM25Index":
-        """Open a saved index; with `ctx_file`, refuse one that was built from another corpus, and with
-        `analyzer` (resolved), one built with another analyzer."""
+    def load(cls, path: str, ctx_file: Optional[str] = None, analyzer: Optional[str] = None,
+             k1: Optional[float] = None, b: Optional[float] = None) -> "BM25Index":
+        """Open a saved index; with `ctx_file`, refuse one that was built from another corpus, with
+        `analyzer` (resolved), one built with another analyzer, and with k1 / b, one built with others."""
         import bm25s
 
         meta_file = os.path.join(path, "meta.json")
@@ -116,6 +146,13 @@ class BM25Index:
         with reading(meta_file, "BM25 index metadata", fix), open(meta_file, encoding="utf-8") as f:
             meta = json.load(f)
             meta["count"], meta["params"]  # noqa: B018 - a KeyError here is a damaged file
+        if meta.get("format") != FORMAT:
+            raise BM25Error(f"{path}: a {meta['params'].get('engine', '?')} index, not a bm25s one; pass --bm25_engine "
+                            f"{meta['params'].get('engine', '?')}, or another --bm25_index")
+        built = (meta["params"].get("k1"), meta["params"].get("b"))
+        if (k1 is not None and k1 != built[0]) or (b is not None and b != built[1]):
+            raise BM25Error(f"{path}: this bm25s index was built with k1 {built[0]}, b {built[1]} (bm25s bakes them into "
+                            f"its scores), not k1 {k1}, b {b}; pass those, another --bm25_index, or delete it to rebuild")
         if ctx_file is not None and not same_file(meta.get("corpus"), ctx_file):
             have, want = meta.get("corpus") or {}, file_fingerprint(ctx_file)
             raise BM25Error(f"{path}: this BM25 index was built from {have.get('path')} ({have.get('size')} bytes, "
@@ -135,15 +172,25 @@ class BM25Index:
         return cls(retriever, ids, meta)
 
     @classmethod
-    def open(cls, ctx_file: str, path: Optional[str] = None, analyzer: str = "auto") -> "BM25Index":
-        """The index of `ctx_file` with `analyzer` at `path` (default: the cache), built first if it is not there."""
+    def open(cls, ctx_file: str, path: Optional[str] = None, analyzer: str = "auto", k1: Optional[float] = None,
+             b: Optional[float] = None) -> "BM25Index":
+        """The index of `ctx_file` with `analyzer` at `path` (default: the cache), built first if it is not there;
+        k1 / b default to bm25s' 1.5 / 0.75."""
         analyzer = corpus_analyzer(ctx_file, analyzer)
-        path = path or default_index_path(ctx_file, analyzer)
+        k1, b = PARAMS["k1"] if k1 is None else k1, PARAMS["b"] if b is None else b
+        path = path or default_index_path(ctx_file, analyzer, k1, b)
         if os.path.isfile(os.path.join(path, "meta.json")):
-            index = cls.load(path, ctx_file, analyzer)
+            index = cls.load(path, ctx_file, analyzer, k1, b)
             logger.info("loaded bm25 index %s (%d passages, analyzer %s)", path, len(index.ids), analyzer)
             return index
-        return cls.build(ctx_file, path, analyzer)
+        return cls.build(ctx_file, path, analyzer, k1=k1, b=b)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def passage_ids(self):
+        """Every passage id of the index, in corpus order."""
+        return iter(self.ids)
 
     def terms(self, text: str) -> List[str]:
         """The index's analyzer applied to a question: its terms, stopwords dropped ("" when none is

@@ -78,7 +78,7 @@ def corpus_ids_of(searcher: Searcher) -> set:
     """Every passage id the searcher can return."""
     if searcher.dense is not None:
         return {i for shard in searcher.dense.index.shards for i in shard.ids}
-    return set(searcher.bm25.ids)
+    return set(searcher.bm25.passage_ids())
 
 
 def _match_one(job):
@@ -169,7 +169,7 @@ def retrieve(searcher: Searcher, qa_file: str, n_docs: int, out: ReportSpec, sha
         metrics.update(index_metrics(searcher.dense.index, trace, min(depth, len(searcher.dense.index)), n_docs,
                                      validate_index))
     if searcher.bm25 is not None:
-        metrics.setdefault("passages", len(searcher.bm25.ids))
+        metrics.setdefault("passages", len(searcher.bm25))
         metrics["bm25"] = searcher.bm25.meta["params"]
     if mode == "hybrid":
         metrics["fusion"] = searcher.spec.describe()

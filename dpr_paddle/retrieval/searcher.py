@@ -20,6 +20,7 @@ from ..common.options import InvalidValue, check_numbers
 from .fusion import fuse
 
 MODES = ("dense", "bm25", "hybrid")
+ENGINES = ("auto", "bm25s", "lucene")
 RERANK = "rerank"  # a mode of a Searcher with a reranker: its first stage (MODES), then the cross-encoder
 
 
@@ -33,7 +34,8 @@ class SearchSpec:
     """How questions are searched: `mode` dense | bm25 | hybrid; in hybrid mode `fusion` (weighted |
     rrf) of each retriever's top `depth`, BM25 weighted by `alpha`; `bm25_index` where BM25's index
     is kept (default: a cache directory keyed by the corpus), `bm25_analyzer` how BM25 splits text
-    (analyzers.py; `auto` picks by the corpus's script)."""
+    (analyzers.py; `auto` picks by the corpus's script), `bm25_engine` bm25s | lucene | auto (`choose_engine`),
+    `bm25_k1` / `bm25_b` (None: the engine's defaults), and Lucene's Java heap and search threads."""
 
     mode: str = "dense"
     fusion: str = "weighted"
@@ -45,15 +47,25 @@ class SearchSpec:
     rerank_depth: int = 20  # how many of the first stage's best it reorders (rerank.DEFAULT_RERANK_DEPTH)
     rerank_batch_size: int = 32  # pairs per cross-encoder forward
     rerank_alpha: float = 0.0  # > 0: the cross-encoder's score interpolated with the first stage's (rerank.py)
+    bm25_engine: str = "auto"
+    bm25_k1: Optional[float] = None
+    bm25_b: Optional[float] = None
+    bm25_heap: str = "2g"  # jvm.DEFAULT_HEAP
+    bm25_threads: int = 2
 
     def __post_init__(self):
         from .analyzers import check_name
         from .fusion import FUSIONS
+        from .jvm import check_heap
 
         if self.mode not in MODES or self.fusion not in FUSIONS:
             raise InvalidValue(f"mode {self.mode!r} / fusion {self.fusion!r}: one of {MODES} / {FUSIONS}")
         check_name(self.bm25_analyzer)
-        check_numbers(self, ("alpha", "depth", "rerank_depth", "rerank_batch_size", "rerank_alpha"))
+        if self.bm25_engine not in ENGINES:
+            raise InvalidValue(f"--bm25_engine {self.bm25_engine!r}: one of {', '.join(ENGINES)}")
+        check_numbers(self, ("alpha", "depth", "rerank_depth", "rerank_batch_size", "rerank_alpha", "bm25_k1",
+                             "bm25_b", "bm25_threads"))
+        check_heap(self.bm25_heap)
 
     def describe(self) -> dict:
         """What a metrics file records about the fusion."""
@@ -103,7 +115,7 @@ class Searcher:
     @property
     def size(self) -> int:
         """How many passages it searches (dense and BM25 cover one corpus)."""
-        return len(self.dense.index) if self.dense is not None else len(self.bm25.ids)
+        return len(self.dense.index) if self.dense is not None else len(self.bm25)
 
     @property
     def modes(self) -> List[str]:
@@ -157,11 +169,57 @@ class Searcher:
         return dense or sparse
 
 
-def open_bm25(spec: SearchSpec, ctx_file: str):
-    """The BM25 index of `ctx_file` that `spec` names (built once, then reused)."""
-    from .bm25 import BM25Index
+def choose_engine(spec: SearchSpec, ctx_file: str, analyzer: str) -> str:
+    """The BM25 engine `spec` means. `auto`: the engine of the index `--bm25_index` (or the cache) already
+    holds; else bm25s when its in-memory build fits (it is the faster of the two below a few million
+    passages, and every figure in the README was measured with it), else Lucene, which needs a small heap
+    whatever the corpus's size. The choice is logged with its reason."""
+    import logging
+    import os
 
-    return BM25Index.open(ctx_file, spec.bm25_index, spec.bm25_analyzer)
+    from . import bm25, lucene
+
+    if spec.bm25_engine != "auto":
+        return spec.bm25_engine
+    log = logging.getLogger(__name__)
+    candidates = [spec.bm25_index] if spec.bm25_index else [bm25.default_index_path(ctx_file, analyzer),
+                                                            lucene.default_index_path(ctx_file, analyzer)]
+    for path in candidates:
+        metas = [os.path.join(d, "meta.json") for d in lucene.index_dirs(path)]
+        if metas and all(os.path.isfile(m) for m in metas):
+            engine = "lucene" if all(_is_lucene(m) for m in metas) else "bm25s"
+            log.info("bm25 engine auto -> %s (the index at %s)", engine, path)
+            return engine
+    try:
+        bm25.check_fits(ctx_file)
+    except bm25.BM25Error:
+        log.info("bm25 engine auto -> lucene (a bm25s build of %s would not fit in memory)", ctx_file)
+        return "lucene"
+    return "bm25s"
+
+
+def _is_lucene(meta_file: str) -> bool:
+    import json
+
+    try:
+        with open(meta_file, encoding="utf-8") as f:
+            return json.load(f).get("format", "").startswith("dpr_paddle.lucene")
+    except (OSError, ValueError, AttributeError):
+        return False  # the engine's own load names the damage
+
+
+def open_bm25(spec: SearchSpec, ctx_file: str):
+    """The BM25 index of `ctx_file` that `spec` names (built once, then reused), on its engine."""
+    from .bm25 import BM25Index, corpus_analyzer
+
+    analyzer = corpus_analyzer(ctx_file, spec.bm25_analyzer)
+    if choose_engine(spec, ctx_file, analyzer) == "bm25s":
+        return BM25Index.open(ctx_file, spec.bm25_index, analyzer, spec.bm25_k1, spec.bm25_b)
+    from .lucene import DEFAULT_B, DEFAULT_K1, LuceneIndex
+
+    return LuceneIndex.open(ctx_file, spec.bm25_index, analyzer, spec.bm25_heap, spec.bm25_threads,
+                            DEFAULT_K1 if spec.bm25_k1 is None else spec.bm25_k1,
+                            DEFAULT_B if spec.bm25_b is None else spec.bm25_b)
 
 
 def preload(spec: SearchSpec, ctx_file: str, shards: Optional[str], index_spec=None) -> dict:
@@ -176,5 +234,10 @@ def preload(spec: SearchSpec, ctx_file: str, shards: Optional[str], index_spec=N
     if spec.mode != "bm25" and index_spec.kind != "milvus":
         parts["index"] = DenseIndex(shards, index_spec)
     if spec.mode != "dense":
-        parts["bm25"] = open_bm25(spec, ctx_file)
+        from .bm25 import corpus_analyzer
+
+        # Lucene's JVM must not cross the fork: each process opens the index itself (the first builds it while
+        # the others wait on its lock)
+        if choose_engine(spec, ctx_file, corpus_analyzer(ctx_file, spec.bm25_analyzer)) == "bm25s":
+            parts["bm25"] = open_bm25(spec, ctx_file)
     return parts

