@@ -111,6 +111,8 @@ def main() -> None:
     ap.add_argument("--mine", choices=("none", "bm25", "dense"), default="none",
                     help="train on hard negatives mined with BM25 or zero-shot MiniLM instead of the file's own")
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.3, 0.5, 1.0, 2.0])
+    ap.add_argument("--bm25_engine", choices=("bm25s", "lucene"), default="bm25s",
+                    help="the BM25 of the BM25, mining and hybrid rows (lucene: Anserini's, k1 0.9 b 0.4)")
     ap.add_argument("--model_file", help="evaluate this checkpoint instead of training one")
     ap.add_argument("--qrels", help="relevance labels of the eval questions: adds MRR@10, nDCG@10, MAP, Recall@k "
                                     "(dense_retriever.py --qrels) to every eval row")
@@ -121,7 +123,9 @@ def main() -> None:
     ctx = os.path.join(args.data, "passages.tsv")
     qa = next(os.path.join(args.data, f) for f in sorted(os.listdir(args.data)) if f.endswith(".csv"))
     dev_qa = dev_qa_file(os.path.join(args.data, "dev.json"), os.path.join(work, "dev_qa.csv"))
-    bm25_index = os.path.join(work, "bm25_index")
+    bm25_index = os.path.join(work, "bm25_index" + ("" if args.bm25_engine == "bm25s" else "_lucene"))
+    bm25 = ["--bm25_index", bm25_index, "--bm25_engine", args.bm25_engine]
+    bm25_row = f"BM25 ({args.bm25_engine})"
     plen = ["--max_passage_length", args.max_passage_length]
     run = Runner()
     rows, times, gold = {}, {}, {}
@@ -139,8 +143,8 @@ def main() -> None:
         return run(label, "generate_dense_embedding.py", "--ctx_file", ctx, "--out_file", out, "--overwrite", *plen, *flags)
 
     # ---- BM25 and zero-shot
-    rows["BM25 (bm25s)"], e = retrieve("BM25", f"{work}/bm25.json", "--bm25", "--bm25_index", bm25_index)
-    times["BM25 (bm25s)"] = [e]
+    rows[bm25_row], e = retrieve("BM25", f"{work}/bm25.json", "--bm25", *bm25)
+    times[bm25_row] = [e]
     for label, flags in (("zero-shot MiniLM, cls + dot (DPR's pooling)", ["--pooling", "cls", "--similarity", "dot"]),
                          ("zero-shot MiniLM, mean + cosine (its own)", [])):
         tag = "zs_cls" if flags else "zs_mean"
@@ -154,7 +158,7 @@ def main() -> None:
     mine_entries = []
     if args.mine != "none":
         mined = f"{work}/train_mined_{args.mine}.json"
-        by = (["--retriever", "bm25", "--bm25_index", bm25_index] if args.mine == "bm25" else
+        by = (["--retriever", "bm25", *bm25] if args.mine == "bm25" else
               ["--retriever", "dense", "--model_name_or_path", "minilm", "--encoded_ctx_file", f"{work}/emb_zs_mean"])
         mine_entries.append(run(f"mine {args.mine}", "mine_hard_negatives.py", "--train_data_path", train_file,
                                 "--ctx_file", ctx, "--output", mined, "--rank_range", 0, 30, "--num_negatives", 8, *by))
@@ -191,16 +195,16 @@ def main() -> None:
 
     # ---- hybrid: alpha chosen on dev, then run on eval
     dev_alpha = {}
-    hybrid = ["--hybrid", "--model_file", final, "--encoded_ctx_file", f"{work}/emb_ft", "--bm25_index", bm25_index]
+    hybrid = ["--hybrid", "--model_file", final, "--encoded_ctx_file", f"{work}/emb_ft", *bm25]
     for a in args.alphas:
         dev_alpha[a], _ = retrieve(f"dev hybrid {a}", f"{work}/dev_hybrid_{a}.json", *hybrid, "--hybrid_alpha", a,
                                    qa_file=dev_qa)
     alpha = max(args.alphas, key=lambda a: (dev_alpha[a]["1"], dev_alpha[a]["20"]))
     label = f"hybrid: fine-tuned + BM25, weighted, alpha {alpha} (best on dev)"
     rows[label], e = retrieve("hybrid", f"{work}/hybrid.json", *hybrid, "--hybrid_alpha", alpha)
-    times[label] = [*times[tuned], times["BM25 (bm25s)"][0], e]
+    times[label] = [*times[tuned], times[bm25_row][0], e]
     rows["hybrid: fine-tuned + BM25, rrf"], e = retrieve("hybrid rrf", f"{work}/hybrid_rrf.json", *hybrid, "--fusion", "rrf")
-    times["hybrid: fine-tuned + BM25, rrf"] = [*times[tuned], times["BM25 (bm25s)"][0], e]
+    times["hybrid: fine-tuned + BM25, rrf"] = [*times[tuned], times[bm25_row][0], e]
 
     print(f"\n{name}: {qa} against {ctx}\n")
     print(markdown_table(["system"] + [f"top-{k}" for k in KS] + ["CPU s"],

