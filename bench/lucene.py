@@ -75,7 +75,8 @@ def quality(work: str) -> None:
     with open(ours, encoding="utf-8") as f:
         results = json.load(f)
     converted = {str(i): {"question": r["question"], "answers": r["answers"],
-                          "contexts": [{"docid": c["id"], "score": float(c["score"]), "has_answer": c["has_answer"],
+                          # no has_answer: pyserini then matches the answers in the text itself
+                          "contexts": [{"docid": c["id"], "score": float(c["score"]),
                                         "text": f"{c['title']}\n{c['text']}"} for c in r["ctxs"]]}
                  for i, r in enumerate(results)}
     conv = os.path.join(work, "pyserini_input.json")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import unicodedata
 from typing import Callable, Iterable, List
 
@@ -80,12 +81,17 @@ def _jieba():
     return jieba
 
 
+_JIEBA_LOCK = threading.Lock()
+
+
 def zh_terms(text: str) -> List[str]:
-    """jieba's search-mode words of the CJK runs, `en` terms for the rest."""
+    """jieba's search-mode words of the CJK runs, `en` terms for the rest. One thread cuts at a time: jieba is not
+    thread-safe (two threads cutting at once gave some texts another's words), and it holds the GIL anyway."""
     out = []
     jieba = _jieba()
-    for is_cjk, piece in _split_runs(unicodedata.normalize("NFKC", text).lower()):
-        out += [w for w in jieba.cut_for_search(piece) if w.strip()] if is_cjk else en_terms(piece)
+    with _JIEBA_LOCK:
+        for is_cjk, piece in _split_runs(unicodedata.normalize("NFKC", text).lower()):
+            out += [w for w in jieba.cut_for_search(piece) if w.strip()] if is_cjk else en_terms(piece)
     return out
 
 

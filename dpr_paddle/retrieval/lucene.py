@@ -237,8 +237,8 @@ class LuceneIndex:
             self._pad = [pid for _, pid in zip(range(k), self.passage_ids())]
         return self._pad
 
-    def _search_one(self, question: str, k: int) -> Tuple[List[str], List[float]]:
-        query = self._generator.buildQuery("contents", self._analyzer, self._prepare(question))
+    def _search_one(self, prepared: str, k: int) -> Tuple[List[str], List[float]]:
+        query = self._generator.buildQuery("contents", self._analyzer, prepared)
         found = self._scored.fromTopDocs(self._searcher.search(query, k, self._sort, True), self._searcher)
         return list(found.docids), list(found.scores)  # two array copies, not a JNI call per hit
 
@@ -249,7 +249,8 @@ class LuceneIndex:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lucene")
         with jvm.java_errors(f"{self.paths[0]}: Lucene search", "delete the index to rebuild it"):
-            rows = list(self._pool.map(lambda q: self._search_one(q, k), questions))
+            prepared = [self._prepare(q) for q in questions]  # Python's share, here; the threads call Lucene
+            rows = list(self._pool.map(lambda q: self._search_one(q, k), prepared))
         scores = np.zeros((len(rows), k), dtype=np.float32)  # [n, k]
         ids = []
         for r, (row_ids, row_scores) in enumerate(rows):
@@ -274,9 +275,11 @@ def _write_index(tmp: str, ctx_file: str, analyzer: str, start: int, end: Option
             "org.apache.lucene.index.IndexOptions", "org.apache.lucene.document.BinaryDocValuesField",
             "org.apache.lucene.util.BytesRef")
     prepare = _prepared(analyzer)
-    with jvm.java_errors(f"{ctx_file}: Lucene indexing", f"delete {tmp}"):
+    with jvm.java_errors(f"{ctx_file}: Lucene indexing", "run it again"):
         config = config_cls(java_analyzer(analyzer))
-        config.setRAMBufferSizeMB(256.0)  # Anserini's default buffer; flushed segments bound the heap
+        # Anserini's 256 MB buffer, or a quarter of a smaller heap: a full buffer is flushed as a segment, so
+        # this bounds what indexing holds on the heap whatever the corpus's size
+        config.setRAMBufferSizeMB(min(256.0, max(16.0, jvm.heap_mb(jvm.started_heap()) / 4)))
         config.setUseCompoundFile(False)
         writer = writer_cls(directory.open(paths_cls.get(tmp)), config)
         kind = field_type()
@@ -297,7 +300,7 @@ def _write_index(tmp: str, ctx_file: str, analyzer: str, start: int, end: Option
             for pid, text in rows:
                 local.id.setStringValue(pid)
                 local.dv.setBytesValue(bytes_ref(pid.encode("utf-8")))
-                local.text.setStringValue(prepare(text))
+                local.text.setStringValue(text)
                 writer.addDocument(local.doc)
 
         count, row = 0, 0
@@ -311,7 +314,9 @@ def _write_index(tmp: str, ctx_file: str, analyzer: str, start: int, end: Option
                     if end is not None and row >= end:
                         break
                     continue
-                docs = [(ids[i], f"{titles[i]} {texts[i]}" if titles[i] else texts[i]) for i in range(lo, hi)]
+                # Python's share (jieba for zh) runs here: it holds the GIL, and jieba is not thread-safe
+                # (analyzers.zh_terms locks it); the threads only call Lucene, which releases the GIL
+                docs = [(ids[i], prepare(f"{titles[i]} {texts[i]}" if titles[i] else texts[i])) for i in range(lo, hi)]
                 step = -(-len(docs) // max(1, threads))
                 list(pool.map(add, [docs[i : i + step] for i in range(0, len(docs), step)]))
                 ids_out.write("".join(pid + "\n" for pid, _ in docs))
