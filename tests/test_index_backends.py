@@ -373,4 +373,8 @@ def test_a_second_server_starts_beside_the_first(milvus_server, tmp_path):
     finally:
         squatter.close()
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        try:  # what is tested is the start; on a loaded machine (CI beside benchmarks) the stop took over 60 s once
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
