@@ -102,6 +102,7 @@ def synthetic(path: str, n: int) -> None:
         next(f)
         for line in f:
             counts.update(line.split("\t")[1].lower().split())
+    counts = {w: c for w, c in counts.items() if '"' not in w}  # a quote would open a quoted TSV field
     words = np.array(list(counts))
     p = np.array(list(counts.values()), dtype=np.float64)
     p /= p.sum()
@@ -167,11 +168,16 @@ def scale(work: str, n: int, bm25s_n: int) -> None:
                               "--bm25_analyzer", "en", "--bm25_index", idx, "--bm25_threads", "2"])
         rows.append(["lucene build", f"{n:,}", f"{secs / 60:.1f} min ({n / secs:,.0f} psg/s)", f"{du(idx):.2f} GB",
                      f"{rss:.2f} GB", "–"])
+        print(rows[-1], flush=True)
     for threads in (1, 2):
         lat = latency(idx, ctx, threads, queries)
         rows.append([f"lucene search, {threads} thread(s), k 100", f"{n:,}", "–", "–", f"{lat['rss_gb']:.2f} GB",
                      f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms; batch {lat['batch_qps']:.0f} q/s"])
         print(rows[-1], flush=True)
+    if not bm25s_n:
+        print(f"\nCPU: {cpu()}\n")
+        print(markdown_table(["what", "passages", "time", "disk", "peak RSS", "query"], rows))
+        return
     small = os.path.join(work, f"synthetic_{bm25s_n}.tsv")
     if not os.path.exists(small):
         synthetic(small, bm25s_n)
@@ -189,7 +195,7 @@ def main() -> None:
     ap.add_argument("mode", choices=("quality", "scale"))
     ap.add_argument("--work", default="runs/lucene")
     ap.add_argument("--n", type=int, default=1_000_000)
-    ap.add_argument("--bm25s_n", type=int, default=200_000)
+    ap.add_argument("--bm25s_n", type=int, default=200_000, help="0: no bm25s row")
     args = ap.parse_args()
     print(f"CPU: {cpu()}", flush=True)
     quality(args.work) if args.mode == "quality" else scale(args.work, args.n, args.bm25s_n)

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..common.options import InvalidValue, check_numbers
 from .fusion import fuse
+from .jvm import DEFAULT_HEAP
 
 MODES = ("dense", "bm25", "hybrid")
 ENGINES = ("auto", "bm25s", "lucene")
@@ -50,7 +51,7 @@ class SearchSpec:
     bm25_engine: str = "auto"
     bm25_k1: Optional[float] = None
     bm25_b: Optional[float] = None
-    bm25_heap: str = "2g"  # jvm.DEFAULT_HEAP
+    bm25_heap: str = DEFAULT_HEAP
     bm25_threads: int = 2
 
     def __post_init__(self):

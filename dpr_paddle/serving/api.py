@@ -21,6 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 from ..common.options import InvalidValue, number_problem
 from ..index.factory import IndexSpec
 from ..index.hnsw import DEFAULT_EF_CONSTRUCTION, DEFAULT_M
+from ..retrieval.jvm import DEFAULT_HEAP
 from ..retrieval.searcher import Searcher, SearchSpec
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class Retriever:
              index_spec: Optional[IndexSpec] = None, batch_size: int = 64, rerank_model: Optional[str] = None,
              rerank_depth: int = 20, rerank_batch_size: int = 32, rerank_alpha: float = 0.0,
              bm25_engine: str = "auto", bm25_k1: Optional[float] = None, bm25_b: Optional[float] = None,
-             bm25_heap: str = "2g", bm25_threads: int = 2, **tower_fields) -> "Retriever":
+             bm25_heap: str = DEFAULT_HEAP, bm25_threads: int = 2, **tower_fields) -> "Retriever":
         """Load the model, index and passage store once. `model` is a checkpoint directory or an encoder
         name/dir (or give `question_encoder`/`context_encoder`); `index` the embedding shards; `passages`
         the TSV; `rerank_model` a reranker directory reading the top `rerank_depth`; `bm25_engine` bm25s | lucene |
