@@ -138,6 +138,13 @@ def test_bad_lucene_indexes_are_one_line(small, tmp_path):
     (tmp_path / "short" / "meta.json").write_text(json.dumps({**meta, "count": 299}), encoding="utf-8")
     one_line_error(retrieve("--ctx_file", ctx, "--bm25_engine", "lucene", "--bm25_index", tmp_path / "short"),
                    "half-copied")
+    # a folder of the user's own is never replaced by a build, on either engine
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me", encoding="utf-8")
+    for engine in ("lucene", "bm25s"):
+        one_line_error(retrieve("--ctx_file", ctx, "--bm25_engine", engine, "--bm25_index", tmp_path / "mine"),
+                       "holds other files and no BM25 index")
+    assert (tmp_path / "mine" / "notes.txt").read_text(encoding="utf-8") == "keep me"
     # a JVM that cannot start, a heap that is not one
     one_line_error(retrieve("--ctx_file", ctx, "--bm25_engine", "lucene", "--bm25_index", tmp_path / "n",
                             "--bm25_heap", "100000g"), "would not start", "Could not reserve enough space")

@@ -64,6 +64,16 @@ def default_index_path(ctx_file: str, analyzer: str = "en", k1: float = PARAMS["
     return os.path.join(cache_root(), "bm25", name)
 
 
+def check_new_index_dir(path: str) -> None:
+    """Refuse to build an index at `path` when something else is there: a build replaces the directory whole,
+    and `--bm25_index` pointed at a folder of the user's own must not delete it."""
+    if os.path.isdir(path) and os.listdir(path) and not os.path.isfile(os.path.join(path, "meta.json")):
+        raise BM25Error(f"--bm25_index {path}: a directory that holds other files and no BM25 index; give a new or "
+                        "empty directory")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise BM25Error(f"--bm25_index {path}: a file, not a directory; give a new or empty directory")
+
+
 def build_bytes(ctx_file: str) -> int:
     """Peak memory of a bm25s build over `ctx_file`, estimated from its size (a gzipped file is ~3x larger
     read)."""
@@ -111,6 +121,7 @@ class BM25Index:
         import bm25s
         from tqdm import tqdm
 
+        check_new_index_dir(path)
         check_fits(ctx_file)
         tokenizer = _tokenizer(analyzer)
         ids, token_ids = [], []

@@ -39,7 +39,7 @@ import numpy as np
 from ..common.files import atomic_dir, cache_root, file_fingerprint, process_lock, reading, same_file, write_json_atomic
 from ..data.passages import count_passages, iter_passage_chunks
 from . import analyzers, jvm
-from .bm25 import BM25Error
+from .bm25 import BM25Error, check_new_index_dir
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +181,7 @@ class LuceneIndex:
         indexing threads (Lucene analyses in Java, outside the GIL), atomically and under a process lock."""
         from ..index.shards import shard_range
 
+        check_new_index_dir(path)
         jvm.start(heap)
         with process_lock(os.path.abspath(path) + ".lock"):
             if os.path.isfile(os.path.join(path, "meta.json")):
