@@ -22,14 +22,13 @@ def main(argv=None) -> None:
     def body():
         from .common.errors import DprError
         from .flags import bm25_fields
-        from .retrieval.bm25 import corpus_analyzer
-        from .retrieval.searcher import SearchSpec, choose_engine, open_bm25
+        from .retrieval.searcher import SearchSpec, bm25_plan, open_bm25
 
         spec = SearchSpec(mode="bm25", **bm25_fields(args))
-        analyzer = corpus_analyzer(args.ctx_file, args.bm25_analyzer)
+        analyzer, engine = plan = bm25_plan(spec, args.ctx_file)
         if args.num_shards == 1:
-            index = open_bm25(spec, args.ctx_file)
-        elif choose_engine(spec, args.ctx_file, analyzer) != "lucene" or not args.bm25_index:
+            index = open_bm25(spec, args.ctx_file, plan)
+        elif engine != "lucene" or not args.bm25_index:
             raise DprError("--num_shards > 1 builds Lucene shards: give --bm25_engine lucene and --bm25_index (one "
                            "directory per shard)")
         else:

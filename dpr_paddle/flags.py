@@ -62,8 +62,7 @@ class BM25Args:
 
 def bm25_fields(args) -> dict:
     """SearchSpec's BM25 fields from BM25Args."""
-    return {name: getattr(args, name) for name in ("bm25_index", "bm25_analyzer", "bm25_engine", "bm25_k1", "bm25_b",
-                                                   "bm25_heap", "bm25_threads")}
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(BM25Args)}
 
 
 @dataclass

@@ -27,6 +27,7 @@ def main(argv=None) -> None:
     def body():
         from .data.readers import read_biencoder_records
         from .retrieval.mining import MiningError, check_gold_in_corpus, mine, records_from_qrels
+        from .retrieval.run import corpus_ids_of
         from .retrieval.searcher import Searcher, SearchSpec
 
         if bool(args.train_data_path) == bool(args.qa_file and args.qrels) or bool(args.qa_file) != bool(args.qrels):
@@ -42,12 +43,8 @@ def main(argv=None) -> None:
         searcher = Searcher.load(SearchSpec(mode=args.retriever, **bm25_fields(args)), args.ctx_file,
                                  tower_spec(args), args.encoded_ctx_file)
         if searcher.dense is not None:
-            corpus_ids = {i for s in searcher.dense.index.shards for i in s.ids}
             job["model_fingerprint"] = searcher.dense.index.shards[0].meta.get("model_fingerprint")
-        else:
-            corpus_ids = set(searcher.bm25.passage_ids())
-        check_gold_in_corpus(records, corpus_ids, source, args.ctx_file)
-        del corpus_ids
+        check_gold_in_corpus(records, corpus_ids_of(searcher), source, args.ctx_file)
         denoise = None
         if args.denoise_model:
             from .retrieval.rerank import Reranker

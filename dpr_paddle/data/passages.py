@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -244,6 +244,26 @@ def iter_passages(path: str, chunksize: int = 100_000) -> Iterator[Passage]:
     for ids, texts, titles in iter_passage_chunks(path, chunksize):
         for pid, text, title in zip(ids, texts, titles):
             yield Passage(text=text, title=title, id=pid)
+
+
+def iter_range(ctx_file: str, start: int, end: Optional[int], block: int) -> Iterator[Tuple[int, List[Passage]]]:
+    """Stream passages [start, end) of a corpus (`end` None: to its end) in blocks of `block`, as (block index,
+    passages): a shard's rows, for encoding and for a Lucene shard."""
+    end = float("inf") if end is None else end
+    pos, buf, b = 0, [], 0
+    for ids, texts, titles in iter_passage_chunks(ctx_file, chunksize=max(block, 10_000)):
+        n = len(ids)
+        lo, hi = max(start - pos, 0), min(end - pos, n)
+        for i in range(lo, hi):
+            buf.append(Passage(text=texts[i], title=titles[i], id=ids[i]))
+            if len(buf) == block:
+                yield b, buf
+                b, buf = b + 1, []
+        pos += n
+        if pos >= end:
+            break
+    if buf:
+        yield b, buf
 
 
 def count_passages(path: str) -> int:

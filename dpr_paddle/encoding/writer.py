@@ -9,35 +9,17 @@ import logging
 import os
 import shutil
 import time
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 
 from ..common.files import atomic_path, file_fingerprint
 from ..common.jobs import open_job_dir
-from ..data.passages import count_passages, iter_passage_chunks
+from ..data.passages import count_passages, iter_range
 from ..data.readers import Passage
 from ..index.shards import FORMAT, EmbeddingError, assemble_shard, check_same_job, read_meta, shard_path, shard_range
 
 logger = logging.getLogger(__name__)
-
-
-def iter_range(ctx_file: str, start: int, end: int, block: int) -> Iterator[Tuple[int, List[Passage]]]:
-    """Stream passages [start, end) of a TSV in blocks of `block`, as (block index, passages)."""
-    pos, buf, b = 0, [], 0
-    for ids, texts, titles in iter_passage_chunks(ctx_file, chunksize=max(block, 10_000)):
-        n = len(ids)
-        lo, hi = max(start - pos, 0), min(end - pos, n)
-        for i in range(lo, hi):
-            buf.append(Passage(text=texts[i], title=titles[i], id=ids[i]))
-            if len(buf) == block:
-                yield b, buf
-                b, buf = b + 1, []
-        pos += n
-        if pos >= end:
-            break
-    if buf:
-        yield b, buf
 
 
 def tokenize_passages(tensorizer, passages: List[Passage]):

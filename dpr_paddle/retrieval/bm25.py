@@ -93,12 +93,32 @@ def check_fits(ctx_file: str) -> None:
                         f"with a small Java heap), or build on a machine with ~{plan.needed / GB:.0f} GB")
 
 
+def document_text(text: str, title: str) -> str:
+    """What BM25 indexes of a passage, on either engine: "title text" (as DPR's and pyserini's baselines)."""
+    return f"{title} {text}" if title else text
+
+
+def check_source(path: str, meta: dict, ctx_file: Optional[str], analyzer: Optional[str]) -> None:
+    """Refuse, in one line, an index (either engine's meta.json) built from another corpus than what `ctx_file`
+    holds now, or with another analyzer than `analyzer` (resolved); None skips that check."""
+    if ctx_file is not None and not same_file(meta.get("corpus"), ctx_file):
+        have, want = meta.get("corpus") or {}, file_fingerprint(ctx_file)
+        raise BM25Error(f"{path}: this BM25 index was built from {have.get('path')} ({have.get('size')} bytes, "
+                        f"sha1 {str(have.get('sha1'))[:12]}), not from what {want['path']} holds now "
+                        f"({want['size']} bytes, sha1 {want['sha1'][:12]}); pass another --bm25_index or delete "
+                        "it to rebuild")
+    built_with = meta.get("params", {}).get("analyzer", "en")  # indexes made before analyzers were English
+    if analyzer is not None and built_with != analyzer:
+        raise BM25Error(f"{path}: this BM25 index was built with the {built_with} analyzer, not {analyzer}; pass "
+                        f"--bm25_analyzer {built_with}, or another --bm25_index, or delete it to rebuild")
+
+
 def corpus_analyzer(ctx_file: str, analyzer: str) -> str:
     """`analyzer` resolved for `ctx_file` (`auto` reads the corpus's first passages)."""
     if analyzers.check_name(analyzer) != "auto":
         return analyzer
     ids, texts, titles = next(iter_passage_chunks(ctx_file, analyzers.AUTO_SAMPLE), ([], [], []))
-    chosen = analyzers.resolve("auto", (f"{title} {text}" for text, title in zip(texts, titles)))
+    chosen = analyzers.resolve("auto", (document_text(text, title) for text, title in zip(texts, titles)))
     logger.info("bm25 analyzer auto -> %s (CJK share of %s's first %d passages)", chosen, ctx_file, len(ids))
     return chosen
 
@@ -127,7 +147,7 @@ class BM25Index:
         ids, token_ids = [], []
         with tqdm(desc="bm25 tokenize", unit="psg", dynamic_ncols=True) as bar:
             for chunk_ids, texts, titles in iter_passage_chunks(ctx_file, chunksize):
-                docs = [f"{title} {text}" if title else text for text, title in zip(texts, titles)]
+                docs = [document_text(text, title) for text, title in zip(texts, titles)]
                 token_ids += tokenizer.tokenize(docs, update_vocab=True, return_as="ids", show_progress=False)
                 ids += chunk_ids
                 bar.update(len(chunk_ids))
@@ -166,16 +186,7 @@ class BM25Index:
             raise BM25Error(f"{path}: this bm25s index was built with k1 {built[0]}, b {built[1]} (bm25s bakes them "
                             f"into its scores), not k1 {k1}, b {b}; pass those, another --bm25_index, or delete it "
                             "to rebuild")
-        if ctx_file is not None and not same_file(meta.get("corpus"), ctx_file):
-            have, want = meta.get("corpus") or {}, file_fingerprint(ctx_file)
-            raise BM25Error(f"{path}: this BM25 index was built from {have.get('path')} ({have.get('size')} bytes, "
-                            f"sha1 {str(have.get('sha1'))[:12]}), not from what {want['path']} holds now "
-                            f"({want['size']} bytes, sha1 {want['sha1'][:12]}); pass another --bm25_index or delete "
-                            "it to rebuild")
-        built_with = meta.get("params", {}).get("analyzer", "en")
-        if analyzer is not None and built_with != analyzer:
-            raise BM25Error(f"{path}: this BM25 index was built with the {built_with} analyzer, not {analyzer}; pass "
-                            f"--bm25_analyzer {built_with}, or another --bm25_index, or delete it to rebuild")
+        check_source(path, meta, ctx_file, analyzer)
         with reading(path, "BM25 index", fix):
             retriever = bm25s.BM25.load(path, mmap=True, show_progress=False, verbosity=0)
             with open(os.path.join(path, "ids.txt"), encoding="utf-8") as f:

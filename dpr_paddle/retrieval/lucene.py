@@ -36,10 +36,10 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..common.files import atomic_dir, cache_root, file_fingerprint, process_lock, reading, same_file, write_json_atomic
-from ..data.passages import count_passages, iter_passage_chunks
+from ..common.files import atomic_dir, cache_root, file_fingerprint, process_lock, reading, write_json_atomic
+from ..data.passages import count_passages, iter_range
 from . import analyzers, jvm
-from .bm25 import BM25Error, check_new_index_dir
+from .bm25 import BM25Error, check_new_index_dir, check_source, document_text
 
 logger = logging.getLogger(__name__)
 
@@ -108,18 +108,20 @@ def read_meta(path: str) -> dict:
     return meta
 
 
+def holds_index(path: str) -> bool:
+    """Whether `path` holds a Lucene index of ours (its meta.json says so); damage is named by `read_meta`."""
+    try:
+        with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+            return json.load(f).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _check_shards(paths: List[str], metas: List[dict], ctx_file: Optional[str], analyzer: Optional[str]) -> None:
     """Shards searched together must be one corpus, one analyzer, and every shard exactly once."""
     first = metas[0]
     for path, meta in zip(paths, metas):
-        if ctx_file is not None and not same_file(meta["corpus"], ctx_file):
-            have = meta["corpus"]
-            raise BM25Error(f"{path}: this Lucene index was built from {have.get('path')} ({have.get('size')} bytes, "
-                            f"sha1 {str(have.get('sha1'))[:12]}), not from what {ctx_file} holds now; pass another "
-                            "--bm25_index or delete it to rebuild")
-        if analyzer is not None and meta["params"]["analyzer"] != analyzer:
-            raise BM25Error(f"{path}: this Lucene index was built with the {meta['params']['analyzer']} analyzer, not "
-                            f"{analyzer}; pass --bm25_analyzer {meta['params']['analyzer']}, or another --bm25_index")
+        check_source(path, meta, ctx_file, analyzer)
         if meta["corpus"].get("sha1") != first["corpus"].get("sha1") or meta["params"] != first["params"]:
             raise BM25Error(f"{path} and {paths[0]}: shards of different corpora or analyzers cannot be searched "
                             "together")
@@ -162,9 +164,10 @@ class LuceneIndex:
                 "org.apache.lucene.search.SortField", "org.apache.lucene.search.SortField$Type",
                 "io.anserini.search.query.BagOfWordsQueryGenerator", "io.anserini.search.ScoredDocs")
         readers = [reader_cls.open(directory.open(paths_cls.get(p))) for p in self.paths]
-        if sum(r.numDocs() for r in readers) != self._count:
-            raise BM25Error(f"{', '.join(self.paths)}: Lucene holds {sum(r.numDocs() for r in readers)} passages, its "
-                            f"meta.json says {self._count}; a damaged or half-copied index: delete it to rebuild")
+        held = sum(r.numDocs() for r in readers)
+        if held != self._count:
+            raise BM25Error(f"{', '.join(self.paths)}: Lucene holds {held} passages, its meta.json says {self._count}; "
+                            "a damaged or half-copied index: delete it to rebuild")
         many = "([Lorg/apache/lucene/index/IndexReader;)V"  # MultiReader(IndexReader...): pyjnius needs the signature
         reader = readers[0] if len(readers) == 1 else multi(*readers, signature=many)
         searcher = searcher_cls(reader, signature="(Lorg/apache/lucene/index/IndexReader;)V")
@@ -313,20 +316,14 @@ def _write_index(tmp: str, ctx_file: str, analyzer: str, start: int, end: Option
                 local.text.setStringValue(text)
                 writer.addDocument(local.doc)
 
-        count, row = 0, 0
+        count = 0
         with open(os.path.join(tmp, "ids.txt"), "w", encoding="utf-8") as ids_out, \
                 ThreadPoolExecutor(max(1, threads)) as pool, \
                 tqdm(desc="lucene index", unit="psg", dynamic_ncols=True, total=(end - start) if end else None) as bar:
-            for ids, texts, titles in iter_passage_chunks(ctx_file, 20_000):
-                lo, hi = max(start - row, 0), len(ids) if end is None else min(end - row, len(ids))
-                row += len(ids)
-                if hi <= lo:
-                    if end is not None and row >= end:
-                        break
-                    continue
+            for _, passages in iter_range(ctx_file, start, end, 20_000):
                 # Python's share (jieba for zh) runs here: it holds the GIL, and jieba is not thread-safe
                 # (analyzers.zh_terms locks it); the threads only call Lucene, which releases the GIL
-                docs = [(ids[i], prepare(f"{titles[i]} {texts[i]}" if titles[i] else texts[i])) for i in range(lo, hi)]
+                docs = [(p.id, prepare(document_text(p.text, p.title))) for p in passages]
                 step = -(-len(docs) // max(1, threads))
                 try:
                     list(pool.map(add, [docs[i : i + step] for i in range(0, len(docs), step)]))

@@ -186,9 +186,9 @@ def choose_engine(spec: SearchSpec, ctx_file: str, analyzer: str) -> str:
     candidates = [spec.bm25_index] if spec.bm25_index else [bm25.default_index_path(ctx_file, analyzer),
                                                             lucene.default_index_path(ctx_file, analyzer)]
     for path in candidates:
-        metas = [os.path.join(d, "meta.json") for d in lucene.index_dirs(path)]
-        if metas and all(os.path.isfile(m) for m in metas):
-            engine = "lucene" if all(_is_lucene(m) for m in metas) else "bm25s"
+        dirs = lucene.index_dirs(path)
+        if dirs and all(os.path.isfile(os.path.join(d, "meta.json")) for d in dirs):
+            engine = "lucene" if all(lucene.holds_index(d) for d in dirs) else "bm25s"
             log.info("bm25 engine auto -> %s (the index at %s)", engine, path)
             return engine
     try:
@@ -199,22 +199,22 @@ def choose_engine(spec: SearchSpec, ctx_file: str, analyzer: str) -> str:
     return "bm25s"
 
 
-def _is_lucene(meta_file: str) -> bool:
-    import json
-
-    try:
-        with open(meta_file, encoding="utf-8") as f:
-            return json.load(f).get("format", "").startswith("dpr_paddle.lucene")
-    except (OSError, ValueError, AttributeError):
-        return False  # the engine's own load names the damage
-
-
-def open_bm25(spec: SearchSpec, ctx_file: str):
-    """The BM25 index of `ctx_file` that `spec` names (built once, then reused), on its engine."""
-    from .bm25 import BM25Index, corpus_analyzer
+def bm25_plan(spec: SearchSpec, ctx_file: str) -> Tuple[str, str]:
+    """(analyzer, engine) that `spec` means for `ctx_file`, `auto` resolved for both (each reads the corpus or
+    the disk and logs its choice, so callers resolve once and hand the plan to `open_bm25`)."""
+    from .bm25 import corpus_analyzer
 
     analyzer = corpus_analyzer(ctx_file, spec.bm25_analyzer)
-    if choose_engine(spec, ctx_file, analyzer) == "bm25s":
+    return analyzer, choose_engine(spec, ctx_file, analyzer)
+
+
+def open_bm25(spec: SearchSpec, ctx_file: str, plan: Optional[Tuple[str, str]] = None):
+    """The BM25 index of `ctx_file` that `spec` names (built once, then reused), on its engine; `plan` is
+    `bm25_plan`'s answer when the caller already has it."""
+    from .bm25 import BM25Index
+
+    analyzer, engine = plan or bm25_plan(spec, ctx_file)
+    if engine == "bm25s":
         return BM25Index.open(ctx_file, spec.bm25_index, analyzer, spec.bm25_k1, spec.bm25_b)
     from .lucene import DEFAULT_B, DEFAULT_K1, LuceneIndex
 
@@ -235,10 +235,9 @@ def preload(spec: SearchSpec, ctx_file: str, shards: Optional[str], index_spec=N
     if spec.mode != "bm25" and index_spec.kind != "milvus":
         parts["index"] = DenseIndex(shards, index_spec)
     if spec.mode != "dense":
-        from .bm25 import corpus_analyzer
-
         # Lucene's JVM must not cross the fork: each process opens the index itself (the first builds it while
         # the others wait on its lock)
-        if choose_engine(spec, ctx_file, corpus_analyzer(ctx_file, spec.bm25_analyzer)) == "bm25s":
-            parts["bm25"] = open_bm25(spec, ctx_file)
+        plan = bm25_plan(spec, ctx_file)
+        if plan[1] == "bm25s":
+            parts["bm25"] = open_bm25(spec, ctx_file, plan)
     return parts
