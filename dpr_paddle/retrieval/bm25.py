@@ -81,12 +81,19 @@ def build_bytes(ctx_file: str) -> int:
     return size * BUILD_BYTES_PER_CORPUS_BYTE
 
 
+def memory_plan(ctx_file: str):
+    """The MemoryPlan of a bm25s build of `ctx_file` (not logged: `check_fits` logs it once, when it builds)."""
+    from ..index.factory import MemoryPlan, available_memory
+
+    return MemoryPlan("bm25s", build_bytes(ctx_file), available_memory(),
+                      f"every passage's terms in memory while indexing {os.path.basename(ctx_file)}", [])
+
+
 def check_fits(ctx_file: str) -> None:
     """Refuse, in one line naming the Lucene engine, a bm25s build that would not fit in memory."""
-    from ..index.factory import GB, MemoryPlan, available_memory
+    from ..index.factory import GB
 
-    plan = MemoryPlan("bm25s", build_bytes(ctx_file), available_memory(),
-                      f"every passage's terms in memory while indexing {os.path.basename(ctx_file)}", [])
+    plan = memory_plan(ctx_file)
     logger.info(plan.line())
     if not plan.fits:
         raise BM25Error(f"{plan.line()}: bm25s would not fit; use --bm25_engine lucene (an on-disk index searched "

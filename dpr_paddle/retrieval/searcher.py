@@ -191,10 +191,9 @@ def choose_engine(spec: SearchSpec, ctx_file: str, analyzer: str) -> str:
             engine = "lucene" if all(lucene.holds_index(d) for d in dirs) else "bm25s"
             log.info("bm25 engine auto -> %s (the index at %s)", engine, path)
             return engine
-    try:
-        bm25.check_fits(ctx_file)
-    except bm25.BM25Error:
-        log.info("bm25 engine auto -> lucene (a bm25s build of %s would not fit in memory)", ctx_file)
+    plan = bm25.memory_plan(ctx_file)
+    if not plan.fits:
+        log.info("bm25 engine auto -> lucene (%s: a bm25s build would not fit)", plan.line())
         return "lucene"
     return "bm25s"
 
