@@ -8,6 +8,13 @@ from typing import Iterable, Sequence
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from dpr_paddle.common.runtime import host_line  # noqa: E402
+
+HOST = host_line()
+if not os.environ.get("DPR_BENCH_HOST_SHOWN"):  # once per run, not again in the runs' child processes
+    os.environ["DPR_BENCH_HOST_SHOWN"] = "1"
+    print(f"host: {HOST}", file=sys.stderr)
+
 # MiniLM-L6-H384 forward per token: 6 x (4*384^2 + 2*384*1536) MACs x 2, plus attention at L=128
 FWD_FLOP_PER_TOKEN = 22.4e6
 
@@ -35,7 +42,7 @@ def save_results(path: str, rows: list, **extra) -> None:
     """Write the rows, the command line and any extra fields to `path` as JSON, atomically."""
     from dpr_paddle.common.files import write_json_atomic
 
-    write_json_atomic(path, {**extra, "rows": rows, "argv": sys.argv[1:]})
+    write_json_atomic(path, {**extra, "host": HOST, "rows": rows, "argv": sys.argv[1:]})
 
 
 def start_milvus(base_dir: str):

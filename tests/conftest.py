@@ -6,6 +6,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The fused CPU kernels run in every test that trains, whatever this host's measured choice (fused_cpu.use_fused):
+# the exactness tests must cover them on every CPU. Their choice is tested on its own (test_fused_cpu.py).
+os.environ.setdefault("DPR_PADDLE_FUSED", "1")
 SHARED = os.environ.get("DPR_PADDLE_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
 
 

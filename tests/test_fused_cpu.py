@@ -13,6 +13,7 @@ import paddle.nn.functional as F
 import pytest
 
 from conftest import ROOT
+from dpr_paddle.common.runtime import cpu_info
 from dpr_paddle.modeling import fused_cpu
 
 
@@ -149,3 +150,54 @@ def test_without_a_compiler_the_eager_kernels_run():
                           env=dict(os.environ, PATH="/nonexistent", CXX="/nonexistent/g++"), timeout=300)
     assert proc.returncode == 0 and "ops None" in proc.stdout
     assert proc.stderr.count("no C++ compiler: fused CPU training kernels are off") == 1
+
+
+def test_the_faster_path_is_measured_once_per_cpu_and_forced_by_the_switch(ops, tmp_path):
+    """Unforced, the first training encoder on a machine times fused against eager once, runs the faster,
+    logs one line and caches the choice beside the build; a second process reads it without measuring;
+    measuring leaves Paddle's random state as it was; DPR_PADDLE_FUSED=1 or 0 forces either, unmeasured."""
+    import glob
+    import json
+    import shutil
+
+    build = fused_cpu._state["build_dir"]
+    home = tmp_path / "home"
+    shutil.copytree(build, home / "ops" / os.path.basename(build),  # the built kernels, without any cached choice
+                    ignore=shutil.ignore_patterns("choice-*"))
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO)\n"
+            "import paddle\nfrom dpr_paddle.modeling import fast_cpu, fused_cpu\n"
+            "paddle.seed(7)\n"
+            "layer = paddle.nn.TransformerEncoderLayer(64, 4, 128, dropout=0.1, activation='gelu')\n"
+            "fused_cpu.speed_up(fast_cpu.speed_up(layer))\n"
+            "print('fused', 'forward' in vars(layer), 'draw', paddle.rand([1]).item())\n")
+    env = {k: v for k, v in os.environ.items() if k != "DPR_PADDLE_FUSED"}
+
+    def run(**extra):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                              env=dict(env, DPR_PADDLE_HOME=str(home), **extra))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = proc.stdout.split()
+        return out[1] == "True", float(out[3]), proc.stderr
+
+    fused, draw, err = run()
+    assert err.count("per layer step") == 1 and "measured once, cached in" in err
+    [cached] = glob.glob(str(home / "ops" / "*" / "choice-*.json"))
+    choice = json.load(open(cached))
+    assert choice["fused"] == fused == (choice["fused_ms"] < choice["eager_ms"]) and choice["shape"] == [64, 4, 128]
+    assert choice["vector"] == fused_cpu.vector_width() and choice["cpu"] == cpu_info()[0]
+    again, draw_again, err = run()
+    assert again == fused and "per layer step" not in err  # read, not measured again
+    forced_on, draw_on, err_on = run(DPR_PADDLE_FUSED="1")
+    forced_off, draw_off, err_off = run(DPR_PADDLE_FUSED="0")
+    assert forced_on and not forced_off and "per layer step" not in err_on + err_off
+    assert draw == draw_again == draw_on == draw_off  # measuring drew nothing from Paddle's generator
+
+
+def test_the_kernels_are_built_for_this_cpu():
+    """AVX-512 where the CPU has it, else AVX2: the instruction set is in the build's hash (never loaded on a
+    CPU without it)."""
+    flags = cpu_info()[1]
+    want = "AVX-512" if all(f in flags for f in fused_cpu.AVX512) else "AVX2" if {"avx2", "fma"} <= flags else "baseline"
+    assert fused_cpu.vector_width() == want
+    assert ("-mavx512f" in fused_cpu.cflags()) == (want == "AVX-512")
+    assert ("-mavx2" in fused_cpu.cflags()) == (want != "baseline")

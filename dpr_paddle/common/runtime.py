@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Optional
+from typing import Optional, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,37 @@ def cpu_threads() -> int:
     """Threads for a CPU inference engine: OMP_NUM_THREADS (which `cpu_defaults` sets to the usable
     cores unless the user did), else the CPU count."""
     return int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+
+
+def cpu_info() -> Tuple[str, frozenset]:
+    """(model name, instruction-set flags) of this machine's CPU, from /proc/cpuinfo (the platform's name and
+    no flags elsewhere)."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), frozenset()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="ignore") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = frozenset(value.split())
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                "amx_bf16", "amx_int8")
+
+
+def host_line() -> str:
+    """This machine in one line for benchmark tables: CPU model, its vector extensions, usable cores."""
+    model, flags = cpu_info()
+    vector = " ".join(f for f in VECTOR_FLAGS if f in flags) or "no AVX2"
+    return f"{model}; {vector}; {usable_cores()} cores"
 
 
 def _is_amd_cpu() -> bool:

@@ -13,41 +13,76 @@ Dropout masks come from one seed per call drawn from Paddle's CPU generator, so 
 the gradient cache's RNG replay decide them: the dropout-on bit-for-bit tests hold with these
 kernels on. They are not Paddle's (or fast_cpu's) masks.
 
-Built once with `paddle.utils.cpp_extension` (g++, -O3 -mavx2 -mfma -fopenmp) into
-DPR_PADDLE_HOME/ops/fused-<hash of the source, Paddle's version and the flags>, on first use; a machine
-without a compiler (or a failed build) runs the eager path, saying so in one log line.
-`DPR_PADDLE_FUSED=0` turns them off. Only training on CPU in float32 uses them: evaluation,
-export and accelerators run Paddle's own layers (on a GPU, Paddle's fused kernels are the right ones).
+Built once with `paddle.utils.cpp_extension` (g++ -O3 -fopenmp, for the vector width of the CPU that runs
+them: AVX-512 where the CPU has it, else AVX2 + FMA) into DPR_PADDLE_HOME/ops/fused-<hash of the source,
+Paddle's version and the flags>, on first use; the instruction set is in the hash, so a build is never
+loaded on a CPU that lacks its instructions. A machine without a compiler (or a failed build) runs the
+eager path, saying so in one log line.
+
+Whether they run is measured, once per CPU model and layer shape (`use_fused`): one training layer step
+(forward + backward, dropout on, a quarter of the tokens padding) is timed fused and eager, and the faster
+runs, so the project is never slower than its own eager path on any CPU. The choice is cached beside the
+build and logged in one line. `DPR_PADDLE_FUSED=1` or `=0` forces either. Only training on CPU in float32
+uses them: evaluation, export and accelerators run Paddle's own layers (on a GPU, Paddle's fused kernels are
+the right ones).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import os
 import shutil
 import subprocess
+import statistics
 import sys
+import time
 import types
 import warnings
+from typing import Tuple
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from ..common.runtime import cpu_info
+
 logger = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_ops.cc")
-CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
 _SEED_HIGH = 2**31 - 1
-_state = {"tried": False, "ops": None}
+_state = {"tried": False, "ops": None, "build_dir": None, "choices": {}}
 counts = {"fused_layers": 0}  # layer forwards that ran fused (tests check the kernels really ran)
 
 
 def enabled() -> bool:
     """Whether the fused kernels may be used (DPR_PADDLE_FUSED is not 0)."""
     return os.environ.get("DPR_PADDLE_FUSED") != "0"
+
+
+AVX512 = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
+
+
+def cflags() -> list:
+    """The compiler flags for this CPU: its widest vector extension that the kernels use (AVX-512, else
+    AVX2 + FMA, else the compiler's baseline)."""
+    flags = cpu_info()[1]
+    if all(f in flags for f in AVX512):
+        # g++ prefers 256-bit vectors on AVX-512 cores unless told otherwise
+        vector = ["-mavx2", "-mfma"] + [f"-m{f}" for f in AVX512] + ["-mprefer-vector-width=512"]
+    elif "avx2" in flags and "fma" in flags:
+        vector = ["-mavx2", "-mfma"]
+    else:
+        vector = []
+    return ["-O3", "-fopenmp"] + vector
+
+
+def vector_width() -> str:
+    """The instruction set the kernels are built for on this CPU, for log lines and benchmarks."""
+    flags = cflags()
+    return "AVX-512" if "-mavx512f" in flags else "AVX2" if "-mavx2" in flags else "baseline"
 
 
 def ops():
@@ -67,12 +102,13 @@ def ops():
 def _build():
     from ..common.files import cache_root, process_lock
 
-    flags = CFLAGS + openmp_ldflags()
+    flags = cflags() + openmp_ldflags()
     with open(SOURCE, "rb") as f:
         digest = hashlib.sha1(f.read() + paddle.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]
     name = f"dpr_fused_{digest}"
     build_dir = os.path.join(cache_root(), "ops", f"fused-{digest}")
     os.makedirs(build_dir, exist_ok=True)
+    _state["build_dir"] = build_dir
     try:
         with process_lock(build_dir + ".lock"):  # processes starting at once build once
             if not os.path.exists(os.path.join(build_dir, name, name + ".so")):
@@ -88,9 +124,9 @@ def _build():
 def _compile(name: str, build_dir: str) -> None:
     """paddle.utils.cpp_extension.load in a child process whose output is kept: its compiler runs in a
     further process that imports Paddle, whose warnings would otherwise reach the user's console."""
-    logger.info("building the fused CPU training kernels (once; cached in %s)", build_dir)
+    logger.info("building the fused CPU training kernels for %s (once; cached in %s)", vector_width(), build_dir)
     code = ("from paddle.utils.cpp_extension import load\n"
-            f"load(name={name!r}, sources=[{SOURCE!r}], extra_cxx_cflags={CFLAGS!r}, "
+            f"load(name={name!r}, sources=[{SOURCE!r}], extra_cxx_cflags={cflags()!r}, "
             f"extra_ldflags={openmp_ldflags()!r}, build_directory={build_dir!r}, verbose=False)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode:
@@ -186,12 +222,83 @@ def _layer_forward(self, src, src_mask=None, cache=None, output_attentions=False
                                     self.norm2, self.dropout2.p)
 
 
+def use_fused(layer: nn.TransformerEncoderLayer) -> bool:
+    """Whether layers shaped like `layer` train faster fused than eager on this CPU: DPR_PADDLE_FUSED=1|0
+    forces the answer; otherwise it is measured once per CPU model, instruction set and layer shape, cached
+    beside the build and logged in one line."""
+    forced = os.environ.get("DPR_PADDLE_FUSED")
+    if forced == "0" or ops() is None:
+        return False
+    if forced == "1":
+        return True
+    shape = (layer.self_attn.embed_dim, layer.self_attn.num_heads, layer.linear1.weight.shape[1])
+    if shape not in _state["choices"]:
+        _state["choices"][shape] = _measured_choice(shape)
+    return _state["choices"][shape]
+
+
+def _measured_choice(shape: Tuple[int, int, int]) -> bool:
+    from ..common.files import process_lock, write_json_atomic
+
+    model, _ = cpu_info()
+    key = hashlib.sha1(f"{model}|{' '.join(cflags())}|{shape}".encode()).hexdigest()[:12]
+    path = os.path.join(_state["build_dir"], f"choice-{key}.json")
+    with process_lock(path + ".lock"):  # processes starting at once measure once
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                return bool(json.load(f)["fused"])
+        fused_ms, eager_ms = (1000 * t for t in _time_layer_step(*shape))
+        choice = {"fused": fused_ms < eager_ms, "fused_ms": round(fused_ms, 2), "eager_ms": round(eager_ms, 2),
+                  "cpu": model, "vector": vector_width(), "shape": list(shape)}
+        write_json_atomic(path, choice)
+    logger.info("fused CPU training kernels (%s): %.1f ms against %.1f ms eager per layer step on %s; %s run "
+                "(measured once, cached in %s; DPR_PADDLE_FUSED=1 or 0 forces)", vector_width(), fused_ms,
+                eager_ms, model, "they" if choice["fused"] else "Paddle's eager kernels", path)
+    return choice["fused"]
+
+
+def _time_layer_step(hidden: int, heads: int, ffn: int, batch: int = 8, length: int = 128, repeats: int = 5):
+    """(fused, eager) seconds of one training step of a fresh layer of this shape: forward + backward, dropout
+    0.1, a quarter of each sequence padding (median of `repeats`, alternated). Paddle's random state is put
+    back afterwards, so measuring changes no training run's masks or weights."""
+    from . import fast_cpu
+
+    rng_state = paddle.get_rng_state()
+    try:
+        layer = fast_cpu.speed_up(nn.TransformerEncoderLayer(hidden, heads, ffn, dropout=0.1, activation="gelu",
+                                                             attn_dropout=0.1, act_dropout=0.0))
+        layer.train()
+        x = paddle.randn([batch, length, hidden])
+        x.stop_gradient = False
+        mask = paddle.zeros([batch, 1, 1, length])
+        mask[:, :, :, length - length // 4:] = -1e4  # padding, as BERT's additive attention mask has it
+
+        def step(forward):
+            start = time.perf_counter()
+            forward(layer, x, mask).sum().backward()
+            x.clear_gradient()
+            layer.clear_gradients()
+            return time.perf_counter() - start
+
+        paths = (_layer_forward, nn.TransformerEncoderLayer.forward)
+        for forward in paths:
+            step(forward)  # warm-up: first calls allocate and create OpenMP threads
+        times = [[], []]
+        for _ in range(repeats):
+            for i, forward in enumerate(paths):
+                times[i].append(step(forward))
+        return statistics.median(times[0]), statistics.median(times[1])
+    finally:
+        paddle.set_rng_state(rng_state)
+
+
 def speed_up(encoder: nn.Layer) -> nn.Layer:
     """Route the training forward of each `nn.TransformerEncoderLayer` in `encoder` through the fused
-    kernels (in place; returns it). A no-op when they are off or cannot be built."""
+    kernels (in place; returns it) where `use_fused` says they are faster here. A no-op when they are off
+    or cannot be built."""
     if not enabled() or ops() is None:
         return encoder
     for layer in encoder.sublayers(include_self=True):
-        if type(layer) is nn.TransformerEncoderLayer and "forward" not in vars(layer):
+        if type(layer) is nn.TransformerEncoderLayer and "forward" not in vars(layer) and use_fused(layer):
             layer.forward = types.MethodType(_layer_forward, layer)
     return encoder

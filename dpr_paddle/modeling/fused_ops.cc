@@ -7,6 +7,7 @@
 // caller from Paddle's generator, so paddle.seed and the gradient cache's RNG replay decide the masks,
 // and the masks do not depend on how rows are split over threads.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -44,8 +45,13 @@ inline uint32_t drop_threshold(float p) {  // an element is kept when its bits a
   return t >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<uint32_t>(t);
 }
 
-inline float fast_exp(float x) {  // Cephes expf: relative error ~1e-7 on [-87, 88]
-  x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+// Cephes expf: relative error ~1e-7 on [-87, 88]. Below -87.3 (where expf leaves the normal range) it returns
+// exactly 0, as Paddle's softmax does for masked positions: clamped to the smallest normal instead, a masked
+// position's probability became a denormal after normalising, and every GEMM and FMA that read it took the
+// CPU's denormal assist (~100x slower per operation on Intel cores; AMD's Zen has no such penalty).
+inline float fast_exp(float x) {
+  const bool under = x < -87.3f;
+  x = under ? -87.3f : (x > 88.7f ? 88.7f : x);
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   float q = 1.9875691500e-4f;
@@ -57,7 +63,7 @@ inline float fast_exp(float x) {  // Cephes expf: relative error ~1e-7 on [-87, 
   q = q * r * r + r + 1.f;
   union { int32_t i; float f; } scale;
   scale.i = (static_cast<int32_t>(n) + 127) << 23;
-  return q * scale.f;
+  return under ? 0.f : q * scale.f;
 }
 
 inline float fast_erf(float x) {  // Abramowitz & Stegun 7.1.26
@@ -80,21 +86,6 @@ void check_float(const paddle::Tensor& t, const char* name) {
   PD_CHECK(t.dtype() == paddle::DataType::FLOAT32, name, " must be float32");
 }
 
-// Per-thread partial sums of [H] columns, added at the end (bias and LayerNorm weight gradients).
-struct ColumnSums {
-  int64_t h;
-  std::vector<float> parts;
-  ColumnSums(int64_t h_, int threads) : h(h_), parts(static_cast<size_t>(h_) * threads, 0.f) {}
-  float* of(int thread) { return parts.data() + static_cast<size_t>(thread) * h; }
-  void into(float* out, int threads) const {
-    for (int64_t j = 0; j < h; ++j) {
-      float s = 0.f;
-      for (int t = 0; t < threads; ++t) s += parts[static_cast<size_t>(t) * h + j];
-      out[j] = s;
-    }
-  }
-};
-
 int thread_count() {
 #ifdef _OPENMP
   return omp_get_max_threads();
@@ -109,6 +100,26 @@ int thread_id() {
 #else
   return 0;
 #endif
+}
+
+// body(r, acc) for every row r in [0, n), rows spread over OpenMP threads, where acc[w] is the calling thread's
+// partial sum of w columns (bias and LayerNorm weight gradients: column sums over rows). The partial sums are
+// added in thread order into out[w] at the end, so a result does not depend on which thread ran first.
+template <typename Body>
+void rows_with_column_sums(int64_t n, int64_t w, float* out, Body body) {
+  const int threads = thread_count();
+  std::vector<float> parts(static_cast<size_t>(w) * threads, 0.f);
+#pragma omp parallel
+  {
+    float* acc = parts.data() + static_cast<size_t>(thread_id()) * w;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < n; ++r) body(r, acc);
+  }
+  for (int64_t j = 0; j < w; ++j) {
+    float sum = 0.f;
+    for (int t = 0; t < threads; ++t) sum += parts[static_cast<size_t>(t) * w + j];
+    out[j] = sum;
+  }
 }
 
 }  // namespace
@@ -145,27 +156,19 @@ std::vector<paddle::Tensor> BiasGeluBackward(const paddle::Tensor& x, const padd
   const float* bp = bias.data<float>();
   const float* gp = grad_out.data<float>();
   float* gxp = gx.data<float>();
-  const int threads = thread_count();
-  ColumnSums sums(h, threads);
-#pragma omp parallel
-  {
-    float* __restrict acc = sums.of(thread_id());
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < n; ++r) {
-      const float* __restrict xr = xp + r * h;
-      const float* __restrict gr = gp + r * h;
-      float* __restrict dr = gxp + r * h;
+  rows_with_column_sums(n, h, gb.data<float>(), [&](int64_t r, float* __restrict acc) {
+    const float* __restrict xr = xp + r * h;
+    const float* __restrict gr = gp + r * h;
+    float* __restrict dr = gxp + r * h;
 #pragma omp simd
-      for (int64_t j = 0; j < h; ++j) {
-        const float z = xr[j] + bp[j];
-        const float cdf = 0.5f * (1.f + fast_erf(z * kInvSqrt2));
-        const float d = gr[j] * (cdf + z * kInvSqrt2Pi * fast_exp(-0.5f * z * z));
-        dr[j] = d;
-        acc[j] += d;
-      }
+    for (int64_t j = 0; j < h; ++j) {
+      const float z = xr[j] + bp[j];
+      const float cdf = 0.5f * (1.f + fast_erf(z * kInvSqrt2));
+      const float d = gr[j] * (cdf + z * kInvSqrt2Pi * fast_exp(-0.5f * z * z));
+      dr[j] = d;
+      acc[j] += d;
     }
-  }
-  sums.into(gb.data<float>(), threads);
+  });
   return {gx, gb};
 }
 
@@ -242,44 +245,38 @@ std::vector<paddle::Tensor> BiasDropoutResidualLnBackward(const paddle::Tensor& 
   float* gxp = gx.data<float>();
   float* grp = gres.data<float>();
   const float scale = p > 0.f ? 1.f / (1.f - p) : 1.f;
-  const int threads = thread_count();
-  ColumnSums sum_bias(h, threads), sum_gamma(h, threads), sum_beta(h, threads);
-#pragma omp parallel
-  {
-    const int t = thread_id();
-    float* ab = sum_bias.of(t);
-    float* ag = sum_gamma.of(t);
-    float* abt = sum_beta.of(t);
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < n; ++r) {
-      const int64_t base = r * h;
-      const float mu = mp[r], inv = rsp[r];
-      float a = 0.f, b = 0.f;  // sums of dy*gamma and of dy*gamma*xhat
+  std::vector<float> sums(3 * h);  // the column sums of the bias's, gamma's and beta's gradients, side by side
+  rows_with_column_sums(n, 3 * h, sums.data(), [&](int64_t r, float* __restrict acc) {
+    float* __restrict ab = acc;
+    float* __restrict ag = acc + h;
+    float* __restrict abt = acc + 2 * h;
+    const int64_t base = r * h;
+    const float mu = mp[r], inv = rsp[r];
+    float a = 0.f, b = 0.f;  // sums of dy*gamma and of dy*gamma*xhat
 #pragma omp simd reduction(+ : a, b)
-      for (int64_t j = 0; j < h; ++j) {
-        const float xhat = (sp[base + j] - mu) * inv;
-        const float g = dy[base + j] * gp[j];
-        a += g;
-        b += g * xhat;
-        ag[j] += dy[base + j] * xhat;
-        abt[j] += dy[base + j];
-      }
-      const float ma = a / h, mb = b / h;
-#pragma omp simd
-      for (int64_t j = 0; j < h; ++j) {
-        const int64_t i = base + j;
-        const float xhat = (sp[i] - mu) * inv;
-        const float dz = inv * (dy[i] * gp[j] - ma - xhat * mb);
-        grp[i] = dz;
-        const float dx = kp[i] ? dz * scale : 0.f;
-        gxp[i] = dx;
-        ab[j] += dx;
-      }
+    for (int64_t j = 0; j < h; ++j) {
+      const float xhat = (sp[base + j] - mu) * inv;
+      const float g = dy[base + j] * gp[j];
+      a += g;
+      b += g * xhat;
+      ag[j] += dy[base + j] * xhat;
+      abt[j] += dy[base + j];
     }
-  }
-  sum_bias.into(gbias.data<float>(), threads);
-  sum_gamma.into(ggamma.data<float>(), threads);
-  sum_beta.into(gbeta.data<float>(), threads);
+    const float ma = a / h, mb = b / h;
+#pragma omp simd
+    for (int64_t j = 0; j < h; ++j) {
+      const int64_t i = base + j;
+      const float xhat = (sp[i] - mu) * inv;
+      const float dz = inv * (dy[i] * gp[j] - ma - xhat * mb);
+      grp[i] = dz;
+      const float dx = kp[i] ? dz * scale : 0.f;
+      gxp[i] = dx;
+      ab[j] += dx;
+    }
+  });
+  std::copy(sums.begin(), sums.begin() + h, gbias.data<float>());
+  std::copy(sums.begin() + h, sums.begin() + 2 * h, ggamma.data<float>());
+  std::copy(sums.begin() + 2 * h, sums.end(), gbeta.data<float>());
   return {gx, gbias, gres, ggamma, gbeta};
 }
 
@@ -375,53 +372,27 @@ std::vector<paddle::Tensor> SoftmaxDropoutBackward(const paddle::Tensor& probs, 
 
 namespace {
 
-// [B, L, 3H] + bias -> three [B, heads, L, d]
-void split_qkv(const float* x, const float* bias, float* q, float* k, float* v, int64_t b, int64_t l, int64_t heads,
-               int64_t d) {
-  const int64_t h = heads * d;
-  float* outs[3] = {q, k, v};
+// The one layout change of attention: rows [B, L, width] whose columns [col, col + heads * d) hold the heads
+// side by side, against heads [B, heads, L, d]. ToHeads copies rows -> heads (adding bias[heads * d] when
+// given), else heads -> rows. split_qkv, merge_heads and both their backwards are this copy.
+template <bool ToHeads>
+void copy_heads(const float* src, float* dst, const float* bias, int64_t b, int64_t l, int64_t heads, int64_t d,
+                int64_t width, int64_t col) {
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t bi = 0; bi < b; ++bi) {
     for (int64_t li = 0; li < l; ++li) {
-      const float* row = x + (bi * l + li) * 3 * h;
-      for (int part = 0; part < 3; ++part) {
-        for (int64_t hd = 0; hd < heads; ++hd) {
-          float* __restrict dst = outs[part] + ((bi * heads + hd) * l + li) * d;
-          const float* __restrict src = row + part * h + hd * d;
-          const float* __restrict bs = bias + part * h + hd * d;
-#pragma omp simd
-          for (int64_t j = 0; j < d; ++j) dst[j] = src[j] + bs[j];
-        }
-      }
-    }
-  }
-}
-
-// [B, heads, L, d] -> [B, L, heads * d]
-void merge_heads(const float* x, float* out, int64_t b, int64_t heads, int64_t l, int64_t d) {
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t bi = 0; bi < b; ++bi) {
-    for (int64_t li = 0; li < l; ++li) {
-      float* __restrict dst = out + (bi * l + li) * heads * d;
       for (int64_t hd = 0; hd < heads; ++hd) {
-        const float* __restrict src = x + ((bi * heads + hd) * l + li) * d;
+        const int64_t row = (bi * l + li) * width + col + hd * d, head = ((bi * heads + hd) * l + li) * d;
+        const float* __restrict from = src + (ToHeads ? row : head);
+        float* __restrict to = dst + (ToHeads ? head : row);
+        if (bias) {
+          const float* __restrict bs = bias + hd * d;
 #pragma omp simd
-        for (int64_t j = 0; j < d; ++j) dst[hd * d + j] = src[j];
-      }
-    }
-  }
-}
-
-// [B, L, heads * d] -> [B, heads, L, d]
-void split_heads(const float* x, float* out, int64_t b, int64_t heads, int64_t l, int64_t d) {
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t bi = 0; bi < b; ++bi) {
-    for (int64_t hd = 0; hd < heads; ++hd) {
-      for (int64_t li = 0; li < l; ++li) {
-        const float* __restrict src = x + (bi * l + li) * heads * d + hd * d;
-        float* __restrict dst = out + ((bi * heads + hd) * l + li) * d;
+          for (int64_t j = 0; j < d; ++j) to[j] = from[j] + bs[j];
+        } else {
 #pragma omp simd
-        for (int64_t j = 0; j < d; ++j) dst[j] = src[j];
+          for (int64_t j = 0; j < d; ++j) to[j] = from[j];
+        }
       }
     }
   }
@@ -439,8 +410,10 @@ std::vector<paddle::Tensor> SplitQkvForward(const paddle::Tensor& x, const paddl
   auto q = paddle::empty(shape, x.dtype(), x.place());
   auto k = paddle::empty(shape, x.dtype(), x.place());
   auto v = paddle::empty(shape, x.dtype(), x.place());
-  split_qkv(x.data<float>(), bias.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(), s[0], s[1],
-            heads, d);
+  float* outs[3] = {q.data<float>(), k.data<float>(), v.data<float>()};
+  const int64_t h = heads * d;
+  for (int part = 0; part < 3; ++part)
+    copy_heads<true>(x.data<float>(), outs[part], bias.data<float>() + part * h, s[0], s[1], heads, d, 3 * h, part * h);
   return {q, k, v};
 }
 
@@ -450,36 +423,14 @@ std::vector<paddle::Tensor> SplitQkvBackward(const paddle::Tensor& x, const padd
   const int64_t b = s[0], l = s[1], h3 = s[2], d = h3 / 3 / heads, h = h3 / 3;
   auto gx = paddle::empty(s, x.dtype(), x.place());
   auto gb = paddle::empty({h3}, x.dtype(), x.place());
-  float* gxp = gx.data<float>();
-  const float* parts[3] = {gq.data<float>(), gk.data<float>(), gv.data<float>()};
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t bi = 0; bi < b; ++bi) {
-    for (int64_t li = 0; li < l; ++li) {
-      float* row = gxp + (bi * l + li) * h3;
-      for (int part = 0; part < 3; ++part) {
-        for (int64_t hd = 0; hd < heads; ++hd) {
-          const float* __restrict src = parts[part] + ((bi * heads + hd) * l + li) * d;
-          float* __restrict dst = row + part * h + hd * d;
+  const paddle::Tensor* parts[3] = {&gq, &gk, &gv};
+  for (int part = 0; part < 3; ++part)
+    copy_heads<false>(parts[part]->data<float>(), gx.data<float>(), nullptr, b, l, heads, d, h3, part * h);
+  rows_with_column_sums(b * l, h3, gb.data<float>(), [&](int64_t r, float* __restrict acc) {
+    const float* __restrict g = gx.data<float>() + r * h3;
 #pragma omp simd
-          for (int64_t j = 0; j < d; ++j) dst[j] = src[j];
-        }
-      }
-    }
-  }
-  const int threads = thread_count();
-  ColumnSums sums(h3, threads);
-  const int64_t rows = b * l;
-#pragma omp parallel
-  {
-    float* __restrict acc = sums.of(thread_id());
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* __restrict g = gxp + r * h3;
-#pragma omp simd
-      for (int64_t j = 0; j < h3; ++j) acc[j] += g[j];
-    }
-  }
-  sums.into(gb.data<float>(), threads);
+    for (int64_t j = 0; j < h3; ++j) acc[j] += g[j];
+  });
   return {gx, gb};
 }
 
@@ -488,14 +439,14 @@ std::vector<paddle::Tensor> MergeHeadsForward(const paddle::Tensor& x) {
   const auto& s = x.shape();  // [B, heads, L, d]
   PD_CHECK(s.size() == 4, "x must be [B, heads, L, d]");
   auto out = paddle::empty({s[0], s[2], s[1] * s[3]}, x.dtype(), x.place());
-  merge_heads(x.data<float>(), out.data<float>(), s[0], s[1], s[2], s[3]);
+  copy_heads<false>(x.data<float>(), out.data<float>(), nullptr, s[0], s[2], s[1], s[3], s[1] * s[3], 0);
   return {out};
 }
 
 std::vector<paddle::Tensor> MergeHeadsBackward(const paddle::Tensor& x, const paddle::Tensor& grad_out) {
   const auto& s = x.shape();
   auto gx = paddle::empty(s, x.dtype(), x.place());
-  split_heads(grad_out.data<float>(), gx.data<float>(), s[0], s[1], s[2], s[3]);
+  copy_heads<true>(grad_out.data<float>(), gx.data<float>(), nullptr, s[0], s[2], s[1], s[3], s[1] * s[3], 0);
   return {gx};
 }
 
