@@ -6,7 +6,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
 SAMPLE := data/sample
-# The demo's settings: small enough for a 2-core CPU (about 10 minutes), large enough to show training helps.
+# The demo's settings: small enough for a 2-core CPU (about 5 minutes), large enough to show training helps.
 DEMO_STEPS ?= 30
 DEMO_PLEN ?= 160
 

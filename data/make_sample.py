@@ -4,11 +4,18 @@
 
 Every entity (a town, a composer, a ship, a company or a mountain) has two ~100-word passages
 written from the same template as every other entity of its kind: one about its history, one
-about its present. Answers are invented names that occur in exactly one passage, so DPR's
-`has_answer` finds them in the gold passage and nowhere else (checked when the files are made).
-Hard negatives are the lexically closest passages: the entity's other passage (same title, same
-entity, other aspect) and a passage of the same kind and aspect about another entity. Questions are paraphrased, so a retriever has
-to learn which aspect a question asks about, not only which title it names.
+about its present. Entities come in pairs of namesakes: two entities of the same kind whose names
+differ by one letter (Brava and Brova), each history passage naming the other, so four
+near-duplicate passages share a title's letters. Answers are invented names that occur in exactly
+one passage, so DPR's `has_answer` finds them in the gold passage and nowhere else (checked when
+the files are made). Hard negatives are the lexically closest passages: the entity's other passage
+(same title, other aspect) and its namesake's passage of the same aspect.
+
+What each retriever has to overcome: BM25 matches the name's exact letters but not a paraphrase,
+so it finds the entity yet may pick the wrong aspect; a subword encoder reads a paraphrase but
+confuses namesakes. The held-out questions (qa_test.csv) are phrased in words that training and
+dev questions never use, half of them keeping one word of their passage and half none, so
+fine-tuning cannot memorise the phrasing, and each stage of `make demo` shows what it adds.
 
 Files: passages.tsv (id, text, title), train.json / dev.json (biencoder records, disjoint
 entities), qa_test.csv (question<TAB>["answer"], held-out entities).
@@ -172,7 +179,83 @@ KINDS = {
     },
 }
 
-TITLE_SHAPES = {"town": "{w}", "composer": "{P}", "ship": "{W}", "company": "{W} Works", "mountain": "Mount {w}"}
+# qa_test.csv's phrasings, two per slot, in words that training and dev questions never use. The first keeps one word
+# of its passage that the entity's other passage lacks (as a real question shares a word or two with its answer's
+# passage), so BM25 can tell the aspect by that word; the second keeps none, and only reading the paraphrase tells.
+HELD_OUT_QUESTIONS = {
+    "town": {
+        "founder": ["Which trader laid out the first streets of {title}?",
+                   "Which trader started the settlement that grew into {title}?"],
+        "river": ["Over which waterway did the people of {title} put up their stone crossing?",
+                 "Over which waterway did the people of {title} put up their first crossing?"],
+        "port": ["Which harbour supplied the first residents of {title} with grain?",
+                "Which harbour supplied the first residents of {title} with food?"],
+        "company": ["Which glassware firm gives the most jobs in {title}?",
+                   "Which firm gives the most jobs in {title}?"],
+        "festival": ["Which celebration with music does {title} hold when the leaves fall?",
+                    "Which celebration does {title} hold when the leaves fall?"],
+        "club": ["Which soccer side plays beside the railway in {title}?",
+                "Which soccer side is based in {title}?"],
+    },
+    "composer": {
+        "birthplace": ["What was the hometown of the organist {title}?",
+                      "What was the hometown of the musician {title}?"],
+        "teacher": ["Under whom did {title} learn to write for the stage?",
+                   "Under whom did {title} learn to write for several voices?"],
+        "opera": ["Which stage work by {title} first drew crowds?",
+                 "What was the debut stage work of {title}?"],
+        "patron": ["Which financier supported {title} with an orchestra?",
+                  "Which financier supported {title} in later life?"],
+        "symphony": ["Which piece in four movements by {title} is the most famous?",
+                    "Which piece in four parts by {title} is the most famous?"],
+        "academy": ["At which school did {title} have the students who copied his manuscripts?",
+                   "Which school employed {title} near the end of his life?"],
+    },
+    "ship": {
+        "shipyard": ["Which yard constructed the three-masted vessel {title}?",
+                    "Which yard constructed the vessel {title}?"],
+        "captain": ["Who first took the vessel {title} out with its timber?",
+                   "Who was the original master of the vessel {title}?"],
+        "island": ["Where did the vessel {title} first fetch spices from?",
+                  "What was the destination of the maiden voyage of {title}?"],
+        "cape": ["Off which headland does the wreck of {title} rest?",
+                "Off which headland did the {title} sink?"],
+        "museum": ["Which institution sent divers down to the {title}?",
+                  "Which institution salvaged the bell of the {title}?"],
+        "modeller": ["Who made the replica of the {title} shown beside its bell?",
+                    "Who made the replica of the {title}?"],
+    },
+    "company": {
+        "founder": ["Which inventor set up {title} to make small engines?",
+                   "Which inventor set up {title}?"],
+        "hometown": ["Where did {title} begin in a rented room?",
+                    "Where did {title} begin in a hired room?"],
+        "product": ["What did {title} first sell to postal workers?",
+                   "What did {title} sell at the very start?"],
+        "hq": ["Where is the head office of {title} today?",
+              "Where is the main office of {title}?"],
+        "ceo": ["Who is the boss of {title} today?",
+               "Who runs {title} now?"],
+        "flagship": ["Which e-scooter is the top seller of {title}?",
+                    "Which vehicle is the top seller of {title}?"],
+    },
+    "mountain": {
+        "climber": ["Which surveyor first stood on top of {title}?",
+                   "Who was the first to stand on top of {title}?"],
+        "cave": ["Where did the first party on {title} take cover on the way down?",
+                "Where did the first people on {title} take cover on the descent?"],
+        "range": ["Which chain of peaks includes the rocky summit of {title}?",
+                 "Which chain of peaks includes {title}?"],
+        "glacier": ["Which ice field has shrunk on {title}?",
+                   "Which ice field lies on {title}?"],
+        "village": ["Where do walkers usually set off for {title}?",
+                   "Where do hikers usually set off for {title}?"],
+        "hut": ["In which refuge do walkers spend the night before the ascent of {title}?",
+               "In which refuge do hikers sleep before the ascent of {title}?"],
+    },
+}
+
+TITLE_SHAPES = {"town": "{w}", "composer": "{P}", "ship": "{w}", "company": "{w} Works", "mountain": "Mount {w}"}
 FILLERS = [
     "Local historians have written several books about this period.",
     "The name is thought to come from an old word for a meeting place.",
@@ -202,6 +285,17 @@ class Namer:
                 self.used.add(w)
                 return w.capitalize()
 
+    def variant(self, word: str) -> str:
+        """An unused word one vowel away from `word` (a namesake: Brava -> Brova)."""
+        positions = [i for i, c in enumerate(word) if c.lower() in "aeiou"] or [len(word) - 1]
+        while True:
+            i = self.rng.choice(positions)
+            v = self.rng.choice([c for c in "aeiou" if c != word[i].lower()])
+            w = word[:i] + (v.upper() if i == 0 else v) + word[i + 1:]
+            if w.lower() not in self.used:
+                self.used.add(w.lower())
+                return w
+
     def value(self, shape: str) -> str:
         w = self.word
         return {
@@ -228,31 +322,40 @@ def build(seed: int = SEED):
     kinds = list(KINDS)
     passages, entities = [], []
     for e in range(N_ENTITIES):
-        kind = kinds[e % len(kinds)]
+        kind = kinds[(e // 2) % len(kinds)]  # entities 2i and 2i+1 are namesakes of one kind
         spec = KINDS[kind]
-        title = TITLE_SHAPES[kind].format(w=namer.word(), W="The " + namer.word() if kind == "ship" else namer.word(),
-                                          P=f"{namer.word((2,))} {namer.word()}")
-        if kind == "ship":
-            title = title[len("The "):]  # "The {title}" reads naturally in the template
+        if e % 2 == 0:
+            first, base = namer.word((2,)), namer.word()
+        else:
+            first, base = entities[e - 1]["first"], namer.variant(entities[e - 1]["base"])
+        title = TITLE_SHAPES[kind].format(w=base, P=f"{first} {base}")
         slots = {name: namer.value(shape) for name, shape in spec["slots"].items()}
-        ent = {"kind": kind, "title": title, "slots": slots, "passage_ids": {}}
-        fillers = rng.sample(FILLERS, 4)
+        ent = {"kind": kind, "title": title, "first": first, "base": base, "slots": slots, "passage_ids": {}}
+        ent["fillers"] = rng.sample(FILLERS, 3)
+        entities.append(ent)
+    for e, ent in enumerate(entities):
+        kind, spec, title, slots = ent["kind"], KINDS[ent["kind"]], ent["title"], ent["slots"]
+        namesake = entities[e ^ 1]["title"]
+        fillers = ent["fillers"]
         for j, aspect in enumerate(("history", "present")):
-            text = spec[aspect].format(title=title, filler=" ".join(fillers[2 * j : 2 * j + 2]), **slots)
+            filler = (f"{title} is not to be confused with {namesake}, a {kind} of a similar name. {fillers[0]}"
+                      if aspect == "history" else " ".join(fillers[1:]))
+            text = spec[aspect].format(title=title, filler=filler, **slots)
             pid = str(len(passages) + 1)
             passages.append({"id": pid, "title": title, "text": text, "kind": kind, "aspect": aspect, "entity": e})
             ent["passage_ids"][aspect] = pid
-        entities.append(ent)
     return passages, entities, rng
 
 
-def questions_for(ent: dict, rng: random.Random):
-    """(question, answer, aspect) for every slot of an entity, phrasing chosen at random."""
+def questions_for(ent: dict, rng: random.Random, held_out: bool = False):
+    """(question, answer, aspect) for every slot of an entity: a training phrasing chosen at random, or the
+    held-out phrasing."""
     spec = KINDS[ent["kind"]]
     out = []
     for aspect, names in spec["aspects"].items():
         for name in names:
-            q = rng.choice(spec["questions"][name]).format(title=ent["title"])
+            phrasing = rng.choice(HELD_OUT_QUESTIONS[ent["kind"]][name] if held_out else spec["questions"][name])
+            q = phrasing.format(title=ent["title"])
             out.append((q, ent["slots"][name], aspect))
     return out
 
@@ -262,9 +365,6 @@ def ctx(p: dict) -> dict:
 
 
 def make_records(entities, passages, ids, rng, per_entity):
-    by_kind_aspect = {}
-    for p in passages:
-        by_kind_aspect.setdefault((p["kind"], p["aspect"]), []).append(p)
     records = []
     for e in ids:
         ent = entities[e]
@@ -274,7 +374,7 @@ def make_records(entities, passages, ids, rng, per_entity):
             gold = passages[int(ent["passage_ids"][aspect]) - 1]
             other_aspect = "present" if aspect == "history" else "history"
             sibling = passages[int(ent["passage_ids"][other_aspect]) - 1]
-            same = [p for p in rng.sample(by_kind_aspect[(ent["kind"], aspect)], 3) if p["entity"] != e][:1]
+            namesake = passages[int(entities[e ^ 1]["passage_ids"][aspect]) - 1]
             others = [p for p in rng.sample(passages, 6) if p["kind"] != ent["kind"]][:3]
             records.append({
                 "dataset": "dpr_paddle_sample",
@@ -282,7 +382,7 @@ def make_records(entities, passages, ids, rng, per_entity):
                 "answers": [answer],
                 "positive_ctxs": [ctx(gold)],
                 "negative_ctxs": [ctx(p) for p in others],
-                "hard_negative_ctxs": [ctx(sibling)] + [ctx(p) for p in same],
+                "hard_negative_ctxs": [ctx(sibling), ctx(namesake)],
             })
     return records
 
@@ -317,7 +417,7 @@ def main(argv=None) -> None:
     dev = make_records(entities, passages, range(TRAIN_ENTITIES, TRAIN_ENTITIES + DEV_ENTITIES), rng, per_entity=2)
     qa = []
     for e in range(TRAIN_ENTITIES + DEV_ENTITIES, N_ENTITIES):
-        q, answer, aspect = rng.choice(questions_for(entities[e], rng))
+        q, answer, aspect = rng.choice(questions_for(entities[e], rng, held_out=True))
         gold = passages[int(entities[e]["passage_ids"][aspect]) - 1]
         qa.append({"question": q, "answers": [answer], "gold_text": gold["text"]})
     check_answers([{"answers": r["answers"], "gold_text": r["positive_ctxs"][0]["text"]} for r in train + dev], passages)
