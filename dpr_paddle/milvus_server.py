@@ -51,6 +51,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     def body():
+        import signal
         import time
 
         from .common.errors import DprError
@@ -59,12 +60,20 @@ def main(argv=None) -> None:
             from milvus import MilvusServer
         except ImportError:
             raise DprError("the Milvus server package is not installed: pip install milvus==2.3.5") from None
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        # Ctrl-C and SIGTERM both stop the Milvus child first. Both are set explicitly: a shell starts background
+        # jobs with SIGINT ignored, which Python keeps (the server then outlived every Ctrl-C sent by a script,
+        # e.g. a test run's teardown), and SIGTERM's default would end this process and orphan the server.
+        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, interrupt)
         server = MilvusServer()
-        server.config.update(etcd_port=own_etcd_ports(args.base_dir))
-        server.set_base_dir(args.base_dir)
-        server.start()
-        print(f"http://127.0.0.1:{server.listen_port}", flush=True)
         try:
+            server.config.update(etcd_port=own_etcd_ports(args.base_dir))
+            server.set_base_dir(args.base_dir)
+            server.start()
+            print(f"http://127.0.0.1:{server.listen_port}", flush=True)
             while server.running:
                 time.sleep(1)
         except KeyboardInterrupt:
