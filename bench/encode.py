@@ -27,11 +27,17 @@ from dpr_paddle.common.runtime import prepare_process  # noqa: E402
 prepare_process()  # MKL/OpenMP defaults where unset, before paddle loads
 
 
-def peer_encode(args) -> dict:
-    """sentence-transformers' encode of the same passages, in the peer's venv (bench/peer.py)."""
+LOW_PRECISION = {"inference-bf16": "bf16", "onnxruntime-int8": "int8"}  # compared with the peer's bf16 autocast
+
+
+def peer_encode(args, bf16: bool = False) -> dict:
+    """sentence-transformers' encode of the same passages, in the peer's venv (bench/peer.py); `bf16` under
+    torch's CPU autocast in bfloat16."""
+    options = {"bf16": True} if bf16 else {}
     result = run_peer(args.peer_python, "encode", ctx=args.ctx, limit=args.limit, max_length=args.max_length,
-                      batch_size=args.batch_size)
-    print(f"peer: {result['passages_per_s']:.1f} passages/s", file=sys.stderr)
+                      batch_size=args.batch_size, **options)
+    result["bf16"] = bf16
+    print(f"peer{' bf16' if bf16 else ''}: {result['passages_per_s']:.1f} passages/s", file=sys.stderr)
     return result
 
 
@@ -43,6 +49,8 @@ def main() -> None:
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--backends", nargs="+", default=["onnxruntime", "onnxruntime-int8", "inference", "dygraph"])
     ap.add_argument("--peer_python", help="python of a venv with bench/requirements-peer.txt")
+    ap.add_argument("--peer_bf16", action="store_true", help="also run the peer under bfloat16 autocast; the "
+                                                             "inference-bf16 and int8 rows are compared with it")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "encode.json"))
     args = ap.parse_args()
 
@@ -54,8 +62,9 @@ def main() -> None:
     from dpr_paddle.modeling.model import CONTEXT
     passages = list(itertools.islice(iter_passages(args.ctx), args.limit))
     rows, peer = [], []
+    precisions = [False, True] if args.peer_bf16 else [False]
     if args.peer_python:
-        peer.append(peer_encode(args))
+        peer += [peer_encode(args, bf16) for bf16 in precisions]
     for backend in args.backends:
         encode, tensorizer, _ = load_tower(CONTEXT, model_name_or_path="minilm", max_passage_length=args.max_length,
                                            backend=backend)
@@ -88,20 +97,22 @@ def main() -> None:
             encode(b)
         rows[-2]["forward_only_passages_per_s"] = len(passages) / (time.perf_counter() - t)
     if args.peer_python:
-        peer.append(peer_encode(args))
-        mean = sum(p["passages_per_s"] for p in peer) / len(peer)
-        for r in rows:
-            r["vs_peer"] = r["passages_per_s"] / mean
-        print(f"peer ({peer[0]['peer']}): {peer[0]['passages_per_s']:.1f} passages/s before ours, "
-              f"{peer[1]['passages_per_s']:.1f} after; {peer[0]['real_tokens']} real tokens "
-              f"(ours {rows[0]['real_tokens']})")
+        peer += [peer_encode(args, bf16) for bf16 in precisions]
+        for bf16 in precisions:
+            runs = [p["passages_per_s"] for p in peer if p["bf16"] == bf16]
+            for r in rows:
+                if (r["backend"] in LOW_PRECISION) == bf16 or not args.peer_bf16:
+                    r["vs_peer"] = r["passages_per_s"] / (sum(runs) / len(runs))
+                    r["peer_precision"] = "bf16" if bf16 else "fp32"
+            print(f"peer ({peer[0]['peer']}, {'bf16 autocast' if bf16 else 'fp32'}): {runs[0]:.1f} passages/s "
+                  f"before ours, {runs[1]:.1f} after; {peer[0]['real_tokens']} real tokens (ours {rows[0]['real_tokens']})")
     print(f"{len(passages)} passages of {args.ctx}, max length {args.max_length}, batch {args.batch_size}; "
           f"tokenization {rows[0]['tokenize_s']:.2f} s ({len(passages) / rows[0]['tokenize_s']:.0f} passages/s)\n")
     print(markdown_table(
-        ["backend", "length-sorted", "passages/s (incl. tokenization)", "vs peer", "padded / real tokens",
+        ["backend", "length-sorted", "passages/s (incl. tokenization)", "vs peer (its precision)", "padded / real tokens",
          "useful GFLOP/s", "forward only, warm (passages/s)"],
         [[r["backend"], "yes" if r["sorted"] else "no", f"{r['passages_per_s']:.1f}",
-          f"{r['vs_peer']:.2f}x" if "vs_peer" in r else "", f"{r['padded_tokens'] / r['real_tokens']:.2f}", f"{r['useful_gflops']:.1f}",
+          f"{r['vs_peer']:.2f}x ({r['peer_precision']})" if "vs_peer" in r else "", f"{r['padded_tokens'] / r['real_tokens']:.2f}", f"{r['useful_gflops']:.1f}",
           f"{r['forward_only_passages_per_s']:.1f}" if "forward_only_passages_per_s" in r else ""] for r in rows]))
     save_results(args.out, rows, peer=peer)
 

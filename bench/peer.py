@@ -56,10 +56,17 @@ def encode(args, model) -> dict:
     """Passages/s of SentenceTransformer.encode (it sorts by length itself), after a warm-up batch."""
     model.max_seq_length = args.max_length
     texts = [f"{title} [SEP] {text}" for title, text in read_passages(args.ctx, args.limit)]
-    model.encode(texts[: args.batch_size], batch_size=args.batch_size)
-    t = time.perf_counter()
-    vecs = model.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
-    seconds = time.perf_counter() - t
+    import contextlib
+
+    import torch
+
+    # --bf16: torch's CPU autocast in bfloat16 (oneDNN's AMX / AVX512-BF16 kernels), as our inference-bf16
+    precision = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+    with precision:
+        model.encode(texts[: args.batch_size], batch_size=args.batch_size)
+        t = time.perf_counter()
+        vecs = model.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
+        seconds = time.perf_counter() - t
     tokens = sum(len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"])
     return {"passages_per_s": len(texts) / seconds, "seconds": seconds, "real_tokens": tokens, "dim": int(vecs.shape[1])}
 
@@ -133,6 +140,7 @@ def main() -> None:
     ap.add_argument("--hard_negatives", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--bf16", action="store_true", help="encode: under torch.autocast('cpu', bfloat16)")
     ap.add_argument("--texts", help="train_step: real batches (JSON list of {questions, positives, negatives})")
     args = ap.parse_args()
 

@@ -34,8 +34,9 @@ RerankTrainArgs = RerankConfig  # train_reranker.py (training/config.py)
 
 def _backend_field():
     return option("auto", "onnxruntime (CPU default when installed) | onnxruntime-int8 (int8 weights; changes the "
-              "vectors) | inference (Paddle Inference + oneDNN) | dygraph (GPU default) | auto",
-              choices=("auto", "onnxruntime", "onnxruntime-int8", "inference", "dygraph"))
+              "vectors) | inference (Paddle Inference + oneDNN) | inference-bf16 (the same in bfloat16, on CPUs with "
+              "AVX512-BF16 or AMX; changes the vectors) | dygraph (GPU default) | auto",
+              choices=("auto", "onnxruntime", "onnxruntime-int8", "inference", "inference-bf16", "dygraph"))
 
 
 @dataclass

@@ -62,3 +62,29 @@ def test_int8_shards_are_another_job(tmp_path, sample_dir):
     proc = run_cli("generate_dense_embedding.py", *common, "--out_file", tmp_path / "emb", check=False)
     assert proc.returncode != 0 and "quantization 'int8-dynamic' there, None now" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bf16_runs_where_the_cpu_has_it_as_another_job_and_is_refused_in_one_line_elsewhere(home, tmp_path, sample_dir):
+    from dpr_paddle.common.runtime import cpu_info
+    from dpr_paddle.encoding.towers import BF16_FLAGS
+
+    ctx = os.path.join(sample_dir, "passages.tsv")
+    common = ["--model_name_or_path", "tiny", "--ctx_file", ctx, "--max_passage_length", 32]
+    proc = run_cli("generate_dense_embedding.py", *common, "--out_file", tmp_path / "emb", "--backend", "inference-bf16",
+                   check=False)
+    assert "Traceback" not in proc.stderr
+    if not any(f in cpu_info()[1] for f in BF16_FLAGS):  # e.g. AMD EPYC before Zen 4: one line, nothing written
+        assert proc.returncode == 2 and "needs a CPU with AVX512-BF16 or AMX" in proc.stderr
+        assert not os.path.exists(tmp_path / "emb_0")
+        return
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shard = load_shards(str(tmp_path / "emb_*"))[0]
+    assert shard.meta["backend"] == "inference-bf16" and shard.meta["quantization"] == "bf16"
+    proc = run_cli("generate_dense_embedding.py", *common, "--out_file", tmp_path / "emb", check=False)
+    assert proc.returncode != 0 and "quantization 'bf16' there, None now" in proc.stderr
+    # close to float32, but not the same vectors
+    exact, tensorizer, _ = load_tower(CONTEXT, model_name_or_path="tiny", backend="inference")
+    bf16, _, info = load_tower(CONTEXT, model_name_or_path="tiny", backend="inference-bf16")
+    a, b = exact(_arrays(tensorizer)), bf16(_arrays(tensorizer))
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert info["quantization"] == "bf16" and cosine.min() > 0.99 and np.abs(a - b).max() > 1e-4

@@ -31,8 +31,8 @@ def load_reranker(path: str, backend: str = "auto") -> Tuple[Callable[[Dict[str,
             "model_fingerprint": model_fingerprint(model)}
     on_gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device()
     backend = resolve_backend(backend, on_gpu)
-    if backend == "onnxruntime-int8":
-        raise onnx_backend.OnnxUnavailable("--backend onnxruntime-int8 is for towers; a reranker runs in float32 "
+    if backend in ("onnxruntime-int8", "inference-bf16"):  # opt-in for towers, where their change is measured
+        raise onnx_backend.OnnxUnavailable(f"--backend {backend} is for towers; a reranker runs in float32 "
                                            "(onnxruntime, inference or dygraph)")
     if backend == "onnxruntime":
         if not onnx_backend.available():

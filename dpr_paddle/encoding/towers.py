@@ -6,6 +6,8 @@ Backends:
   on a probe batch when converted (same vectors within 1e-6 for MiniLM), and measured here 1.3-1.6x
   faster than Paddle Inference (docs/benchmarks.md, section 2a).
 - `onnxruntime-int8`: the same with int8 MatMul weights (onnx_backend.py); opt-in, it changes the vectors.
+- `inference-bf16`: Paddle Inference with oneDNN's bfloat16 kernels, on CPUs with AVX512-BF16 or AMX; opt-in,
+  it changes the vectors.
 - `inference`: the tower is exported once with `paddle.jit.save` (cached
   under the model's fingerprint) and run by Paddle Inference with oneDNN and IR optimisation;
   measured here 3.6x faster than dygraph for a 16 x 128 MiniLM forward, same vectors within 2e-6.
@@ -23,6 +25,7 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 import paddle
 
+from ..common.errors import DprError
 from ..common.files import atomic_dir, cache_root
 from ..common.runtime import cpu_threads, without_native_lines
 from ..modeling.builder import (build_biencoder, check_lengths, encoder_recipe, model_fingerprint,
@@ -64,21 +67,40 @@ def export_static(model, fingerprint: str, recipe: Optional[str] = None) -> str:
     return prefix
 
 
-def make_predictor(prefix: str, threads: Optional[int] = None):
-    """A Paddle Inference predictor on CPU with oneDNN and IR optimisation."""
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # the CPU features oneDNN's bfloat16 kernels run on
+
+
+def check_bf16_cpu() -> None:
+    """Refuse, in one line, bfloat16 inference on a CPU without bfloat16 instructions (oneDNN would emulate it,
+    slower than float32)."""
+    from ..common.runtime import cpu_info
+
+    model, flags = cpu_info()
+    if not any(f in flags for f in BF16_FLAGS):
+        raise DprError(f"--backend inference-bf16 needs a CPU with AVX512-BF16 or AMX ({model} has neither); "
+                            "use --backend onnxruntime, or onnxruntime-int8 for a faster, lower-precision encoder")
+
+
+def make_predictor(prefix: str, threads: Optional[int] = None, bf16: bool = False):
+    """A Paddle Inference predictor on CPU with oneDNN and IR optimisation; `bf16` runs oneDNN's bfloat16
+    kernels (AMX or AVX512-BF16: float32 in and out, bfloat16 matmuls inside)."""
     model_file = prefix + ".json" if os.path.isfile(prefix + ".json") else prefix + ".pdmodel"
     config = paddle.inference.Config(model_file, prefix + ".pdiparams")
     config.disable_gpu()
     config.enable_mkldnn()
+    if bf16:
+        check_bf16_cpu()
+        config.enable_mkldnn_bfloat16()
     config.set_cpu_math_library_num_threads(threads or cpu_threads())
     config.switch_ir_optim(True)
     config.disable_glog_info()
     return paddle.inference.create_predictor(config)
 
 
-def paddle_inference_encoder(prefix: str) -> Callable[[Dict[str, np.ndarray]], np.ndarray]:
-    """encode(arrays) -> [B, D] float32 with a Paddle Inference predictor of the export at `prefix`."""
-    predictor = make_predictor(prefix)
+def paddle_inference_encoder(prefix: str, bf16: bool = False) -> Callable[[Dict[str, np.ndarray]], np.ndarray]:
+    """encode(arrays) -> [B, D] float32 with a Paddle Inference predictor of the export at `prefix` (`bf16`: in
+    bfloat16, see make_predictor)."""
+    predictor = make_predictor(prefix, bf16=bf16)
     names = predictor.get_input_names()
     output = predictor.get_output_handle(predictor.get_output_names()[0])
 
@@ -188,8 +210,11 @@ def load_tower(tower: str, spec: Optional[TowerSpec] = None,
             logger.warning("%s; using Paddle Inference instead", e)
             backend = "inference"
     info["backend"] = backend
-    if backend == "inference":
-        return paddle_inference_encoder(export_static(model, info["model_fingerprint"])), tensorizer, info
+    if backend in ("inference", "inference-bf16"):
+        bf16 = backend == "inference-bf16"
+        if bf16:
+            info["quantization"] = "bf16"  # other vectors: another job, as int8's are
+        return paddle_inference_encoder(export_static(model, info["model_fingerprint"]), bf16), tensorizer, info
 
     @paddle.no_grad()
     def encode(arrays: Dict[str, np.ndarray]) -> np.ndarray:
