@@ -136,3 +136,19 @@ def test_os_errors_read_as_one_line():
     assert one_line(OSError(28, "No space left on device", "/data/emb_0")) == \
         "/data/emb_0: No space left on device; free some space or write elsewhere"
     assert one_line(OSError(13, "Permission denied", "/ro/x")).endswith("fix the permissions or write elsewhere")
+
+
+def test_load_takes_the_commands_names_and_refuses_unknown_keywords(corpus):
+    """Retriever.load also takes the flag names a DPR user knows from the commands (model_file, encoded_ctx_file,
+    ctx_file, ...); both names at once, or a keyword it does not know, are refused in one line."""
+    from dpr_paddle import Retriever
+    from dpr_paddle.common.errors import DprError
+
+    ours = Retriever.load("tiny", index=str(corpus / "emb"), passages=str(corpus / "p.tsv"), max_passage_length=48)
+    theirs = Retriever.load(model_name_or_path="tiny", encoded_ctx_file=str(corpus / "emb"),
+                            ctx_file=str(corpus / "p.tsv"), max_passage_length=48)
+    assert ours.search(["What is known about it?"], k=5) == theirs.search(["What is known about it?"], k=5)
+    with pytest.raises(DprError, match="model_file is the command's name for model: give one of them, not both"):
+        Retriever.load("tiny", model_file="tiny", passages=str(corpus / "p.tsv"))
+    with pytest.raises(DprError, match="unknown keyword.s. n_docs"):
+        Retriever.load("tiny", index=str(corpus / "emb"), passages=str(corpus / "p.tsv"), n_docs=5)

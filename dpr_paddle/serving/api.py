@@ -63,6 +63,11 @@ def check_questions(questions, max_chars: Optional[int] = None) -> List[str]:
     return questions
 
 
+# The commands' flags for what Retriever.load calls otherwise (DPR's names: --model_file, --encoded_ctx_file, ...)
+COMMAND_NAMES = {"model_file": "model", "model_name_or_path": "model", "encoded_ctx_file": "index",
+                 "ctx_file": "passages", "que_model_path": "question_encoder", "con_model_path": "context_encoder"}
+
+
 class Retriever:
     """A loaded retriever: a Searcher (question encoder + dense index and/or BM25) and the passage store."""
 
@@ -100,12 +105,28 @@ class Retriever:
         the TSV; `rerank_model` a reranker directory reading the top `rerank_depth`; `bm25_engine` bm25s | lucene |
         auto (and its k1, b, Java heap and threads). `index_spec` picks any backend; without it `hnsw` and its
         settings pick between exact search and one hnsw graph. Other keywords are encoding.towers.TowerSpec fields (pooling,
-        backend, max lengths...)."""
+        backend, max lengths...), or the commands' names for the first five (`model_file` or `model_name_or_path`,
+        `encoded_ctx_file`, `ctx_file`, `que_model_path`, `con_model_path`); anything else is refused in one line."""
+        import dataclasses
+
         from ..encoding.spec import TowerSpec
 
+        given = {"model": model, "index": index, "passages": passages, "question_encoder": question_encoder,
+                 "context_encoder": context_encoder}
+        for flag, name in COMMAND_NAMES.items():  # the commands' flag names, as a DPR user types them
+            if flag in tower_fields:
+                if given[name] is not None:
+                    raise InvalidValue(f"{flag} is the command's name for {name}: give one of them, not both")
+                given[name] = tower_fields.pop(flag)
+        model, index, passages = given["model"], given["index"], given["passages"]
+        unknown = sorted(set(tower_fields) - ({f.name for f in dataclasses.fields(TowerSpec)} - set(COMMAND_NAMES)))
+        if unknown:
+            raise InvalidValue(f"Retriever.load got unknown keyword(s) {', '.join(unknown)}; it takes model, index, "
+                               "passages, the search settings in its signature and TowerSpec's fields")
         is_checkpoint = bool(model) and os.path.isdir(os.path.join(model, "question_encoder"))
         tower = TowerSpec(model_name_or_path=model or "minilm", model_file=model if is_checkpoint else None,
-                          que_model_path=question_encoder, con_model_path=context_encoder, **tower_fields)
+                          que_model_path=given["question_encoder"], con_model_path=given["context_encoder"],
+                          **tower_fields)
         spec = index_spec or IndexSpec("hnsw" if hnsw else "exact", hnsw_m, ef_construction, hnsw_space, index_path,
                                        ef_search=ef_search)
         return cls.from_specs(SearchSpec(mode, fusion, alpha, depth, bm25_index, bm25_analyzer, rerank_model,
