@@ -27,9 +27,6 @@ from dpr_paddle.common.runtime import prepare_process  # noqa: E402
 prepare_process()  # MKL/OpenMP defaults where unset, before paddle loads
 
 
-LOW_PRECISION = {"inference-bf16": "bf16", "onnxruntime-int8": "int8"}  # compared with the peer's bf16 autocast
-
-
 def peer_encode(args, bf16: bool = False) -> dict:
     """sentence-transformers' encode of the same passages, in the peer's venv (bench/peer.py); `bf16` under
     torch's CPU autocast in bfloat16."""
@@ -58,7 +55,7 @@ def main() -> None:
 
     from dpr_paddle.data import iter_passages
     from dpr_paddle.encoding.writer import encode_passages
-    from dpr_paddle.encoding.towers import load_tower
+    from dpr_paddle.encoding.towers import QUANTIZATION, load_tower
     from dpr_paddle.modeling.model import CONTEXT
     passages = list(itertools.islice(iter_passages(args.ctx), args.limit))
     rows, peer = [], []
@@ -101,7 +98,8 @@ def main() -> None:
         for bf16 in precisions:
             runs = [p["passages_per_s"] for p in peer if p["bf16"] == bf16]
             for r in rows:
-                if (r["backend"] in LOW_PRECISION) == bf16 or not args.peer_bf16:
+                # the rows whose vectors are not float32's (QUANTIZATION) are compared with the peer's bf16 autocast
+                if (r["backend"] in QUANTIZATION) == bf16 or not args.peer_bf16:
                     r["vs_peer"] = r["passages_per_s"] / (sum(runs) / len(runs))
                     r["peer_precision"] = "bf16" if bf16 else "fp32"
             print(f"peer ({peer[0]['peer']}, {'bf16 autocast' if bf16 else 'fp32'}): {runs[0]:.1f} passages/s "

@@ -348,8 +348,8 @@ def build(seed: int = SEED):
 
 
 def questions_for(ent: dict, rng: random.Random, held_out: bool = False):
-    """(question, answer, aspect) for every slot of an entity: a training phrasing chosen at random, or the
-    held-out phrasing."""
+    """(question, answer, aspect) for every slot of an entity, its phrasing chosen at random among the training
+    phrasings, or among the held-out ones (HELD_OUT_QUESTIONS)."""
     spec = KINDS[ent["kind"]]
     out = []
     for aspect, names in spec["aspects"].items():

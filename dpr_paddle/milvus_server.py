@@ -60,6 +60,7 @@ def main(argv=None) -> None:
             from milvus import MilvusServer
         except ImportError:
             raise DprError("the Milvus server package is not installed: pip install milvus==2.3.5") from None
+
         def interrupt(signum, frame):
             raise KeyboardInterrupt
 

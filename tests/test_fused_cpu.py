@@ -191,6 +191,10 @@ def test_the_faster_path_is_measured_once_per_cpu_and_forced_by_the_switch(ops, 
     forced_off, draw_off, err_off = run(DPR_PADDLE_FUSED="0")
     assert forced_on and not forced_off and "per layer step" not in err_on + err_off
     assert draw == draw_again == draw_on == draw_off  # measuring drew nothing from Paddle's generator
+    with open(cached, "w") as f:
+        f.write('{"fused": tr')  # a damaged cache file is measured again and rewritten, not a traceback
+    remeasured, _, err = run()
+    assert remeasured == json.load(open(cached))["fused"] and err.count("per layer step") == 1
 
 
 def test_the_kernels_are_built_for_this_cpu():

@@ -7,6 +7,7 @@ environment and its sys.stderr as they were.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -26,24 +27,30 @@ def cpu_threads() -> int:
     return int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
 
 
+@functools.lru_cache(maxsize=None)
+def _cpuinfo() -> dict:
+    """The first processor's fields in /proc/cpuinfo (vendor_id, model name, flags, ...); empty elsewhere."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="ignore") as f:
+            for line in f:
+                if not line.strip():  # the first processor's block ends here
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
 def cpu_info() -> Tuple[str, frozenset]:
     """(model name, instruction-set flags) of this machine's CPU, from /proc/cpuinfo (the platform's name and
     no flags elsewhere)."""
     import platform
 
-    model, flags = platform.processor() or platform.machine(), frozenset()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="ignore") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = frozenset(value.split())
-                    break
-    except OSError:
-        pass
-    return model, flags
+    fields = _cpuinfo()
+    return (fields.get("model name") or platform.processor() or platform.machine(),
+            frozenset(fields.get("flags", "").split()))
 
 
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
@@ -58,11 +65,7 @@ def host_line() -> str:
 
 
 def _is_amd_cpu() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="ignore") as f:
-            return "AuthenticAMD" in f.read(4096)
-    except OSError:
-        return False
+    return _cpuinfo().get("vendor_id") == "AuthenticAMD"
 
 
 _APPLIED: dict = {}  # what cpu_defaults set in this process (and its parent, before a fork)

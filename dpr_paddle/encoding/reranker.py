@@ -14,7 +14,7 @@ from ..modeling.builder import model_fingerprint
 from ..modeling.cross_encoder import build_cross_encoder
 from ..modeling.tokenization import Tensorizer
 from . import onnx_backend
-from .towers import export_static, onnx_encoder, paddle_inference_encoder, resolve_backend
+from .towers import QUANTIZATION, export_static, onnx_encoder, paddle_inference_encoder, resolve_backend
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def load_reranker(path: str, backend: str = "auto") -> Tuple[Callable[[Dict[str,
             "model_fingerprint": model_fingerprint(model)}
     on_gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device()
     backend = resolve_backend(backend, on_gpu)
-    if backend in ("onnxruntime-int8", "inference-bf16"):  # opt-in for towers, where their change is measured
+    if backend in QUANTIZATION:  # opt-in for towers, where their change is measured
         raise onnx_backend.OnnxUnavailable(f"--backend {backend} is for towers; a reranker runs in float32 "
                                            "(onnxruntime, inference or dygraph)")
     if backend == "onnxruntime":

@@ -27,7 +27,7 @@ import paddle
 
 from ..common.errors import DprError
 from ..common.files import atomic_dir, cache_root
-from ..common.runtime import cpu_threads, without_native_lines
+from ..common.runtime import cpu_info, cpu_threads, without_native_lines
 from ..modeling.builder import (build_biencoder, check_lengths, encoder_recipe, model_fingerprint,
                                 resolve_encoder_paths)
 from ..modeling.model import CONTEXT, QUESTION
@@ -68,17 +68,17 @@ def export_static(model, fingerprint: str, recipe: Optional[str] = None) -> str:
 
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # the CPU features oneDNN's bfloat16 kernels run on
+# the backends whose vectors are not float32's, and the `quantization` their shards record (another job)
+QUANTIZATION = {"onnxruntime-int8": "int8-dynamic", "inference-bf16": "bf16"}
 
 
 def check_bf16_cpu() -> None:
     """Refuse, in one line, bfloat16 inference on a CPU without bfloat16 instructions (oneDNN would emulate it,
     slower than float32)."""
-    from ..common.runtime import cpu_info
-
     model, flags = cpu_info()
     if not any(f in flags for f in BF16_FLAGS):
         raise DprError(f"--backend inference-bf16 needs a CPU with AVX512-BF16 or AMX ({model} has neither); "
-                            "use --backend onnxruntime, or onnxruntime-int8 for a faster, lower-precision encoder")
+                       "use --backend onnxruntime, or onnxruntime-int8 for a faster, lower-precision encoder")
 
 
 def make_predictor(prefix: str, threads: Optional[int] = None, bf16: bool = False):
@@ -192,6 +192,8 @@ def load_tower(tower: str, spec: Optional[TowerSpec] = None,
             "pooling": recipe["pooling"], "similarity": recipe["similarity"]}
 
     backend = resolve_backend(spec.backend, on_gpu)
+    if backend in QUANTIZATION:  # other vectors than float32's: their shards are another job
+        info["quantization"] = QUANTIZATION[backend]
     if backend.startswith("onnxruntime"):
         if not onnx_backend.available():
             raise onnx_backend.OnnxUnavailable(
@@ -201,8 +203,6 @@ def load_tower(tower: str, spec: Optional[TowerSpec] = None,
         try:
             encode = onnx_encoder(prefix, int8, len(tokenizer.vocab))
             info["backend"] = backend
-            if int8:
-                info["quantization"] = "int8-dynamic"
             return encode, tensorizer, info
         except onnx_backend.OnnxUnavailable as e:
             if int8:  # no float fallback for a run that asked for int8 vectors
@@ -211,10 +211,8 @@ def load_tower(tower: str, spec: Optional[TowerSpec] = None,
             backend = "inference"
     info["backend"] = backend
     if backend in ("inference", "inference-bf16"):
-        bf16 = backend == "inference-bf16"
-        if bf16:
-            info["quantization"] = "bf16"  # other vectors: another job, as int8's are
-        return paddle_inference_encoder(export_static(model, info["model_fingerprint"]), bf16), tensorizer, info
+        return (paddle_inference_encoder(export_static(model, info["model_fingerprint"]), backend == "inference-bf16"),
+                tensorizer, info)
 
     @paddle.no_grad()
     def encode(arrays: Dict[str, np.ndarray]) -> np.ndarray:

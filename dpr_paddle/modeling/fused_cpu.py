@@ -226,10 +226,9 @@ def use_fused(layer: nn.TransformerEncoderLayer) -> bool:
     """Whether layers shaped like `layer` train faster fused than eager on this CPU: DPR_PADDLE_FUSED=1|0
     forces the answer; otherwise it is measured once per CPU model, instruction set and layer shape, cached
     beside the build and logged in one line."""
-    forced = os.environ.get("DPR_PADDLE_FUSED")
-    if forced == "0" or ops() is None:
+    if not enabled() or ops() is None:
         return False
-    if forced == "1":
+    if os.environ.get("DPR_PADDLE_FUSED") == "1":
         return True
     shape = (layer.self_attn.embed_dim, layer.self_attn.num_heads, layer.linear1.weight.shape[1])
     if shape not in _state["choices"]:
@@ -244,9 +243,11 @@ def _measured_choice(shape: Tuple[int, int, int]) -> bool:
     key = hashlib.sha1(f"{model}|{' '.join(cflags())}|{shape}".encode()).hexdigest()[:12]
     path = os.path.join(_state["build_dir"], f"choice-{key}.json")
     with process_lock(path + ".lock"):  # processes starting at once measure once
-        if os.path.exists(path):
+        try:
             with open(path, encoding="utf-8") as f:
                 return bool(json.load(f)["fused"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not measured yet, or an unreadable cache file: measure (again) and rewrite it
         fused_ms, eager_ms = (1000 * t for t in _time_layer_step(*shape))
         choice = {"fused": fused_ms < eager_ms, "fused_ms": round(fused_ms, 2), "eager_ms": round(eager_ms, 2),
                   "cpu": model, "vector": vector_width(), "shape": list(shape)}
