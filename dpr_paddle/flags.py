@@ -217,10 +217,15 @@ class MineArgs(ModelArgs, BM25Args):
     qrels: Optional[str] = option(None, "relevance labels of --qa_file: each query's judged passages are its positives")
     ctx_file: str = option(None, "the passages TSV the records' gold passage ids come from", required=True)
     output: str = option(None, "output biencoder file (.json: a list, .jsonl: one record a line)", required=True)
-    retriever: str = option("bm25", "bm25 (bm25s over --ctx_file) | dense (a bi-encoder over --encoded_ctx_file)",
-                        choices=("bm25", "dense"))
-    encoded_ctx_file: Optional[str] = option(None, "embedding shards of --ctx_file, for --retriever dense")
-    model_file: Optional[str] = option(None, "a training checkpoint dir, for --retriever dense")
+    retriever: str = option("bm25", "bm25 (bm25s over --ctx_file) | dense (a bi-encoder over --encoded_ctx_file) | "
+                                    "hybrid (both fused, as dense_retriever.py --hybrid)",
+                        choices=("bm25", "dense", "hybrid"))
+    encoded_ctx_file: Optional[str] = option(None, "embedding shards of --ctx_file, for --retriever dense or hybrid")
+    model_file: Optional[str] = option(None, "a training checkpoint dir, for --retriever dense or hybrid")
+    fusion: str = option("weighted", "--retriever hybrid: weighted | rrf (as dense_retriever.py --fusion)",
+                         choices=("weighted", "rrf"))
+    hybrid_alpha: float = option(1.0, "--retriever hybrid: weight of BM25 in --fusion weighted")
+    hybrid_depth: int = option(1000, "--retriever hybrid: passages taken from each retriever before fusing")
     rank_range: tuple = option((0, 50), "take negatives from ranks [LO, HI) of the retrieved list", nargs=2, type=int)
     num_negatives: int = option(10, "hard negatives kept per question")
     sample: str = option("top", "top: the best-ranked non-answers | random: a seeded draw from the range",

@@ -1,10 +1,10 @@
 """mine_hard_negatives.py (dpr-mine): mine hard negatives for DPR training data with BM25 or a
-trained bi-encoder.
+trained bi-encoder, or both fused.
 
     python mine_hard_negatives.py --train_data_path data/sample/train.json --ctx_file data/sample/passages.tsv \\
         --output data/sample/train_mined.json --retriever bm25 --rank_range 0 50 --num_negatives 10
     python mine_hard_negatives.py --train_data_path train.json --ctx_file psgs.tsv --output mined.json \\
-        --retriever dense --model_file save_biencoder/latest --encoded_ctx_file emb/wiki
+        --retriever dense --model_file save_biencoder/latest --encoded_ctx_file emb/wiki   # or --retriever hybrid
 
     python mine_hard_negatives.py --qa_file queries.jsonl --qrels qrels/train.tsv --ctx_file corpus.jsonl \
         --output train.json                      # BEIR / MS MARCO-style: positives from the qrels
@@ -38,10 +38,14 @@ def main(argv=None) -> None:
         job = {"train": os.path.abspath(source), "ctx_file": os.path.abspath(args.ctx_file),
                "retriever": args.retriever, "rank_range": list(args.rank_range), "num_negatives": args.num_negatives,
                "sample": args.sample, "seed": args.seed, "batch_size": args.batch_size, "match": args.match}
-        if args.retriever == "dense" and not args.encoded_ctx_file:
-            raise MiningError("--retriever dense needs --encoded_ctx_file (shards of the corpus) and the model flags")
-        searcher = Searcher.load(SearchSpec(mode=args.retriever, **bm25_fields(args)), args.ctx_file,
-                                 tower_spec(args), args.encoded_ctx_file)
+        if args.retriever != "bm25" and not args.encoded_ctx_file:
+            raise MiningError(f"--retriever {args.retriever} needs --encoded_ctx_file (shards of the corpus) and the "
+                              "model flags")
+        if args.retriever == "hybrid":
+            job.update(fusion=args.fusion, hybrid_alpha=args.hybrid_alpha, hybrid_depth=args.hybrid_depth)
+        searcher = Searcher.load(SearchSpec(mode=args.retriever, fusion=args.fusion, alpha=args.hybrid_alpha,
+                                            depth=args.hybrid_depth, **bm25_fields(args)),
+                                 args.ctx_file, tower_spec(args), args.encoded_ctx_file)
         if searcher.dense is not None:
             job["model_fingerprint"] = searcher.dense.index.shards[0].meta.get("model_fingerprint")
         check_gold_in_corpus(records, corpus_ids_of(searcher), source, args.ctx_file)
@@ -56,7 +60,7 @@ def main(argv=None) -> None:
         mine(records, searcher.search, args.ctx_file, args.output, job, tuple(args.rank_range), args.num_negatives,
              args.sample, args.seed, args.batch_size, args.match, denoise)
 
-    run_main(body, needs_paddle=args.retriever == "dense" or bool(args.denoise_model))
+    run_main(body, needs_paddle=args.retriever != "bm25" or bool(args.denoise_model))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from dpr_paddle.common.runtime import cpu_info
 from dpr_paddle.encoding import onnx_backend
 from dpr_paddle.encoding.towers import load_tower, paddle_inference_encoder
 from dpr_paddle.modeling.model import CONTEXT, QUESTION
@@ -26,8 +27,9 @@ def _arrays(tensorizer):
     return tensorizer.pad(tensorizer.encode_passages_ids(PAIRS))
 
 
-def test_onnxruntime_is_the_cpu_default_converted_once_and_equals_paddle_inference(home):
-    encode, tensorizer, info = load_tower(CONTEXT, model_name_or_path="tiny", max_passage_length=64)
+def test_onnxruntime_is_converted_once_and_equals_paddle_inference(home):
+    encode, tensorizer, info = load_tower(CONTEXT, model_name_or_path="tiny", max_passage_length=64,
+                                          backend="onnxruntime")
     assert info["backend"] == "onnxruntime" and "quantization" not in info
     converted = [os.path.join(r, f) for r, _, fs in os.walk(home) for f in fs if f.endswith(".onnx")]
     assert len(converted) == 1
@@ -38,6 +40,36 @@ def test_onnxruntime_is_the_cpu_default_converted_once_and_equals_paddle_inferen
     again, _, _ = load_tower(QUESTION, model_name_or_path="tiny", backend="onnxruntime")  # shared tower: same file
     assert os.stat(converted[0]).st_mtime_ns == mtime
     assert np.abs(again(arrays) - reference(arrays)).max() <= 1e-5
+
+
+def test_auto_is_the_faster_cpu_backend_measured_once_per_model_cpu_and_length(home, caplog):
+    """`auto` on CPU times ONNX Runtime against Paddle Inference once for this model, CPU and length, runs the
+    faster, logs one line and caches the choice beside the export; a second load reads it; another length is
+    measured on its own; a damaged cache file is measured again; a named backend is never measured."""
+    import glob
+    import json
+    import logging
+
+    def load(tower=CONTEXT, **kw):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="dpr_paddle.encoding.towers"):
+            _, _, info = load_tower(tower, model_name_or_path="tiny", max_passage_length=64, **kw)
+        return info["backend"], [r.getMessage() for r in caplog.records if "backend auto ->" in r.getMessage()]
+
+    backend, logged = load()
+    [cached] = glob.glob(str(home / "inference" / "*" / "backend-*.json"))
+    choice = json.load(open(cached))
+    faster = "onnxruntime" if choice["onnxruntime_ms"] <= choice["inference_ms"] else "inference"
+    assert backend == choice["backend"] == faster and len(logged) == 1 and cached in logged[0]
+    assert choice["length"] == 64 and choice["cpu"] == cpu_info()[0]
+    assert load() == (backend, [])  # read, not measured again
+    assert load(QUESTION, max_query_length=16)[1] != []  # another length: measured on its own
+    assert len(glob.glob(str(home / "inference" / "*" / "backend-*.json"))) == 2
+    with open(cached, "w") as f:
+        f.write('{"backend": "onnx')  # damaged: measured again and rewritten, not a traceback
+    assert len(load()[1]) == 1 and json.load(open(cached))["backend"] in ("onnxruntime", "inference")
+    os.remove(cached)
+    assert load(backend="inference") == ("inference", []) and not os.path.exists(cached)
 
 
 def test_int8_is_close_but_not_faithful_and_is_refused_by_the_float_check(home):

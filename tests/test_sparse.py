@@ -160,6 +160,22 @@ def test_bm25_and_hybrid_through_the_retriever(small, tmp_path):
     # a random tiny encoder adds noise; BM25 must still carry the hybrid well above chance
     assert m["top_k_accuracy"]["5"] >= 0.5
     assert open(tmp_path / "run.trec").readline().split()[5] == "dpr_paddle_hybrid"
+    # mining with --retriever hybrid keeps exactly the hybrid run's top 10 that are neither gold nor answers
+    mined = tmp_path / "hybrid_mined.json"
+    mine_args = ["--train_data_path", small / "train.json", "--ctx_file", small / "p.tsv", "--output", mined,
+                 "--bm25_index", tmp_path / "idx", "--rank_range", 0, 10, "--num_negatives", 10]
+    run_cli("mine_hard_negatives.py", *mine_args, "--retriever", "hybrid", "--fusion", "rrf", "--model_name_or_path",
+            "tiny", "--encoded_ctx_file", tmp_path / "emb")
+    records = read_biencoder_records(str(mined))
+    for r, ranked in zip(records, results):  # results: the rrf run above, over the same first 20 questions
+        assert r.question == ranked["question"]
+        gold = {p.id for p in r.positives}
+        want = [c["id"] for c in ranked["ctxs"] if c["id"] not in gold and not has_answer(r.answers, c["text"])]
+        assert [n.id for n in r.hard_negatives] == want
+    proc = run_cli("mine_hard_negatives.py", *mine_args, "--retriever", "hybrid", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("error: --retriever hybrid needs --encoded_ctx_file (shards of "
+                                                    "the corpus) and the model flags")
 
 
 def test_dense_retrieval_without_shards_says_so(small, tmp_path):

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import logging
 import os
+import statistics
 import sys
-from typing import Optional, Tuple
+import time
+from typing import Callable, List, Optional, Sequence, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,46 @@ def host_line() -> str:
     model, flags = cpu_info()
     vector = " ".join(f for f in VECTOR_FLAGS if f in flags) or "no AVX2"
     return f"{model}; {vector}; {usable_cores()} cores"
+
+
+def cpu_key(*parts) -> str:
+    """A short key for something measured on this CPU: its model name and every instruction-set flag, with
+    `parts` (shapes, lengths) that the measurement depends on."""
+    model, flags = cpu_info()
+    return hashlib.sha1("|".join([model, " ".join(sorted(flags)), *map(str, parts)]).encode()).hexdigest()[:12]
+
+
+def time_alternating(calls: Sequence[Callable[[], object]], repeats: int = 3) -> List[float]:
+    """Median seconds of each zero-argument call: one warm-up each (first calls allocate and start threads),
+    then all of them in turn, `repeats` times, so a machine's drift reaches each alike."""
+    for call in calls:
+        call()
+    times: List[List[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for i, call in enumerate(calls):
+            start = time.perf_counter()
+            call()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def measured_choice(path: str, measure: Callable[[], dict], needs: Sequence[str]) -> Tuple[dict, bool]:
+    """A choice measured once on this machine and cached as JSON at `path`: (the cached dict, False) when
+    `path` holds one with the keys `needs`, else (measure(), True) after writing it atomically. Processes
+    starting at once measure once (a lock beside it); an unreadable cache file is measured again."""
+    from .files import process_lock, write_json_atomic
+
+    with process_lock(path + ".lock"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                cached = json.load(f)
+            if isinstance(cached, dict) and all(k in cached for k in needs):
+                return cached, False
+        except (OSError, ValueError):
+            pass  # not measured yet, or an unreadable file: measure (again) and rewrite it
+        choice = measure()
+        write_json_atomic(path, choice)
+    return choice, True
 
 
 def _is_amd_cpu() -> bool:

@@ -1,6 +1,7 @@
-"""Loading a reranker (cross-encoder) for inference, on the backends the towers use: ONNX Runtime by
-default on CPU (converted once and checked against Paddle Inference on a probe batch, as the towers
-are), Paddle Inference, or dygraph (the GPU default)."""
+"""Loading a reranker (cross-encoder) for inference, on the backends the towers use: on CPU by default
+the faster of ONNX Runtime (converted once and checked against Paddle Inference on a probe batch, as the
+towers are) and Paddle Inference for this model and CPU (towers.measured_cpu_backend), or dygraph (the
+GPU default)."""
 from __future__ import annotations
 
 import logging
@@ -30,7 +31,8 @@ def load_reranker(path: str, backend: str = "auto") -> Tuple[Callable[[Dict[str,
     info = {"model": os.path.abspath(path), "max_length": int(cfg["max_length"]),
             "model_fingerprint": model_fingerprint(model)}
     on_gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device()
-    backend = resolve_backend(backend, on_gpu)
+    backend = resolve_backend(backend, on_gpu, lambda: export_static(model, info["model_fingerprint"], EXPORT_RECIPE),
+                              len(tokenizer.vocab), info["max_length"])
     if backend in QUANTIZATION:  # opt-in for towers, where their change is measured
         raise onnx_backend.OnnxUnavailable(f"--backend {backend} is for towers; a reranker runs in float32 "
                                            "(onnxruntime, inference or dygraph)")

@@ -1,10 +1,13 @@
 """Load one tower of a bi-encoder for inference: numpy token arrays in, numpy vectors out.
 
 Backends:
-- `onnxruntime` (the default on CPU when paddle2onnx and onnxruntime are installed): the Paddle
-  export below, converted once to ONNX and run by ONNX Runtime; checked against Paddle Inference
-  on a probe batch when converted (same vectors within 1e-6 for MiniLM), and measured here 1.3-1.6x
-  faster than Paddle Inference (docs/benchmarks.md, section 2a).
+- `auto` on CPU: `onnxruntime` or `inference`, whichever encodes this model faster on this CPU
+  (`measured_cpu_backend`: timed once per model, CPU and length on a 32-sequence batch, cached beside
+  the export and logged in one line); on GPU `dygraph`.
+- `onnxruntime`: the Paddle export below, converted once to ONNX and run by ONNX Runtime; checked
+  against Paddle Inference on a probe batch when converted (same vectors within 1e-6 for MiniLM),
+  and measured 1.3-1.6x faster than Paddle Inference on AMD and 1.2x on Intel (docs/benchmarks.md,
+  sections 2a and 14), so the usual choice of `auto`.
 - `onnxruntime-int8`: the same with int8 MatMul weights (onnx_backend.py); opt-in, it changes the vectors.
 - `inference-bf16`: Paddle Inference with oneDNN's bfloat16 kernels, on CPUs with AVX512-BF16 or AMX; opt-in,
   it changes the vectors.
@@ -27,7 +30,7 @@ import paddle
 
 from ..common.errors import DprError
 from ..common.files import atomic_dir, cache_root
-from ..common.runtime import cpu_info, cpu_threads, without_native_lines
+from ..common.runtime import cpu_info, cpu_key, cpu_threads, measured_choice, time_alternating, without_native_lines
 from ..modeling.builder import (build_biencoder, check_lengths, encoder_recipe, model_fingerprint,
                                 resolve_encoder_paths)
 from ..modeling.model import CONTEXT, QUESTION
@@ -128,13 +131,50 @@ def onnx_encoder(prefix: str, int8: bool, vocab_size: int) -> Callable[[Dict[str
     return onnx_backend.session(onnx_backend.quantize_int8(path) if int8 else path)
 
 
-def resolve_backend(backend: str, on_gpu: bool) -> str:
-    """`auto`: dygraph on GPU; on CPU onnxruntime when installed, else Paddle Inference."""
+def resolve_backend(backend: str, on_gpu: bool, export: Optional[Callable[[], str]] = None, vocab_size: int = 0,
+                    length: int = 0) -> str:
+    """`auto`: dygraph on GPU; on CPU Paddle Inference when ONNX Runtime is not installed, else the faster of
+    the two for the export that `export()` makes (`measured_cpu_backend`; onnxruntime without `export`)."""
     if backend != "auto":
         return backend
     if on_gpu:
         return "dygraph"
-    return "onnxruntime" if onnx_backend.available() else "inference"
+    if not onnx_backend.available():
+        return "inference"
+    return measured_cpu_backend(export(), vocab_size, length) if export else "onnxruntime"
+
+
+def measured_cpu_backend(prefix: str, vocab_size: int, length: int, batch: int = 32) -> str:
+    """onnxruntime or inference: whichever runs the export at `prefix` faster on this CPU, on a batch of
+    `batch` random sequences of `length` tokens (median of 3, alternated). Measured once per export, CPU and
+    length, cached beside the export and logged in one line. A conversion that fails its check makes it
+    inference, with the reason in the log."""
+    model, _ = cpu_info()
+    path = os.path.join(os.path.dirname(prefix), f"backend-{cpu_key(length, batch)}.json")
+
+    def measure() -> dict:
+        rng = np.random.default_rng(0)
+        ids = rng.integers(1000, max(1001, min(vocab_size, 20000)), (batch, length))  # [batch, length]
+        arrays = {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": np.ones_like(ids)}
+        inference = paddle_inference_encoder(prefix)
+        try:
+            ort = onnx_encoder(prefix, False, vocab_size)
+        except onnx_backend.OnnxUnavailable as e:
+            logger.warning("%s; using Paddle Inference instead", e)
+            return {"backend": "inference", "reason": str(e), "cpu": model}
+        ort_s, inference_s = time_alternating([lambda: ort(arrays), lambda: inference(arrays)])
+        return {"backend": "onnxruntime" if ort_s <= inference_s else "inference", "cpu": model,
+                "onnxruntime_ms": round(1000 * ort_s, 2), "inference_ms": round(1000 * inference_s, 2),
+                "batch": batch, "length": length}
+
+    choice, fresh = measured_choice(path, measure, needs=("backend", "cpu"))
+    if fresh and "reason" not in choice:
+        logger.info("backend auto -> %s: %.1f ms against %s's %.1f ms for %d x %d tokens on %s (measured once, "
+                    "cached in %s; --backend onnxruntime or inference forces)", choice["backend"],
+                    min(choice["onnxruntime_ms"], choice["inference_ms"]),
+                    "inference" if choice["backend"] == "onnxruntime" else "onnxruntime",
+                    max(choice["onnxruntime_ms"], choice["inference_ms"]), batch, length, model, path)
+    return choice["backend"] if choice["backend"] in ("onnxruntime", "inference") else "onnxruntime"
 
 
 def _build_tower(tower: str, spec: TowerSpec):
@@ -191,7 +231,8 @@ def load_tower(tower: str, spec: Optional[TowerSpec] = None,
             "max_length": max_p if tower == CONTEXT else max_q,
             "pooling": recipe["pooling"], "similarity": recipe["similarity"]}
 
-    backend = resolve_backend(spec.backend, on_gpu)
+    backend = resolve_backend(spec.backend, on_gpu, lambda: export_static(model, info["model_fingerprint"]),
+                              len(tokenizer.vocab), info["max_length"])
     if backend in QUANTIZATION:  # other vectors than float32's: their shards are another job
         info["quantization"] = QUANTIZATION[backend]
     if backend.startswith("onnxruntime"):

@@ -31,14 +31,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import logging
 import os
 import shutil
 import subprocess
-import statistics
 import sys
-import time
 import types
 import warnings
 from typing import Tuple
@@ -47,7 +44,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..common.runtime import cpu_info
+from ..common.runtime import cpu_info, cpu_key, measured_choice, time_alternating
 
 logger = logging.getLogger(__name__)
 
@@ -237,25 +234,21 @@ def use_fused(layer: nn.TransformerEncoderLayer) -> bool:
 
 
 def _measured_choice(shape: Tuple[int, int, int]) -> bool:
-    from ..common.files import process_lock, write_json_atomic
-
     model, _ = cpu_info()
-    key = hashlib.sha1(f"{model}|{' '.join(cflags())}|{shape}".encode()).hexdigest()[:12]
-    path = os.path.join(_state["build_dir"], f"choice-{key}.json")
-    with process_lock(path + ".lock"):  # processes starting at once measure once
-        try:
-            with open(path, encoding="utf-8") as f:
-                return bool(json.load(f)["fused"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # not measured yet, or an unreadable cache file: measure (again) and rewrite it
+    path = os.path.join(_state["build_dir"], f"choice-{cpu_key(' '.join(cflags()), shape)}.json")
+
+    def measure() -> dict:
         fused_ms, eager_ms = (1000 * t for t in _time_layer_step(*shape))
-        choice = {"fused": fused_ms < eager_ms, "fused_ms": round(fused_ms, 2), "eager_ms": round(eager_ms, 2),
-                  "cpu": model, "vector": vector_width(), "shape": list(shape)}
-        write_json_atomic(path, choice)
-    logger.info("fused CPU training kernels (%s): %.1f ms against %.1f ms eager per layer step on %s; %s run "
-                "(measured once, cached in %s; DPR_PADDLE_FUSED=1 or 0 forces)", vector_width(), fused_ms,
-                eager_ms, model, "they" if choice["fused"] else "Paddle's eager kernels", path)
-    return choice["fused"]
+        return {"fused": fused_ms < eager_ms, "fused_ms": round(fused_ms, 2), "eager_ms": round(eager_ms, 2),
+                "cpu": model, "vector": vector_width(), "shape": list(shape)}
+
+    choice, fresh = measured_choice(path, measure, needs=("fused", "fused_ms", "eager_ms"))
+    if fresh:
+        logger.info("fused CPU training kernels (%s): %.1f ms against %.1f ms eager per layer step on %s; %s run "
+                    "(measured once, cached in %s; DPR_PADDLE_FUSED=1 or 0 forces)", vector_width(),
+                    choice["fused_ms"], choice["eager_ms"], model, "they" if choice["fused"] else
+                    "Paddle's eager kernels", path)
+    return bool(choice["fused"])
 
 
 def _time_layer_step(hidden: int, heads: int, ffn: int, batch: int = 8, length: int = 128, repeats: int = 5):
@@ -275,20 +268,14 @@ def _time_layer_step(hidden: int, heads: int, ffn: int, batch: int = 8, length: 
         mask[:, :, :, length - length // 4:] = -1e4  # padding, as BERT's additive attention mask has it
 
         def step(forward):
-            start = time.perf_counter()
-            forward(layer, x, mask).sum().backward()
-            x.clear_gradient()
-            layer.clear_gradients()
-            return time.perf_counter() - start
+            def call():
+                forward(layer, x, mask).sum().backward()
+                x.clear_gradient()
+                layer.clear_gradients()
+            return call
 
-        paths = (_layer_forward, nn.TransformerEncoderLayer.forward)
-        for forward in paths:
-            step(forward)  # warm-up: first calls allocate and create OpenMP threads
-        times = [[], []]
-        for _ in range(repeats):
-            for i, forward in enumerate(paths):
-                times[i].append(step(forward))
-        return statistics.median(times[0]), statistics.median(times[1])
+        fused, eager = time_alternating([step(_layer_forward), step(nn.TransformerEncoderLayer.forward)], repeats)
+        return fused, eager
     finally:
         paddle.set_rng_state(rng_state)
 

@@ -2,8 +2,9 @@
 not answer it.
 
 For every record of a biencoder file, the top passages of the corpus are retrieved for its
-question, with BM25 (`--retriever bm25`, bm25s) or with a trained bi-encoder over our shards
-(`--retriever dense`, exact inner product). Dropped: the record's gold passages (by passage id,
+question, with BM25 (`--retriever bm25`, bm25s), with a trained bi-encoder over our shards
+(`--retriever dense`, exact inner product) or with both fused (`--retriever hybrid`, as
+dense_retriever.py --hybrid: the negatives a hybrid first stage puts in front of a reranker). Dropped: the record's gold passages (by passage id,
 or by text when a positive has no id) and every passage in which DPR's `has_answer` finds an
 answer. From what is left within `--rank_range LO HI` (0-based ranks of the retrieved list),
 `--num_negatives` are kept: the best ranked (`--sample top`) or a random draw seeded by
