@@ -23,6 +23,7 @@ from .retrieval.searcher import ENGINES
 
 MATCH_HELP = ("auto (an answer with CJK characters by characters, any other as DPR) | string (DPR's token match) | "
               "regex | char (NFKC, lower case, no spaces: the answer's characters in a row, as CMRC 2018 scores)")
+from .encoding.spec import BACKENDS, RERANK_BACKENDS
 from .modeling.spec import ModelSpec
 from .training.config import RerankConfig, TrainConfig
 
@@ -36,7 +37,7 @@ def _backend_field():
     return option("auto", "onnxruntime (CPU default when installed) | onnxruntime-int8 (int8 weights; changes the "
               "vectors) | inference (Paddle Inference + oneDNN) | inference-bf16 (the same in bfloat16, on CPUs with "
               "AVX512-BF16 or AMX; changes the vectors) | dygraph (GPU default) | auto",
-              choices=("auto", "onnxruntime", "onnxruntime-int8", "inference", "inference-bf16", "dygraph"))
+              choices=BACKENDS)
 
 
 @dataclass
@@ -141,6 +142,10 @@ class SearchArgs(ModelArgs, BM25Args):
                                                "the first stage's (dense, --bm25 or --hybrid) top --rerank_depth")
     rerank_depth: int = option(20, "first-stage passages the reranker reads per question (<= --n_docs)")
     rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
+    rerank_backend: Optional[str] = option(None, "the reranker's backend: auto | onnxruntime | inference | "
+                                                 "inference-bf16 (bfloat16 on AVX512-BF16/AMX CPUs; changes the "
+                                                 "scores) | dygraph (default: --backend's when it is float32, else "
+                                                 "auto)", choices=RERANK_BACKENDS)
     rerank_alpha: float = option(0.0, "0: order the reranked passages by the cross-encoder alone; > 0: by its min-max "
                                       "normalised score + RERANK_ALPHA x the first stage's (0.75 was best on "
                                       "squad1_open's dev questions)")
@@ -239,6 +244,9 @@ class MineArgs(ModelArgs, BM25Args):
     denoise_margin: float = option(0.0, "with --denoise_model: drop a candidate scored at or above the positive's "
                                         "score minus this margin")
     rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
+    rerank_backend: Optional[str] = option(None, "--denoise_model's backend: auto | onnxruntime | inference | "
+                                                 "inference-bf16 | dygraph (default: --backend's when it is float32, "
+                                                 "else auto)", choices=RERANK_BACKENDS)
     fp16: bool = option(False, "run the question encoder in float16 on GPU")
     backend: str = _backend_field()
 
@@ -255,8 +263,9 @@ class ScoreArgs:
                                                    "minus this margin (false negatives); default: keep them all")
     rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
     batch_size: int = option(1000, "records per resumable batch")
-    backend: str = option("auto", "onnxruntime (CPU default) | inference | dygraph | auto",
-                          choices=("auto", "onnxruntime", "inference", "dygraph"))
+    backend: str = option("auto", "the reranker's backend: auto (the faster float32 CPU backend, measured) | "
+                                  "onnxruntime | inference | inference-bf16 (bfloat16 on AVX512-BF16/AMX CPUs; "
+                                  "changes the scores) | dygraph", choices=RERANK_BACKENDS)
 
 
 @dataclass
@@ -309,7 +318,8 @@ def search_spec(args):
 
     return SearchSpec(mode=retrieval_mode(args.bm25, args.hybrid), fusion=args.fusion, alpha=args.hybrid_alpha,
                       depth=args.hybrid_depth, **bm25_fields(args), rerank_model=args.rerank_model, rerank_depth=args.rerank_depth,
-                      rerank_batch_size=args.rerank_batch_size, rerank_alpha=args.rerank_alpha)
+                      rerank_batch_size=args.rerank_batch_size, rerank_alpha=args.rerank_alpha,
+                      rerank_backend=args.rerank_backend)
 
 
 def report_spec(args):

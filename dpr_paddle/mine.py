@@ -28,7 +28,7 @@ def main(argv=None) -> None:
         from .data.readers import read_biencoder_records
         from .retrieval.mining import MiningError, check_gold_in_corpus, mine, records_from_qrels
         from .retrieval.run import corpus_ids_of
-        from .retrieval.searcher import Searcher, SearchSpec
+        from .retrieval.searcher import Searcher, SearchSpec, rerank_backend
 
         if bool(args.train_data_path) == bool(args.qa_file and args.qrels) or bool(args.qa_file) != bool(args.qrels):
             raise MiningError("give either --train_data_path (biencoder records) or --qa_file with --qrels")
@@ -43,9 +43,9 @@ def main(argv=None) -> None:
                               "model flags")
         if args.retriever == "hybrid":
             job.update(fusion=args.fusion, hybrid_alpha=args.hybrid_alpha, hybrid_depth=args.hybrid_depth)
-        searcher = Searcher.load(SearchSpec(mode=args.retriever, fusion=args.fusion, alpha=args.hybrid_alpha,
-                                            depth=args.hybrid_depth, **bm25_fields(args)),
-                                 args.ctx_file, tower_spec(args), args.encoded_ctx_file)
+        spec = SearchSpec(mode=args.retriever, fusion=args.fusion, alpha=args.hybrid_alpha, depth=args.hybrid_depth,
+                          rerank_backend=args.rerank_backend, **bm25_fields(args))
+        searcher = Searcher.load(spec, args.ctx_file, tower_spec(args), args.encoded_ctx_file)
         if searcher.dense is not None:
             job["model_fingerprint"] = searcher.dense.index.shards[0].meta.get("model_fingerprint")
         check_gold_in_corpus(records, corpus_ids_of(searcher), source, args.ctx_file)
@@ -54,8 +54,8 @@ def main(argv=None) -> None:
             from .retrieval.rerank import Reranker
             from .retrieval.teacher import Denoiser
 
-            denoise = Denoiser(Reranker.load(args.denoise_model, args.backend, args.rerank_batch_size),
-                               args.denoise_margin)
+            denoise = Denoiser(Reranker.load(args.denoise_model, rerank_backend(spec, tower_spec(args)),
+                                             args.rerank_batch_size), args.denoise_margin)
             job.update(denoise_model=denoise.fingerprint, denoise_margin=args.denoise_margin)
         mine(records, searcher.search, args.ctx_file, args.output, job, tuple(args.rank_range), args.num_negatives,
              args.sample, args.seed, args.batch_size, args.match, denoise)

@@ -202,6 +202,63 @@ def test_onnx_reranker_agrees_with_paddle_and_nan_is_refused(rr, tmp_path):
         Reranker.load(str(broken), "dygraph").score(*pairs)
 
 
+def test_reranker_backends_bf16_opt_in_and_int8_refused_at_every_entry_point(capsys, rr, sample_dir):
+    """--rerank_backend inference-bf16 reranks in bfloat16 where the CPU has it (scores close to float32's,
+    recorded as quantized) and is refused in one line elsewhere; int8, and names that are no backend, are
+    refused by the command, Retriever.load and mining alike; a tower in int8 leaves the reranker in float32."""
+    from dpr_paddle.common.options import InvalidValue
+    from dpr_paddle.common.runtime import cpu_info
+    from dpr_paddle.encoding.towers import BF16_FLAGS
+    from dpr_paddle.retrieval.rerank import Reranker
+    from dpr_paddle.retrieval.teacher import Denoiser
+    from dpr_paddle.serving.api import Retriever
+
+    latest = os.path.realpath(rr / "rr" / "latest")
+    p, sample_train = str(rr / "p.tsv"), os.path.join(sample_dir, "train.json")
+    pairs = (["who founded it?", "when was it built?", "where is it?"],
+             [("Rome", "It was founded by Romulus."), ("", "In 1990."), ("Paris", "The city is in France " * 9)])
+    fp32 = Reranker.load(latest, "inference")
+    assert "quantization" not in fp32.info
+    if any(f in cpu_info()[1] for f in BF16_FLAGS):
+        bf16 = Reranker.load(latest, "inference-bf16")
+        assert bf16.info["quantization"] == "bf16" and bf16.info["backend"] == "inference-bf16"
+        assert np.allclose(bf16.score(*pairs), fp32.score(*pairs), atol=0.05, rtol=0.05)
+        assert Denoiser(bf16).fingerprint == Denoiser(fp32).fingerprint + "-bf16"  # another teacher
+        out = ran(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p, "--n_docs", "10",
+                  "--rerank_model", latest, "--rerank_depth", "5", "--rerank_backend", "inference-bf16",
+                  "--out_file", rr / "bf16.json", "--bm25_index", rr / "bm25")
+        assert "| bm25, reranked |" in out
+        assert json.load(open(str(rr / "bf16.json") + ".metrics.json"))["rerank"]["quantization"] == "bf16"
+    else:
+        line = refused(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p,
+                       "--rerank_model", latest, "--rerank_backend", "inference-bf16")
+        assert "needs a CPU with AVX512-BF16 or AMX" in line
+    # int8: refused by the command's flag, by Retriever.load and by Reranker.load, in one line each
+    def bad_choice(main, *argv):
+        with pytest.raises(SystemExit) as stop:
+            main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and "Traceback" not in err
+        return err.strip().splitlines()[-1]
+
+    assert "invalid choice: 'onnxruntime-int8'" in bad_choice(
+        retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p, "--rerank_model", latest,
+        "--rerank_backend", "onnxruntime-int8")
+    for bad in ("onnxruntime-int8", "onnx"):
+        with pytest.raises(InvalidValue, match="rerank_backend .*: one of auto, onnxruntime, inference"):
+            Retriever.load(mode="bm25", passages=p, rerank_model=latest, rerank_backend=bad)
+    with pytest.raises(InvalidValue, match="backend 'onnx': one of auto"):
+        Retriever.load(model="tiny", passages=p, backend="onnx")
+    assert "invalid choice: 'onnxruntime-int8'" in bad_choice(
+        mine.main, "--train_data_path", sample_train, "--ctx_file", p, "--output", rr / "m8.json", "--denoise_model",
+        latest, "--rerank_backend", "onnxruntime-int8")
+    # a tower in int8 does not drag the reranker along: it reranks in float32 (auto)
+    out = ran(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p, "--n_docs", "10",
+              "--rerank_model", latest, "--rerank_depth", "5", "--backend", "onnxruntime-int8",
+              "--out_file", rr / "i8.json", "--bm25_index", rr / "bm25")
+    assert "quantization" not in json.load(open(str(rr / "i8.json") + ".metrics.json"))["rerank"]
+
+
 def test_group_size_below_two_is_refused(capsys, rr, sample_dir):
     line = refused(capsys, train_reranker.main, "--train_data_path", os.path.join(sample_dir, "train.json"),
                    "--save_dir", rr / "g1", "--model_name_or_path", "tiny", "--group_size", "1")

@@ -33,9 +33,11 @@ def load_reranker(path: str, backend: str = "auto") -> Tuple[Callable[[Dict[str,
     on_gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device()
     backend = resolve_backend(backend, on_gpu, lambda: export_static(model, info["model_fingerprint"], EXPORT_RECIPE),
                               len(tokenizer.vocab), info["max_length"])
-    if backend in QUANTIZATION:  # opt-in for towers, where their change is measured
+    if backend == "onnxruntime-int8":  # its score change is not measured
         raise onnx_backend.OnnxUnavailable(f"--backend {backend} is for towers; a reranker runs in float32 "
-                                           "(onnxruntime, inference or dygraph)")
+                                           "(onnxruntime, inference or dygraph) or bfloat16 (inference-bf16)")
+    if backend in QUANTIZATION:
+        info["quantization"] = QUANTIZATION[backend]
     if backend == "onnxruntime":
         if not onnx_backend.available():
             raise onnx_backend.OnnxUnavailable(
@@ -48,9 +50,9 @@ def load_reranker(path: str, backend: str = "auto") -> Tuple[Callable[[Dict[str,
             logger.warning("%s; using Paddle Inference instead", e)
             backend = "inference"
     info["backend"] = backend
-    if backend == "inference":
+    if backend in ("inference", "inference-bf16"):
         prefix = export_static(model, info["model_fingerprint"], EXPORT_RECIPE)
-        return paddle_inference_encoder(prefix), Tensorizer(tokenizer), info
+        return paddle_inference_encoder(prefix, backend == "inference-bf16"), Tensorizer(tokenizer), info
 
     @paddle.no_grad()
     def score(arrays: Dict[str, np.ndarray]) -> np.ndarray:

@@ -5,8 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..common.options import check_numbers
+from ..common.options import InvalidValue, check_numbers
 from ..modeling.tokenization import DEFAULT_MAX_PASSAGE_LENGTH, DEFAULT_MAX_QUERY_LENGTH
+
+
+BACKENDS = ("auto", "onnxruntime", "onnxruntime-int8", "inference", "inference-bf16", "dygraph")
+RERANK_BACKENDS = ("auto", "onnxruntime", "inference", "inference-bf16", "dygraph")  # no int8: its score change is unmeasured
+
+
+def check_backend(value: Optional[str], allowed=BACKENDS, name: str = "backend") -> None:
+    """Refuse, in one line, a backend name that is not one of `allowed` (None: the default)."""
+    if value is not None and value not in allowed:
+        raise InvalidValue(f"{name} {value!r}: one of {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -16,7 +26,7 @@ class TowerSpec:
     The encoders come from `model_file` (a checkpoint) or the path fields; a checkpoint's
     dpr_config.json overrides the lengths and projection given here, and `auto` pooling and
     similarity take the encoder's own. `fp16` runs float16 autocast on GPU only; `backend` is
-    auto (`resolve_backend`), onnxruntime, onnxruntime-int8, inference or dygraph.
+    one of BACKENDS (auto: `towers.resolve_backend`).
     """
 
     model_name_or_path: str = "minilm"
@@ -33,6 +43,7 @@ class TowerSpec:
 
     def __post_init__(self):
         check_numbers(self, ("projection_dim", "max_query_length", "max_passage_length"))
+        check_backend(self.backend)
 
 
 def names_context(spec: TowerSpec) -> bool:

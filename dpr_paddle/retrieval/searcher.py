@@ -53,8 +53,10 @@ class SearchSpec:
     bm25_b: Optional[float] = None
     bm25_heap: str = DEFAULT_HEAP
     bm25_threads: int = 2
+    rerank_backend: Optional[str] = None  # None: the towers' backend when it is float32's, else auto
 
     def __post_init__(self):
+        from ..encoding.spec import RERANK_BACKENDS, check_backend
         from .analyzers import check_name
         from .fusion import FUSIONS
         from .jvm import check_heap
@@ -67,11 +69,23 @@ class SearchSpec:
         check_numbers(self, ("alpha", "depth", "rerank_depth", "rerank_batch_size", "rerank_alpha", "bm25_k1",
                              "bm25_b", "bm25_threads"))
         check_heap(self.bm25_heap)
+        check_backend(self.rerank_backend, RERANK_BACKENDS, "rerank_backend")
 
     def describe(self) -> dict:
         """What a metrics file records about the fusion."""
         return {"method": self.fusion, "depth": self.depth,
                 **({"alpha": self.alpha} if self.fusion == "weighted" else {"rrf_k": 60})}
+
+
+def rerank_backend(spec: "SearchSpec", tower=None) -> str:
+    """The reranker's backend: `spec.rerank_backend` when given, else the towers' backend unless it changes
+    vectors (int8, bf16: a reranker in lower precision is its own opt-in), else auto."""
+    from ..encoding.towers import QUANTIZATION
+
+    if spec.rerank_backend:
+        return spec.rerank_backend
+    backend = tower.backend if tower is not None else "auto"
+    return "auto" if backend in QUANTIZATION else backend
 
 
 class Searcher:
@@ -108,8 +122,7 @@ class Searcher:
             from .passage_store import passage_texts
             from .rerank import Reranker
 
-            reranker = Reranker.load(spec.rerank_model, tower.backend if tower is not None else "auto",
-                                     spec.rerank_batch_size)
+            reranker = Reranker.load(spec.rerank_model, rerank_backend(spec, tower), spec.rerank_batch_size)
             searcher.with_reranker(reranker, lambda wanted: passage_texts(ctx_file, wanted, None, shards))
         return searcher
 

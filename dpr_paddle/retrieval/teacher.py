@@ -28,7 +28,9 @@ class Denoiser:
 
     def __init__(self, reranker: Reranker, margin: Optional[float] = 0.0):
         self.reranker, self.margin = reranker, margin
-        self.fingerprint = reranker.info["model_fingerprint"]
+        # scores in bfloat16 are another teacher's: records scored both ways are not mixed in one training set
+        quantized = reranker.info.get("quantization")
+        self.fingerprint = reranker.info["model_fingerprint"] + (f"-{quantized}" if quantized else "")
 
     def __call__(self, records: Sequence[BiEncoderRecord], candidates: Sequence[List[dict]]):
         """(records with scored positives, candidates with `teacher_score` and false negatives dropped,
