@@ -27,13 +27,15 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def run_peer(peer_python: str, mode: str, **options) -> dict:
-    """bench/peer.py `mode` with `--key value` options (`--key` alone for True), in the peer's venv; its JSON
-    result."""
+    """bench/peer.py `mode` with `--key value` options (`--key` alone for True, nothing for False or None), in
+    the peer's venv; its JSON result."""
     import json
     import subprocess
 
     argv = [peer_python, os.path.join(ROOT, "bench", "peer.py"), mode]
     for key, value in options.items():
+        if value is None or value is False:  # a switch left off
+            continue
         argv += [f"--{key}"] if value is True else [f"--{key}", str(value)]  # True: a switch
     out = subprocess.run(argv, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -30,9 +30,8 @@ prepare_process()  # MKL/OpenMP defaults where unset, before paddle loads
 def peer_encode(args, bf16: bool = False) -> dict:
     """sentence-transformers' encode of the same passages, in the peer's venv (bench/peer.py); `bf16` under
     torch's CPU autocast in bfloat16."""
-    options = {"bf16": True} if bf16 else {}
     result = run_peer(args.peer_python, "encode", ctx=args.ctx, limit=args.limit, max_length=args.max_length,
-                      batch_size=args.batch_size, **options)
+                      batch_size=args.batch_size, bf16=bf16)
     result["bf16"] = bf16
     print(f"peer{' bf16' if bf16 else ''}: {result['passages_per_s']:.1f} passages/s", file=sys.stderr)
     return result

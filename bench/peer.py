@@ -52,17 +52,20 @@ def read_passages(path: str, limit: int) -> list:
     return out
 
 
-def encode(args, model) -> dict:
-    """Passages/s of SentenceTransformer.encode (it sorts by length itself), after a warm-up batch."""
-    model.max_seq_length = args.max_length
-    texts = [f"{title} [SEP] {text}" for title, text in read_passages(args.ctx, args.limit)]
+def precision(bf16: bool):
+    """torch's CPU autocast in bfloat16 (oneDNN's AMX / AVX512-BF16 kernels, as our inference-bf16), or nothing."""
     import contextlib
 
     import torch
 
-    # --bf16: torch's CPU autocast in bfloat16 (oneDNN's AMX / AVX512-BF16 kernels), as our inference-bf16
-    precision = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
-    with precision:
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def encode(args, model) -> dict:
+    """Passages/s of SentenceTransformer.encode (it sorts by length itself), after a warm-up batch."""
+    model.max_seq_length = args.max_length
+    texts = [f"{title} [SEP] {text}" for title, text in read_passages(args.ctx, args.limit)]
+    with precision(args.bf16):
         model.encode(texts[: args.batch_size], batch_size=args.batch_size)
         t = time.perf_counter()
         vecs = model.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
@@ -72,16 +75,18 @@ def encode(args, model) -> dict:
 
 
 def rerank(args) -> dict:
-    """Pairs/s of CrossEncoder.predict on --pairs (a JSON list of [question, title, text]), after a warm-up batch."""
+    """Pairs/s of CrossEncoder.predict on --pairs (a JSON list of [question, title, text]), after a warm-up batch
+    (--bf16: under torch's CPU bfloat16 autocast)."""
     from sentence_transformers import CrossEncoder
 
     with open(args.pairs, encoding="utf-8") as f:
         pairs = [(q, f"{t} [SEP] {x}" if t else x) for q, t, x in json.load(f)]
     model = CrossEncoder(model_dir(), num_labels=1, max_length=args.max_length, device="cpu")
-    model.predict(pairs[: args.batch_size], batch_size=args.batch_size)
-    t = time.perf_counter()
-    model.predict(pairs, batch_size=args.batch_size)
-    seconds = time.perf_counter() - t
+    with precision(args.bf16):
+        model.predict(pairs[: args.batch_size], batch_size=args.batch_size)
+        t = time.perf_counter()
+        model.predict(pairs, batch_size=args.batch_size)
+        seconds = time.perf_counter() - t
     return {"pairs_per_s": len(pairs) / seconds, "seconds": seconds, "pairs": len(pairs)}
 
 
@@ -140,7 +145,7 @@ def main() -> None:
     ap.add_argument("--hard_negatives", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--bf16", action="store_true", help="encode: under torch.autocast('cpu', bfloat16)")
+    ap.add_argument("--bf16", action="store_true", help="encode, rerank: under torch.autocast('cpu', bfloat16)")
     ap.add_argument("--texts", help="train_step: real batches (JSON list of {questions, positives, negatives})")
     args = ap.parse_args()
 

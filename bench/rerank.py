@@ -1,10 +1,13 @@
-"""Reranking speed, side by side in one run: our Reranker.score (ONNX Runtime, the CPU default; and
-Paddle Inference) against sentence-transformers' CrossEncoder.predict on the same backbone
-(all-MiniLM-L6-v2), max length and batch, on the same (question, passage) pairs; then the HTTP p50
-of one question reranked at depth 20 (a real server on 127.0.0.1).
+"""Reranking speed, side by side in one run: our Reranker.score (ONNX Runtime and Paddle Inference in
+float32; with --bf16, Paddle Inference in bfloat16) against sentence-transformers' CrossEncoder.predict on
+the same backbone (all-MiniLM-L6-v2), max length and batch, on the same (question, passage) pairs (with
+--bf16 also under torch's bfloat16 autocast, like against like); then the HTTP p50 of one question
+reranked at depth 20 (a real server on 127.0.0.1), in float32 and, with --bf16, in bfloat16.
 
     .venv/bin/python bench/rerank.py --data ../shared/data/squad1_open --rerank_model runs/rerank/minilm_g4/latest \\
-        --peer_python .venv-peer/bin/python --emb 'runs/rerank/emb_zs_*'
+        --peer_python .venv-peer/bin/python --emb 'runs/rerank/emb_zs_*' --bf16
+
+bf16's effect on the ranking is reported as how often its top-1 of a question's list agrees with float32's.
 
 Pairs: each of the first --questions eval questions with --depth passages of the corpus (every
 question's BM25 top --depth), the lists a reranker reads in a real run.
@@ -24,19 +27,6 @@ import time
 from common import ROOT, markdown_table, run_peer, save_results  # also puts the repo on sys.path
 
 
-def cpu_line() -> str:
-    """The CPU model and its widest vector extensions, for the table's caption."""
-    model, flags = "unknown CPU", set()
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    ext = [x for x in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if x in flags]
-    return f"{model} ({', '.join(ext) or 'no AVX2'}), {os.cpu_count()} cores"
-
-
 def make_pairs(data: str, questions: int, depth: int):
     """[[question, title, text]]: each question's BM25 top `depth` (our BM25, bm25s)."""
     from dpr_paddle.retrieval.passage_store import fetch_passages
@@ -50,19 +40,20 @@ def make_pairs(data: str, questions: int, depth: int):
     return [[q, texts[i][1], texts[i][0]] for q, row in zip(qs, ids) for i in row]
 
 
-def ours(model: str, pairs, backend: str, batch: int) -> dict:
+def ours(model: str, pairs, backend: str, batch: int):
+    """(row, scores [N]) of our Reranker on `backend`, timed after a warm-up batch."""
     from dpr_paddle.retrieval.rerank import Reranker
 
     r = Reranker.load(model, backend, batch)
     qs, ps = [p[0] for p in pairs], [(p[1], p[2]) for p in pairs]
     r.score(qs[:batch], ps[:batch])  # warm-up
     t = time.perf_counter()
-    r.score(qs, ps)
+    scores = r.score(qs, ps)
     seconds = time.perf_counter() - t
-    return {"pairs_per_s": len(pairs) / seconds, "seconds": seconds, "max_length": r.info["max_length"]}
+    return {"pairs_per_s": len(pairs) / seconds, "seconds": seconds, "max_length": r.info["max_length"]}, scores
 
 
-def http_p50(args, questions) -> dict:
+def http_p50(args, questions, backend: str = "auto") -> dict:
     """p50/p90 ms of POST /search (one question, mode rerank, k 10) on a hybrid server reranking its top 20."""
     import httpx
 
@@ -71,7 +62,7 @@ def http_p50(args, questions) -> dict:
     port = free_port()
     cmd = [sys.executable, "-m", "dpr_paddle.serve", "--port", str(port), "--hybrid", "--model_name_or_path", "minilm",
            "--encoded_ctx_file", args.emb, "--ctx_file", os.path.join(args.data, "passages.tsv"),
-           "--rerank_model", args.rerank_model, "--rerank_depth", "20"]
+           "--rerank_model", args.rerank_model, "--rerank_depth", "20", "--rerank_backend", backend]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -85,7 +76,7 @@ def http_p50(args, questions) -> dict:
                 if i >= 3:  # the first requests warm the sessions up
                     times.append((time.perf_counter() - t) * 1e3)
         times.sort()
-        return {"p50_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))],
+        return {"backend": backend, "p50_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))],
                 "requests": len(times)}
     finally:
         proc.terminate()
@@ -101,35 +92,51 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=32)
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--bf16", action="store_true", help="also bfloat16: ours on inference-bf16, the peer under autocast")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "rerank.json"))
     args = ap.parse_args()
+
+    import numpy as np
 
     from dpr_paddle.common.runtime import prepare_process
 
     prepare_process(True)
-    print(f"CPU: {cpu_line()}")
     pairs = make_pairs(args.data, args.questions, args.depth)
-    rows = []
-    for backend in ("onnxruntime", "inference"):
-        r = ours(args.rerank_model, pairs, backend, args.batch_size)
-        rows.append({"system": f"dpr_paddle Reranker ({backend})", **r})
+    rows, scores = [], {}
+    for backend in ("onnxruntime", "inference") + ("inference-bf16",) * args.bf16:
+        r, scores[backend] = ours(args.rerank_model, pairs, backend, args.batch_size)
+        rows.append({"system": f"dpr_paddle Reranker ({backend})", "precision": "bf16" if "bf16" in backend else "fp32",
+                     **r})
+    if args.bf16:  # how often bfloat16's best of a question's list is float32's
+        best = {b: s.reshape(-1, args.depth).argmax(1) for b, s in scores.items()}
+        rows[-1]["top1_agreement_with_fp32"] = float((best["inference-bf16"] == best["inference"]).mean())
+        rows[-1]["max_abs_score_diff"] = float(np.abs(scores["inference-bf16"] - scores["inference"]).max())
     if args.peer_python:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(pairs, f)
-        peer = run_peer(args.peer_python, "rerank", pairs=f.name, max_length=rows[0]["max_length"],
-                        batch_size=args.batch_size, threads=os.cpu_count())
+        for bf16 in (False, True)[: 1 + args.bf16]:
+            peer = run_peer(args.peer_python, "rerank", pairs=f.name, max_length=rows[0]["max_length"],
+                            batch_size=args.batch_size, threads=os.cpu_count(), bf16=bf16)
+            rows.append({"system": f"CrossEncoder.predict ({peer['peer']}){' bf16 autocast' * bf16}",
+                         "precision": "bf16" if bf16 else "fp32", **peer})
         os.remove(f.name)
-        rows.append({"system": f"CrossEncoder.predict ({peer['peer']})", **peer})
-    base = rows[-1]["pairs_per_s"] if args.peer_python else None
-    print(markdown_table(["system", "pairs/s", "ratio to the peer"],
-                         [[r["system"], f"{r['pairs_per_s']:.1f}", f"{r['pairs_per_s'] / base:.2f}x" if base else "-"]
+    peers = {r["precision"]: r["pairs_per_s"] for r in rows if r["system"].startswith("CrossEncoder")}
+
+    def ratio(r, precision):
+        return f"{r['pairs_per_s'] / peers[precision]:.2f}x" if precision in peers else "-"
+
+    print(markdown_table(["system", "pairs/s", "to the peer in fp32", "to the peer in the same precision"],
+                         [[r["system"], f"{r['pairs_per_s']:.1f}", ratio(r, "fp32"), ratio(r, r["precision"])]
                           for r in rows]))
-    http = None
-    if args.emb:
-        http = http_p50(args, [p[0] for p in pairs[:: args.depth]])
-        print(f"HTTP, one question, hybrid top 20 reranked, k 10: p50 {http['p50_ms']:.0f} ms, "
-              f"p90 {http['p90_ms']:.0f} ms ({http['requests']} requests)")
-    save_results(args.out, rows, cpu=cpu_line(), pairs=len(pairs), http=http)
+    if args.bf16:
+        print(f"bf16 against fp32 (Paddle Inference): top-1 of a question's list agrees for "
+              f"{rows[2]['top1_agreement_with_fp32']:.3f}; max |score diff| {rows[2]['max_abs_score_diff']:.3f}")
+    http = []
+    for backend in ("auto",) + ("inference-bf16",) * args.bf16 if args.emb else ():
+        http.append(http_p50(args, [p[0] for p in pairs[:: args.depth]], backend))
+        print(f"HTTP, one question, hybrid top 20 reranked ({backend}), k 10: p50 {http[-1]['p50_ms']:.0f} ms, "
+              f"p90 {http[-1]['p90_ms']:.0f} ms ({http[-1]['requests']} requests)")
+    save_results(args.out, rows, pairs=len(pairs), http=http)
 
 
 if __name__ == "__main__":
