@@ -66,13 +66,13 @@ def test_shards_union_equals_whole_corpus(small_corpus, tmp_path):
     # length-sorted batching changes only the batching, not the vectors or their order
     embed(small_corpus, tmp_path / "unsorted", "--no-sort_by_length")
     np.testing.assert_allclose(load_shards(str(tmp_path / "unsorted_*"))[0].vectors, whole[0].vectors, atol=1e-5)
-    # ONNX Runtime (the CPU default), Paddle Inference and eager dygraph give the same vectors
+    # auto (ONNX Runtime or Paddle Inference, the faster here), Paddle Inference and eager dygraph give the same vectors
     for backend in ("inference", "dygraph"):
         embed(small_corpus, tmp_path / backend, "--backend", backend)
         other = load_shards(str(tmp_path / backend))[0]
         assert other.meta["backend"] == backend and "quantization" not in other.meta
         np.testing.assert_allclose(other.vectors, whole[0].vectors, atol=1e-5)
-    assert whole[0].meta["backend"] == "onnxruntime"
+    assert whole[0].meta["backend"] in ("onnxruntime", "inference")
 
 
 def test_complete_shard_is_skipped_and_interrupted_one_resumes(small_corpus, tmp_path):
