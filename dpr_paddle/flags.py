@@ -142,6 +142,8 @@ class SearchArgs(ModelArgs, BM25Args):
                                                "the first stage's (dense, --bm25 or --hybrid) top --rerank_depth")
     rerank_depth: int = option(20, "first-stage passages the reranker reads per question (<= --n_docs)")
     rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
+    rerank_max_length: int = option(0, "tokens of a (question, title + passage) pair the reranker reads (0: the "
+                                       "length it was trained at)")
     rerank_backend: Optional[str] = option(None, "the reranker's backend: auto | onnxruntime | inference | "
                                                  "inference-bf16 (bfloat16 on AVX512-BF16/AMX CPUs; changes the "
                                                  "scores) | dygraph (default: --backend's when it is float32, else "
@@ -244,6 +246,7 @@ class MineArgs(ModelArgs, BM25Args):
     denoise_margin: float = option(0.0, "with --denoise_model: drop a candidate scored at or above the positive's "
                                         "score minus this margin")
     rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
+    rerank_max_length: int = option(0, "tokens of a pair --denoise_model reads (0: the length it was trained at)")
     rerank_backend: Optional[str] = option(None, "--denoise_model's backend: auto | onnxruntime | inference | "
                                                  "inference-bf16 | dygraph (default: --backend's when it is float32, "
                                                  "else auto)", choices=RERANK_BACKENDS)
@@ -261,6 +264,7 @@ class ScoreArgs:
     output: str = option(None, "the scored records (.json: a list, .jsonl: one a line)", required=True)
     denoise_margin: Optional[float] = option(None, "also drop hard negatives scored at or above the positive's score "
                                                    "minus this margin (false negatives); default: keep them all")
+    rerank_max_length: int = option(0, "tokens of a pair the reranker reads (0: the length it was trained at)")
     rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
     batch_size: int = option(1000, "records per resumable batch")
     backend: str = option("auto", "the reranker's backend: auto (the faster float32 CPU backend, measured) | "
@@ -319,7 +323,7 @@ def search_spec(args):
     return SearchSpec(mode=retrieval_mode(args.bm25, args.hybrid), fusion=args.fusion, alpha=args.hybrid_alpha,
                       depth=args.hybrid_depth, **bm25_fields(args), rerank_model=args.rerank_model, rerank_depth=args.rerank_depth,
                       rerank_batch_size=args.rerank_batch_size, rerank_alpha=args.rerank_alpha,
-                      rerank_backend=args.rerank_backend)
+                      rerank_backend=args.rerank_backend, rerank_max_length=args.rerank_max_length)
 
 
 def report_spec(args):

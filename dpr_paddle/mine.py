@@ -44,7 +44,8 @@ def main(argv=None) -> None:
         if args.retriever == "hybrid":
             job.update(fusion=args.fusion, hybrid_alpha=args.hybrid_alpha, hybrid_depth=args.hybrid_depth)
         spec = SearchSpec(mode=args.retriever, fusion=args.fusion, alpha=args.hybrid_alpha, depth=args.hybrid_depth,
-                          rerank_backend=args.rerank_backend, **bm25_fields(args))
+                          rerank_backend=args.rerank_backend, rerank_max_length=args.rerank_max_length,
+                          **bm25_fields(args))
         searcher = Searcher.load(spec, args.ctx_file, tower_spec(args), args.encoded_ctx_file)
         if searcher.dense is not None:
             job["model_fingerprint"] = searcher.dense.index.shards[0].meta.get("model_fingerprint")
@@ -55,7 +56,7 @@ def main(argv=None) -> None:
             from .retrieval.teacher import Denoiser
 
             denoise = Denoiser(Reranker.load(args.denoise_model, rerank_backend(spec, tower_spec(args)),
-                                             args.rerank_batch_size), args.denoise_margin)
+                                             args.rerank_batch_size, args.rerank_max_length), args.denoise_margin)
             job.update(denoise_model=denoise.fingerprint, denoise_margin=args.denoise_margin)
         mine(records, searcher.search, args.ctx_file, args.output, job, tuple(args.rank_range), args.num_negatives,
              args.sample, args.seed, args.batch_size, args.match, denoise)

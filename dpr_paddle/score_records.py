@@ -30,7 +30,7 @@ def main(argv=None) -> None:
         check_input_file(args.train_data_path, "training records")
         check_output_path(args.output)
         records = read_biencoder_records(args.train_data_path)
-        reranker = Reranker.load(args.rerank_model, args.backend, args.rerank_batch_size)
+        reranker = Reranker.load(args.rerank_model, args.backend, args.rerank_batch_size, args.rerank_max_length)
         job = {"train": os.path.abspath(args.train_data_path), "teacher": reranker.info["model_fingerprint"],
                "denoise_margin": args.denoise_margin, "batch_size": args.batch_size}
         stats = score_records(records, reranker, args.output, job, args.denoise_margin, args.batch_size)

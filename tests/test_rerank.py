@@ -259,6 +259,37 @@ def test_reranker_backends_bf16_opt_in_and_int8_refused_at_every_entry_point(cap
     assert "quantization" not in json.load(open(str(rr / "i8.json") + ".metrics.json"))["rerank"]
 
 
+def test_rerank_max_length_overrides_the_trained_one_everywhere_and_is_bounded(capsys, rr, sample_dir):
+    """--rerank_max_length reads longer (or shorter) pairs than the reranker was trained at, as CrossEncoder's
+    max_length does: through the command (recorded in the metrics), Retriever.load, Reranker.load and scoring
+    (another teacher); past the position embeddings, or below 4, it is refused in one line."""
+    from dpr_paddle.common.errors import DprError
+    from dpr_paddle.common.options import InvalidValue
+    from dpr_paddle.retrieval.rerank import Reranker
+    from dpr_paddle.retrieval.teacher import Denoiser
+    from dpr_paddle.serving.api import Retriever
+
+    latest = os.path.realpath(rr / "rr" / "latest")
+    p = str(rr / "p.tsv")
+    own, longer = Reranker.load(latest, "inference"), Reranker.load(latest, "inference", max_length=128)
+    assert own.info["max_length"] == 64 and longer.info["max_length"] == 128
+    assert longer.info["trained_max_length"] == 64 and Denoiser(longer).fingerprint.endswith("-L128")
+    long_pair = (["what is it?"], [("T", "word " * 200)])
+    assert len(longer.tensorizer.encode_pairs_ids(*long_pair, 128)[0][0]) == 128
+    assert own.score(*long_pair) != longer.score(*long_pair)  # the tail past 64 tokens is read
+    with pytest.raises(DprError, match="--rerank_max_length 600 is longer than the reranker .* stop at 512"):
+        Reranker.load(latest, "inference", max_length=600)
+    with pytest.raises(InvalidValue, match="rerank_max_length must be >= 4"):
+        Retriever.load(mode="bm25", passages=p, rerank_model=latest, rerank_max_length=2)
+    ran(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p, "--n_docs", "10",
+        "--rerank_model", latest, "--rerank_depth", "5", "--rerank_max_length", "96", "--out_file", rr / "l96.json",
+        "--bm25_index", rr / "bm25")
+    assert json.load(open(str(rr / "l96.json") + ".metrics.json"))["rerank"]["max_length"] == 96
+    line = refused(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p,
+                   "--rerank_model", latest, "--rerank_max_length", "600")
+    assert "stop at 512" in line
+
+
 def test_group_size_below_two_is_refused(capsys, rr, sample_dir):
     line = refused(capsys, train_reranker.main, "--train_data_path", os.path.join(sample_dir, "train.json"),
                    "--save_dir", rr / "g1", "--model_name_or_path", "tiny", "--group_size", "1")

@@ -15,7 +15,8 @@ def option(default, help: str, aliases: Sequence[str] = (), **kw):
 
 
 # Every number a user types (a flag, an API argument, an HTTP field) is checked against this table: an int
-# is >= 0 and a float finite and >= 0 unless it says otherwise ((low, high); "gt" makes the low bound strict).
+# is >= 0 and a float finite and >= 0 unless it says otherwise ((low, high); "gt" makes the low bound strict;
+# ("0 or", low): 0, the default's sentinel, or at least low).
 BOUNDS = {
     "n_docs": (1, None), "batch_size": (1, None), "dev_batch_size": (1, None), "num_shards": (1, None),
     "read_chunk": (1, None), "hnsw_m": (2, 4096), "ef_construction": (1, None), "hybrid_depth": (1, None),
@@ -27,7 +28,7 @@ BOUNDS = {
     "chunk_size": (0, None, ">= 1 (or 0 for no chunking)"), "q_chunk_size": (0, None, ">= 1 (or 0: --chunk_size)"),
     "p_chunk_size": (0, None, ">= 1 (or 0: --chunk_size)"),
     "group_size": (2, None, ">= 2 (1 positive and at least 1 negative)"), "max_length": (4, None),
-    "rerank_depth": (1, None), "rerank_alpha": (0, 1e6), "distill_weight": (0, 1e6), "distill_temperature": ("gt", 0),
+    "rerank_depth": (1, None), "rerank_max_length": ("0 or", 4, ">= 4 (or 0: the reranker's own)"), "rerank_alpha": (0, 1e6), "distill_weight": (0, 1e6), "distill_temperature": ("gt", 0),
     "bm25_k1": (0, 1e3), "bm25_b": (0, 1), "bm25_threads": (1, 256),
     "denoise_margin": (0, 1e6),
     "workers": (1, 256), "max_queue": (1, None), "request_timeout": ("gt", 0), "max_chars": (1, None),
@@ -46,6 +47,8 @@ def number_problem(name: str, value) -> Optional[str]:
     low, high = rule[0], rule[1]
     if low == "gt":
         bad, text = value <= high, f"> {high}"
+    elif low == "0 or":  # 0 means "the default"; anything else is bounded below by `high`
+        bad, text = value != 0 and value < high, f"0 or >= {high}"
     else:
         bad = value < low or (high is not None and value > high)
         text = f">= {low}" + (f" and <= {high}" if high is not None else "")

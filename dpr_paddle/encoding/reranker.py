@@ -11,6 +11,7 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 import paddle
 
+from ..common.errors import DprError
 from ..modeling.builder import model_fingerprint
 from ..modeling.cross_encoder import build_cross_encoder
 from ..modeling.tokenization import Tensorizer
@@ -22,14 +23,22 @@ logger = logging.getLogger(__name__)
 EXPORT_RECIPE = "rerank"  # the export cache key's recipe part: a cross-encoder's program is not a tower's
 
 
-def load_reranker(path: str, backend: str = "auto") -> Tuple[Callable[[Dict[str, np.ndarray]], np.ndarray],
-                                                              Tensorizer, dict]:
+def load_reranker(path: str, backend: str = "auto", max_length: int = 0) -> Tuple[
+        Callable[[Dict[str, np.ndarray]], np.ndarray], Tensorizer, dict]:
     """(score_fn(arrays) -> [B] float32, tensorizer, info) for the reranker directory `path`; info holds
-    its max length, fingerprint and backend. A directory that is not a reranker is refused in one line."""
+    its max length (its own, or `max_length` when > 0, as CrossEncoder(max_length=) overrides it),
+    fingerprint and backend. A directory that is not a reranker, or a length past its position embeddings,
+    is refused in one line."""
     model, tokenizer, cfg = build_cross_encoder(path, trained=True)
     model.eval()
-    info = {"model": os.path.abspath(path), "max_length": int(cfg["max_length"]),
+    limit = getattr(getattr(model.backbone, "config", None), "max_position_embeddings", None)
+    if max_length and isinstance(limit, int) and max_length > limit:
+        raise DprError(f"--rerank_max_length {max_length} is longer than the reranker {path} can read: its "
+                       f"position embeddings stop at {limit}")
+    info = {"model": os.path.abspath(path), "max_length": int(max_length or cfg["max_length"]),
             "model_fingerprint": model_fingerprint(model)}
+    if max_length and max_length != cfg["max_length"]:
+        info["trained_max_length"] = int(cfg["max_length"])
     on_gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device()
     backend = resolve_backend(backend, on_gpu, lambda: export_static(model, info["model_fingerprint"], EXPORT_RECIPE),
                               len(tokenizer.vocab), info["max_length"])

@@ -52,11 +52,12 @@ class Reranker:
         self.score_fn, self.tensorizer, self.info, self.batch_size = score_fn, tensorizer, info, batch_size
 
     @classmethod
-    def load(cls, path: str, backend: str = "auto", batch_size: int = 32) -> "Reranker":
-        """The reranker directory `path` (train_reranker.py's checkpoint), on `backend`."""
+    def load(cls, path: str, backend: str = "auto", batch_size: int = 32, max_length: int = 0) -> "Reranker":
+        """The reranker directory `path` (train_reranker.py's checkpoint), on `backend`, reading pairs up to its
+        own max length (or `max_length` tokens when > 0)."""
         from ..encoding.reranker import load_reranker
 
-        score_fn, tensorizer, info = load_reranker(path, backend)
+        score_fn, tensorizer, info = load_reranker(path, backend, max_length)
         logger.info("reranker %s (%s, max length %d)", path, info["backend"], info["max_length"])
         return cls(score_fn, tensorizer, info, batch_size)
 

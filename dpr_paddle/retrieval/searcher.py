@@ -54,6 +54,7 @@ class SearchSpec:
     bm25_heap: str = DEFAULT_HEAP
     bm25_threads: int = 2
     rerank_backend: Optional[str] = None  # None: the towers' backend when it is float32's, else auto
+    rerank_max_length: int = 0  # tokens of a (question, passage) pair the reranker reads; 0: its own
 
     def __post_init__(self):
         from ..encoding.spec import RERANK_BACKENDS, check_backend
@@ -67,7 +68,7 @@ class SearchSpec:
         if self.bm25_engine not in ENGINES:
             raise InvalidValue(f"--bm25_engine {self.bm25_engine!r}: one of {', '.join(ENGINES)}")
         check_numbers(self, ("alpha", "depth", "rerank_depth", "rerank_batch_size", "rerank_alpha", "bm25_k1",
-                             "bm25_b", "bm25_threads"))
+                             "bm25_b", "bm25_threads", "rerank_max_length"))
         check_heap(self.bm25_heap)
         check_backend(self.rerank_backend, RERANK_BACKENDS, "rerank_backend")
 
@@ -122,7 +123,8 @@ class Searcher:
             from .passage_store import passage_texts
             from .rerank import Reranker
 
-            reranker = Reranker.load(spec.rerank_model, rerank_backend(spec, tower), spec.rerank_batch_size)
+            reranker = Reranker.load(spec.rerank_model, rerank_backend(spec, tower), spec.rerank_batch_size,
+                                     spec.rerank_max_length)
             searcher.with_reranker(reranker, lambda wanted: passage_texts(ctx_file, wanted, None, shards))
         return searcher
 

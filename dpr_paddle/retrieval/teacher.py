@@ -29,8 +29,10 @@ class Denoiser:
     def __init__(self, reranker: Reranker, margin: Optional[float] = 0.0):
         self.reranker, self.margin = reranker, margin
         # scores in bfloat16 are another teacher's: records scored both ways are not mixed in one training set
-        quantized = reranker.info.get("quantization")
-        self.fingerprint = reranker.info["model_fingerprint"] + (f"-{quantized}" if quantized else "")
+        # (as are scores read at another length than the one it was trained at)
+        quantized, info = reranker.info.get("quantization"), reranker.info
+        self.fingerprint = (info["model_fingerprint"] + (f"-{quantized}" if quantized else "")
+                            + (f"-L{info['max_length']}" if "trained_max_length" in info else ""))
 
     def __call__(self, records: Sequence[BiEncoderRecord], candidates: Sequence[List[dict]]):
         """(records with scored positives, candidates with `teacher_score` and false negatives dropped,

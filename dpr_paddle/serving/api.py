@@ -100,11 +100,11 @@ class Retriever:
              rerank_depth: int = 20, rerank_batch_size: int = 32, rerank_alpha: float = 0.0,
              bm25_engine: str = "auto", bm25_k1: Optional[float] = None, bm25_b: Optional[float] = None,
              bm25_heap: str = DEFAULT_HEAP, bm25_threads: int = 2, rerank_backend: Optional[str] = None,
-             **tower_fields) -> "Retriever":
+             rerank_max_length: int = 0, **tower_fields) -> "Retriever":
         """Load the model, index and passage store once. `model` is a checkpoint directory or an encoder
         name/dir (or give `question_encoder`/`context_encoder`); `index` the embedding shards; `passages`
         the TSV; `rerank_model` a reranker directory reading the top `rerank_depth` (on `rerank_backend`, default
-        the towers' float32 backend); `bm25_engine` bm25s | lucene |
+        the towers' float32 backend; pairs up to `rerank_max_length` tokens, default its own); `bm25_engine` bm25s | lucene |
         auto (and its k1, b, Java heap and threads). `index_spec` picks any backend; without it `hnsw` and its
         settings pick between exact search and one hnsw graph. Other keywords are encoding.towers.TowerSpec fields (pooling,
         backend, max lengths...), or the commands' names for the first five (`model_file` or `model_name_or_path`,
@@ -133,7 +133,7 @@ class Retriever:
                                        ef_search=ef_search)
         return cls.from_specs(SearchSpec(mode, fusion, alpha, depth, bm25_index, bm25_analyzer, rerank_model,
                                          rerank_depth, rerank_batch_size, rerank_alpha, bm25_engine, bm25_k1, bm25_b,
-                                         bm25_heap, bm25_threads, rerank_backend), passages, tower,
+                                         bm25_heap, bm25_threads, rerank_backend, rerank_max_length), passages, tower,
                               index, spec, store=store, batch_size=batch_size)
 
     @classmethod
