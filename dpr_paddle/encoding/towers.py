@@ -6,7 +6,7 @@ Backends:
   the export and logged in one line); on GPU `dygraph`.
 - `onnxruntime`: the Paddle export below, converted once to ONNX and run by ONNX Runtime; checked
   against Paddle Inference on a probe batch when converted (same vectors within 1e-6 for MiniLM),
-  and measured 1.3-1.6x faster than Paddle Inference on AMD and 1.2x on Intel (docs/benchmarks.md,
+  and measured 1.3-1.6x faster than Paddle Inference on AMD and 1.1x on Intel (docs/benchmarks.md,
   sections 2a and 14), so the usual choice of `auto`.
 - `onnxruntime-int8`: the same with int8 MatMul weights (onnx_backend.py); opt-in, it changes the vectors.
 - `inference-bf16`: Paddle Inference with oneDNN's bfloat16 kernels, on CPUs with AVX512-BF16 or AMX; opt-in,
