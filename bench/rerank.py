@@ -98,9 +98,13 @@ def main() -> None:
 
     import numpy as np
 
-    from dpr_paddle.common.runtime import prepare_process
+    import logging
+
+    from dpr_paddle.common.runtime import prepare_process, quiet_paddlenlp
 
     prepare_process(True)
+    quiet_paddlenlp()  # its weight-loading lines, once per model load
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     pairs = make_pairs(args.data, args.questions, args.depth)
     rows, scores = [], {}
     for backend in ("onnxruntime", "inference") + ("inference-bf16",) * args.bf16:
