@@ -222,6 +222,11 @@ def load_tower(tower: str, spec: Optional[TowerSpec] = None,
     model, tokenizer, label, cfg, recipe = _build_tower(tower, spec)
     max_q = int(cfg.get("max_query_length", spec.max_query_length))
     max_p = int(cfg.get("max_passage_length", spec.max_passage_length))
+    given = spec.max_passage_length if tower == CONTEXT else spec.max_query_length
+    if (max_p if tower == CONTEXT else max_q) != given:  # DPR's rule, said aloud: the checkpoint's length wins
+        logger.info("%s tower: the checkpoint's %s %d (dpr_config.json, the length it was trained at) is used, not "
+                    "%d", tower, "max_passage_length" if tower == CONTEXT else "max_query_length",
+                    max_p if tower == CONTEXT else max_q, given)
     check_lengths(model, max_q if tower == QUESTION else 4, max_p if tower == CONTEXT else 4)  # the length it uses
     tensorizer = Tensorizer(tokenizer, max_q, max_p)
     on_gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device()
