@@ -96,9 +96,9 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "rerank.json"))
     args = ap.parse_args()
 
-    import numpy as np
-
     import logging
+
+    import numpy as np
 
     from dpr_paddle.common.runtime import prepare_process, quiet_paddlenlp
 
@@ -111,10 +111,11 @@ def main() -> None:
         r, scores[backend] = ours(args.rerank_model, pairs, backend, args.batch_size)
         rows.append({"system": f"dpr_paddle Reranker ({backend})", "precision": "bf16" if "bf16" in backend else "fp32",
                      **r})
-    if args.bf16:  # how often bfloat16's best of a question's list is float32's
+    bf16_row = rows[-1] if args.bf16 else None
+    if bf16_row:  # how often bfloat16's best of a question's list is float32's
         best = {b: s.reshape(-1, args.depth).argmax(1) for b, s in scores.items()}
-        rows[-1]["top1_agreement_with_fp32"] = float((best["inference-bf16"] == best["inference"]).mean())
-        rows[-1]["max_abs_score_diff"] = float(np.abs(scores["inference-bf16"] - scores["inference"]).max())
+        bf16_row["top1_agreement_with_fp32"] = float((best["inference-bf16"] == best["inference"]).mean())
+        bf16_row["max_abs_score_diff"] = float(np.abs(scores["inference-bf16"] - scores["inference"]).max())
     if args.peer_python:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(pairs, f)
@@ -132,9 +133,9 @@ def main() -> None:
     print(markdown_table(["system", "pairs/s", "to the peer in fp32", "to the peer in the same precision"],
                          [[r["system"], f"{r['pairs_per_s']:.1f}", ratio(r, "fp32"), ratio(r, r["precision"])]
                           for r in rows]))
-    if args.bf16:
+    if bf16_row:
         print(f"bf16 against fp32 (Paddle Inference): top-1 of a question's list agrees for "
-              f"{rows[2]['top1_agreement_with_fp32']:.3f}; max |score diff| {rows[2]['max_abs_score_diff']:.3f}")
+              f"{bf16_row['top1_agreement_with_fp32']:.3f}; max |score diff| {bf16_row['max_abs_score_diff']:.3f}")
     http = []
     for backend in ("auto",) + ("inference-bf16",) * args.bf16 if args.emb else ():
         http.append(http_p50(args, [p[0] for p in pairs[:: args.depth]], backend))

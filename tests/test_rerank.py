@@ -249,6 +249,8 @@ def test_reranker_backends_bf16_opt_in_and_int8_refused_at_every_entry_point(cap
             Retriever.load(mode="bm25", passages=p, rerank_model=latest, rerank_backend=bad)
     with pytest.raises(InvalidValue, match="backend 'onnx': one of auto"):
         Retriever.load(model="tiny", passages=p, backend="onnx")
+    with pytest.raises(InvalidValue, match="backend 'onnx': one of auto"):  # the loader every way in goes through
+        Reranker.load(latest, "onnx")
     assert "invalid choice: 'onnxruntime-int8'" in bad_choice(
         mine.main, "--train_data_path", sample_train, "--ctx_file", p, "--output", rr / "m8.json", "--denoise_model",
         latest, "--rerank_backend", "onnxruntime-int8")

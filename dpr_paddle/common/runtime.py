@@ -89,17 +89,17 @@ def time_alternating(calls: Sequence[Callable[[], object]], repeats: int = 3) ->
     return [statistics.median(t) for t in times]
 
 
-def measured_choice(path: str, measure: Callable[[], dict], needs: Sequence[str]) -> Tuple[dict, bool]:
+def measured_choice(path: str, measure: Callable[[], dict], valid: Callable[[dict], bool]) -> Tuple[dict, bool]:
     """A choice measured once on this machine and cached as JSON at `path`: (the cached dict, False) when
-    `path` holds one with the keys `needs`, else (measure(), True) after writing it atomically. Processes
-    starting at once measure once (a lock beside it); an unreadable cache file is measured again."""
+    `path` holds a dict that `valid` accepts, else (measure(), True) after writing it atomically. Processes
+    starting at once measure once (a lock beside it); an unreadable or invalid cache file is measured again."""
     from .files import process_lock, write_json_atomic
 
     with process_lock(path + ".lock"):
         try:
             with open(path, encoding="utf-8") as f:
                 cached = json.load(f)
-            if isinstance(cached, dict) and all(k in cached for k in needs):
+            if isinstance(cached, dict) and valid(cached):
                 return cached, False
         except (OSError, ValueError):
             pass  # not measured yet, or an unreadable file: measure (again) and rewrite it

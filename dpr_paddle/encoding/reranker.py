@@ -11,11 +11,11 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 import paddle
 
-from ..common.errors import DprError
-from ..modeling.builder import model_fingerprint
+from ..modeling.builder import check_length, model_fingerprint
 from ..modeling.cross_encoder import build_cross_encoder
 from ..modeling.tokenization import Tensorizer
 from . import onnx_backend
+from .spec import check_backend
 from .towers import QUANTIZATION, export_static, onnx_encoder, paddle_inference_encoder, resolve_backend
 
 logger = logging.getLogger(__name__)
@@ -31,14 +31,12 @@ def load_reranker(path: str, backend: str = "auto", max_length: int = 0) -> Tupl
     is refused in one line."""
     model, tokenizer, cfg = build_cross_encoder(path, trained=True)
     model.eval()
-    limit = getattr(getattr(model.backbone, "config", None), "max_position_embeddings", None)
-    if max_length and isinstance(limit, int) and max_length > limit:
-        raise DprError(f"--rerank_max_length {max_length} is longer than the reranker {path} can read: its "
-                       f"position embeddings stop at {limit}")
+    check_length("--rerank_max_length", max_length, [model.backbone], f"the reranker {path}")
     info = {"model": os.path.abspath(path), "max_length": int(max_length or cfg["max_length"]),
             "model_fingerprint": model_fingerprint(model)}
     if max_length and max_length != cfg["max_length"]:
         info["trained_max_length"] = int(cfg["max_length"])
+    check_backend(backend)  # every way in (Searcher, score_records, mining, the API) comes through here
     on_gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device()
     backend = resolve_backend(backend, on_gpu, lambda: export_static(model, info["model_fingerprint"], EXPORT_RECIPE),
                               len(tokenizer.vocab), info["max_length"])

@@ -167,14 +167,14 @@ def measured_cpu_backend(prefix: str, vocab_size: int, length: int, batch: int =
                 "onnxruntime_ms": round(1000 * ort_s, 2), "inference_ms": round(1000 * inference_s, 2),
                 "batch": batch, "length": length}
 
-    choice, fresh = measured_choice(path, measure, needs=("backend", "cpu"))
+    choice, fresh = measured_choice(path, measure, lambda c: c.get("backend") in ("onnxruntime", "inference"))
     if fresh and "reason" not in choice:
         logger.info("backend auto -> %s: %.1f ms against %s's %.1f ms for %d x %d tokens on %s (measured once, "
                     "cached in %s; --backend onnxruntime or inference forces)", choice["backend"],
                     min(choice["onnxruntime_ms"], choice["inference_ms"]),
                     "inference" if choice["backend"] == "onnxruntime" else "onnxruntime",
                     max(choice["onnxruntime_ms"], choice["inference_ms"]), batch, length, model, path)
-    return choice["backend"] if choice["backend"] in ("onnxruntime", "inference") else "onnxruntime"
+    return choice["backend"]
 
 
 def _build_tower(tower: str, spec: TowerSpec):
@@ -222,11 +222,11 @@ def load_tower(tower: str, spec: Optional[TowerSpec] = None,
     model, tokenizer, label, cfg, recipe = _build_tower(tower, spec)
     max_q = int(cfg.get("max_query_length", spec.max_query_length))
     max_p = int(cfg.get("max_passage_length", spec.max_passage_length))
-    given = spec.max_passage_length if tower == CONTEXT else spec.max_query_length
-    if (max_p if tower == CONTEXT else max_q) != given:  # DPR's rule, said aloud: the checkpoint's length wins
+    name, used, given = (("max_passage_length", max_p, spec.max_passage_length) if tower == CONTEXT else
+                         ("max_query_length", max_q, spec.max_query_length))
+    if used != given:  # DPR's rule, said aloud: the checkpoint's length wins
         logger.info("%s tower: the checkpoint's %s %d (dpr_config.json, the length it was trained at) is used, not "
-                    "%d", tower, "max_passage_length" if tower == CONTEXT else "max_query_length",
-                    max_p if tower == CONTEXT else max_q, given)
+                    "%d", tower, name, used, given)
     check_lengths(model, max_q if tower == QUESTION else 4, max_p if tower == CONTEXT else 4)  # the length it uses
     tensorizer = Tensorizer(tokenizer, max_q, max_p)
     on_gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device()

@@ -99,14 +99,18 @@ def check_lengths(model: BiEncoder, max_query_length: int, max_passage_length: i
     (training, encoding, searching, serving, mining), instead of each ending in a Paddle or ONNX
     traceback from an index out of range."""
     towers = [model.question_model] + ([] if model.shared else [model.ctx_model])
-    limits = [getattr(getattr(t, "config", None), "max_position_embeddings", None) for t in towers]
-    limit = min((int(x) for x in limits if isinstance(x, int) and x > 0), default=None)
-    if limit is None:
-        return
     for flag, value in (("--max_query_length", max_query_length), ("--max_passage_length", max_passage_length)):
-        if value > limit:
-            raise DprError(f"{flag} {value} is longer than the encoder can read: its position embeddings stop at "
-                           f"{limit} tokens; use {flag} <= {limit}")
+        check_length(flag, value, towers)
+
+
+def check_length(flag: str, value: int, encoders, what: str = "the encoder", error=DprError) -> None:
+    """Refuse, in one line (`error`), a `flag` of `value` tokens that is more than the fewest position
+    embeddings of `encoders` (PaddleNLP models; those without a known limit are skipped)."""
+    limits = [getattr(getattr(e, "config", None), "max_position_embeddings", None) for e in encoders]
+    limit = min((int(x) for x in limits if isinstance(x, int) and x > 0), default=None)
+    if limit is not None and value > limit:
+        raise error(f"{flag} {value} is longer than {what} can read: its position embeddings stop at {limit} "
+                    f"tokens; use {flag} <= {limit}")
 
 
 def resolve_encoder_paths(model_file: Optional[str], que_path: Optional[str], con_path: Optional[str],

@@ -242,7 +242,7 @@ def _measured_choice(shape: Tuple[int, int, int]) -> bool:
         return {"fused": fused_ms < eager_ms, "fused_ms": round(fused_ms, 2), "eager_ms": round(eager_ms, 2),
                 "cpu": model, "vector": vector_width(), "shape": list(shape)}
 
-    choice, fresh = measured_choice(path, measure, needs=("fused", "fused_ms", "eager_ms"))
+    choice, fresh = measured_choice(path, measure, lambda c: all(k in c for k in ("fused", "fused_ms", "eager_ms")))
     if fresh:
         logger.info("fused CPU training kernels (%s): %.1f ms against %.1f ms eager per layer step on %s; %s run "
                     "(measured once, cached in %s; DPR_PADDLE_FUSED=1 or 0 forces)", vector_width(),
@@ -274,8 +274,7 @@ def _time_layer_step(hidden: int, heads: int, ffn: int, batch: int = 8, length: 
                 layer.clear_gradients()
             return call
 
-        fused, eager = time_alternating([step(_layer_forward), step(nn.TransformerEncoderLayer.forward)], repeats)
-        return fused, eager
+        return tuple(time_alternating([step(_layer_forward), step(nn.TransformerEncoderLayer.forward)], repeats))
     finally:
         paddle.set_rng_state(rng_state)
 

@@ -13,7 +13,7 @@ import paddle
 
 from ..common.errors import DprError
 from ..data import BiEncoderCollator, RerankCollator
-from ..modeling.builder import TOWER_DIRS, build_biencoder, check_lengths, encoder_recipe, model_config
+from ..modeling.builder import TOWER_DIRS, build_biencoder, check_length, check_lengths, encoder_recipe, model_config
 from ..modeling.cross_encoder import build_cross_encoder, reranker_config
 from ..modeling.model import CONTEXT, QUESTION, set_dropout
 from ..modeling.tokenization import Tensorizer
@@ -95,10 +95,7 @@ def reranker_task(cfg: RerankConfig, resume_from: Optional[str], world: World) -
     if cfg.dropout is not None:
         set_dropout(model, cfg.dropout)
     model.speed_up_training()
-    limit = getattr(model.backbone.config, "max_position_embeddings", None)
-    if isinstance(limit, int) and cfg.max_length > limit:
-        raise TrainingError(f"--max_length {cfg.max_length} is longer than the backbone can read: its position "
-                            f"embeddings stop at {limit} tokens; use --max_length <= {limit}")
+    check_length("--max_length", cfg.max_length, [model.backbone], "the backbone", TrainingError)
     collator = RerankCollator(Tensorizer(tokenizer), cfg.max_length)
     local = cfg.batch_size // world.size
     chunk = cfg.chunk_size if 0 < cfg.chunk_size < local else 0
