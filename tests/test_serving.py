@@ -226,6 +226,28 @@ def test_a_request_waiting_past_its_time_limit_gets_503(corpus, tmp_path):
         server.stop()
 
 
+def test_the_batcher_does_not_start_a_request_past_its_deadline():
+    """The time limit holds even when the search thread keeps the GIL (the asyncio timer then fires late
+    and, on Python 3.11, hands back the late answer): the batcher itself refuses a request whose
+    deadline passed while it waited."""
+    from dpr_paddle.serving.http import MicroBatcher, TimedOut
+
+    class BusyRetriever:  # a search that computes in Python for 0.3 s, as BM25 scoring does
+        def search(self, questions, k, mode=None):
+            end = time.monotonic() + 0.3
+            while time.monotonic() < end:
+                sum(range(1000))
+            return [[{"q": q}] for q in questions]
+
+    batcher = MicroBatcher(BusyRetriever(), max_batch=1, max_queue=8, timeout=0.1)
+    futures = [batcher.submit([f"q{i}"], 1) for i in range(3)]
+    assert futures[0].result(timeout=10) == [[{"q": "q0"}]]  # started at once, within its limit
+    for late in futures[1:]:  # their turn came 0.3 s and 0.6 s after they were queued
+        with pytest.raises(TimedOut):
+            late.result(timeout=10)
+    assert batcher.submit(["after"], 1).result(timeout=10) == [[{"q": "after"}]]
+
+
 def test_no_search_page_with_no_ui(bm25):
     import httpx
 

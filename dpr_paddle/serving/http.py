@@ -11,7 +11,9 @@ How a request is answered:
   input never echoed back); an error inside the retriever is a JSON reason too, never a traceback.
 - Valid requests wait in a bounded queue (`Limits.max_queue`); one thread searches what waits as
   one batch. A full queue is answered at once with 503 and `Retry-After`, instead of a queue that
-  grows without bound; a request still waiting after `Limits.timeout` seconds gets the same.
+  grows without bound; a request still waiting after `Limits.timeout` seconds gets the same: the
+  batcher checks each request's deadline before it starts it (an asyncio timer alone fires late when
+  the search thread holds the GIL, and the request is then answered long after its limit).
 - With an API key every request but the static page needs `Authorization: Bearer KEY` or
   `X-API-Key: KEY` (401 otherwise, with nothing in the body). CORS is off unless origins are given.
 - Each request is one log line (logger `dpr_paddle.serving.access`): method, path, status, ms.
@@ -38,16 +40,22 @@ class Overloaded(Exception):
     """The queue of waiting requests is full: the client should retry later (HTTP 503)."""
 
 
+class TimedOut(Exception):
+    """The request's time limit passed while it waited for a batch; it was never started (HTTP 503)."""
+
+
 class MicroBatcher:
     """Answers concurrent requests in batches: one thread takes every waiting request with the
     same k and mode (up to `max_batch` questions), searches them as one batch and hands each
     request its rows. Encoding a batch of 8 costs far less than 8 encodings of one, so throughput
     grows with concurrency instead of falling. Requests with another k wait for the next round, so
     a request's hnsw ef (which follows k) never depends on its neighbours. At most `max_queue`
-    requests wait; `submit` refuses more with Overloaded."""
+    requests wait; `submit` refuses more with Overloaded. A request whose `timeout` has passed
+    when its turn comes is not searched: its future raises TimedOut."""
 
-    def __init__(self, retriever, max_batch: int = 32, max_queue: int = 256):
+    def __init__(self, retriever, max_batch: int = 32, max_queue: int = 256, timeout: Optional[float] = None):
         self.retriever, self.max_batch, self.max_queue = retriever, max(1, max_batch), max(1, max_queue)
+        self.timeout = timeout
         self._pending = collections.deque()
         self._cv = threading.Condition()
         self.in_flight = 0
@@ -64,7 +72,8 @@ class MicroBatcher:
         with self._cv:
             if len(self._pending) >= self.max_queue:
                 raise Overloaded(f"{len(self._pending)} requests are waiting")
-            self._pending.append((queries, k, mode, future))
+            deadline = time.monotonic() + self.timeout if self.timeout else None
+            self._pending.append((queries, k, mode, future, deadline))
             self._cv.notify()
         return future
 
@@ -74,13 +83,13 @@ class MicroBatcher:
                 while not self._pending:
                     self._cv.wait()
                 first = self._pending.popleft()
-                if first[3].set_running_or_notify_cancel():  # False: its client gave up waiting
+                if self._start(first):
                     break
             batch, n, rest = [first], len(first[0]), collections.deque()
             while self._pending and n < self.max_batch:
                 item = self._pending.popleft()
                 if item[1:3] == first[1:3] and n + len(item[0]) <= self.max_batch:
-                    if item[3].set_running_or_notify_cancel():
+                    if self._start(item):
                         batch.append(item)
                         n += len(item[0])
                 else:
@@ -88,6 +97,17 @@ class MicroBatcher:
             self._pending.extendleft(reversed(rest))
             self.in_flight = len(batch)
         return batch
+
+    def _start(self, item) -> bool:
+        """Whether to search this request now: not if its client gave up (cancelled), nor if its deadline
+        has passed (then its future raises TimedOut)."""
+        future, deadline = item[3], item[4]
+        if not future.set_running_or_notify_cancel():
+            return False
+        if deadline is not None and time.monotonic() > deadline:
+            future.set_exception(TimedOut(f"waited {self.timeout:g} s"))
+            return False
+        return True
 
     def _run(self):
         while True:
@@ -99,14 +119,14 @@ class MicroBatcher:
                 self._one_by_one(batch)
             else:
                 row = 0
-                for queries, _, _, future in batch:
+                for queries, _, _, future, _ in batch:
                     future.set_result(results[row : row + len(queries)])
                     row += len(queries)
             self.in_flight = 0
 
     def _one_by_one(self, batch):
         """After a failed batch, each request searched alone: only the one that fails gets its error."""
-        for queries, k, mode, future in batch:
+        for queries, k, mode, future, _ in batch:
             try:
                 future.set_result(self.retriever.search(queries, k=k, mode=mode))
             except Exception as e:  # noqa: BLE001 - handed to its own request
@@ -182,7 +202,7 @@ def create_app(retriever, limits: Limits = Limits(), api_key: Optional[str] = No
         mode: Optional[str] = None
 
     app = FastAPI(title="dpr_paddle retriever", version="1", docs_url=None, redoc_url=None)
-    batcher = MicroBatcher(retriever, limits.max_batch, limits.max_queue)
+    batcher = MicroBatcher(retriever, limits.max_batch, limits.max_queue, limits.timeout)
     retry_after = {"Retry-After": str(max(1, round(limits.timeout / 10)))}
 
     @app.exception_handler(RequestValidationError)
@@ -223,9 +243,9 @@ def create_app(retriever, limits: Limits = Limits(), api_key: Optional[str] = No
             future = asyncio.wrap_future(batcher.submit(req.queries, req.k, req.mode))
         except Overloaded:
             return JSONResponse(status_code=503, headers=retry_after, content={"detail": "busy: try again shortly"})
-        try:  # wait_for cancels a request that has not started when its time is up
+        try:  # the batcher refuses a request whose time is up (TimedOut); wait_for bounds one already started
             results = await asyncio.wait_for(future, timeout=limits.timeout)
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, TimedOut):
             return JSONResponse(status_code=503, headers=retry_after,
                                 content={"detail": f"not answered within {limits.timeout:g} s: try again shortly"})
         except DprError as e:
