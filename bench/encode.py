@@ -3,6 +3,9 @@
     .venv/bin/python bench/encode.py --ctx ../shared/data/squad1_open/passages.tsv --limit 512 \
         --backends onnxruntime onnxruntime-int8 inference --peer_python .venv-peer/bin/python
 
+`--backends onnxruntime-unfused` adds the converted graph run op by op, without the fused attention
+that `onnxruntime` runs (encoding/onnx_fusion.py), to measure what the fusion gives in the same run.
+
 With --peer_python (a venv made from bench/requirements-peer.txt), sentence-transformers' `encode`
 of the same passages runs before and after ours (bench/peer.py), and the ratio uses their mean.
 
@@ -37,6 +40,17 @@ def peer_encode(args, bf16: bool = False) -> dict:
     return result
 
 
+def unfused_session(info: dict):
+    """ONNX Runtime on the tower's converted graph as paddle2onnx wrote it (attention op by op)."""
+    from dpr_paddle.common.files import cache_root
+    from dpr_paddle.encoding import onnx_backend
+    from dpr_paddle.encoding.towers import EXPORT_VERSION
+
+    recipe = f"{info['pooling']}-{'cos' if info['similarity'] == 'cosine' else 'dot'}"
+    return onnx_backend.session(os.path.join(cache_root(), "inference",
+                                             f"{info['model_fingerprint']}-{recipe}-v{EXPORT_VERSION}", "tower.onnx"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ctx", required=True, help="passages TSV")
@@ -62,8 +76,11 @@ def main() -> None:
     if args.peer_python:
         peer += [peer_encode(args, bf16) for bf16 in precisions]
     for backend in args.backends:
-        encode, tensorizer, _ = load_tower(CONTEXT, model_name_or_path="minilm", max_passage_length=args.max_length,
-                                           backend=backend)
+        encode, tensorizer, info = load_tower(CONTEXT, model_name_or_path="minilm",
+                                              max_passage_length=args.max_length,
+                                              backend=backend.replace("-unfused", ""))
+        if backend == "onnxruntime-unfused":
+            encode = unfused_session(info)
         t = time.perf_counter()
         ids = tensorizer.encode_passages_ids([(p.title, p.text) for p in passages])
         tokenize_s = time.perf_counter() - t

@@ -7,7 +7,7 @@ import pytest
 from conftest import run_cli
 from dpr_paddle.common.runtime import cpu_info
 from dpr_paddle.encoding import onnx_backend
-from dpr_paddle.encoding.towers import load_tower, paddle_inference_encoder
+from dpr_paddle.encoding.towers import load_tower, paddle_inference_encoder, tower_fingerprint
 from dpr_paddle.modeling.model import CONTEXT, QUESTION
 from dpr_paddle.index.shards import load_shards
 
@@ -31,7 +31,7 @@ def test_onnxruntime_is_converted_once_and_equals_paddle_inference(home):
     encode, tensorizer, info = load_tower(CONTEXT, model_name_or_path="tiny", max_passage_length=64,
                                           backend="onnxruntime")
     assert info["backend"] == "onnxruntime" and "quantization" not in info
-    converted = [os.path.join(r, f) for r, _, fs in os.walk(home) for f in fs if f.endswith(".onnx")]
+    converted = [os.path.join(r, f) for r, _, fs in os.walk(home) for f in fs if f == "tower.onnx"]
     assert len(converted) == 1
     mtime = os.stat(converted[0]).st_mtime_ns
     reference, _, ref_info = load_tower(CONTEXT, model_name_or_path="tiny", max_passage_length=64, backend="inference")
@@ -40,6 +40,31 @@ def test_onnxruntime_is_converted_once_and_equals_paddle_inference(home):
     again, _, _ = load_tower(QUESTION, model_name_or_path="tiny", backend="onnxruntime")  # shared tower: same file
     assert os.stat(converted[0]).st_mtime_ns == mtime
     assert np.abs(again(arrays) - reference(arrays)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-ernie"])
+def test_attention_runs_fused_and_gives_the_converted_graphs_vectors(home, name):
+    """ONNX Runtime runs each attention block as one fused `Attention` node (onnx_fusion); on padded input its
+    vectors equal the converted graph's, op by op, and Paddle Inference's."""
+    import glob
+
+    import onnx
+
+    from dpr_paddle.encoding import onnx_fusion
+
+    encode, tensorizer, _ = load_tower(CONTEXT, model_name_or_path=name, max_passage_length=64, backend="onnxruntime")
+    _, fingerprint = tower_fingerprint(CONTEXT, model_name_or_path=name)
+    [converted] = glob.glob(str(home / "inference" / f"{fingerprint}-*" / "tower.onnx"))
+    graph = onnx.load(onnx_fusion.fused_path(converted)).graph
+    layers = sum(n.op_type == "Softmax" for n in onnx.load(converted).graph.node)
+    assert layers >= 2 and sum(n.op_type == "Attention" for n in graph.node) == layers
+    assert not any(n.op_type == "Softmax" for n in graph.node)
+    arrays = _arrays(tensorizer)  # three pairs of different lengths: padded
+    assert arrays["attention_mask"].min() == 0
+    plain = onnx_backend.session(converted)
+    reference = paddle_inference_encoder(converted[: -len(".onnx")])
+    assert np.abs(encode(arrays) - plain(arrays)).max() <= 1e-5
+    assert np.abs(encode(arrays) - reference(arrays)).max() <= 1e-5
 
 
 def test_auto_is_the_faster_cpu_backend_measured_once_per_model_cpu_and_length(home, caplog):

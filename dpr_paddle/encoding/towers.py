@@ -7,7 +7,8 @@ Backends:
 - `onnxruntime`: the Paddle export below, converted once to ONNX and run by ONNX Runtime; checked
   against Paddle Inference on a probe batch when converted (same vectors within 1e-6 for MiniLM),
   and measured 1.3-1.6x faster than Paddle Inference on AMD and 1.1x on Intel (docs/benchmarks.md,
-  sections 2a and 14), so the usual choice of `auto`.
+  sections 2a and 14), so the usual choice of `auto`. Its attention blocks run as ONNX Runtime's fused
+  `Attention` operator (onnx_fusion.py), checked the same way when the fused graph is made.
 - `onnxruntime-int8`: the same with int8 MatMul weights (onnx_backend.py); opt-in, it changes the vectors.
 - `inference-bf16`: Paddle Inference with oneDNN's bfloat16 kernels, on CPUs with AVX512-BF16 or AMX; opt-in,
   it changes the vectors.
@@ -35,7 +36,7 @@ from ..modeling.builder import (build_biencoder, check_lengths, encoder_recipe, 
                                 resolve_encoder_paths)
 from ..modeling.model import CONTEXT, QUESTION
 from ..modeling.tokenization import Tensorizer
-from . import onnx_backend
+from . import onnx_backend, onnx_fusion
 from .spec import TowerSpec
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,8 @@ def paddle_inference_encoder(prefix: str, bf16: bool = False) -> Callable[[Dict[
 
 def onnx_encoder(prefix: str, int8: bool, vocab_size: int) -> Callable[[Dict[str, np.ndarray]], np.ndarray]:
     """encode(arrays) with ONNX Runtime; a fresh conversion is first checked against Paddle
-    Inference on a probe batch, and removed (OnnxUnavailable) if it is not faithful."""
+    Inference on a probe batch, and removed (OnnxUnavailable) if it is not faithful. Float32 runs the
+    variant with fused attention (onnx_fusion) when it exists and passes the same check."""
     fresh = not os.path.isfile(prefix + ".onnx")
     path = onnx_backend.convert(prefix)
     if fresh:
@@ -128,7 +130,25 @@ def onnx_encoder(prefix: str, int8: bool, vocab_size: int) -> Callable[[Dict[str
         except onnx_backend.OnnxUnavailable:
             os.remove(path)
             raise
-    return onnx_backend.session(onnx_backend.quantize_int8(path) if int8 else path)
+    if int8:  # quantised from the converted graph, as int8 shards have always been made
+        return onnx_backend.session(onnx_backend.quantize_int8(path))
+    return onnx_backend.session(_attention_fused(prefix, path, vocab_size) or path)
+
+
+def _attention_fused(prefix: str, path: str, vocab_size: int) -> Optional[str]:
+    """The fused-attention variant of the conversion at `path`, checked against Paddle Inference when made;
+    None (logged) if no block matched or the check failed."""
+    fresh = not os.path.isfile(onnx_fusion.fused_path(path))
+    fused = onnx_fusion.fuse_attention(path)
+    if fused and fresh:
+        try:
+            onnx_backend.check_faithful(onnx_backend.session(fused), paddle_inference_encoder(prefix),
+                                        onnx_backend.probe_arrays(vocab_size), fused)
+        except Exception as e:  # noqa: BLE001 (ONNX Runtime raises bare Exception subclasses): not used, then
+            os.remove(fused)
+            logger.info("attention left unfused: %s", e)
+            return None
+    return fused
 
 
 def resolve_backend(backend: str, on_gpu: bool, export: Optional[Callable[[], str]] = None, vocab_size: int = 0,
@@ -150,7 +170,8 @@ def measured_cpu_backend(prefix: str, vocab_size: int, length: int, batch: int =
     length, cached beside the export and logged in one line. A conversion that fails its check makes it
     inference, with the reason in the log."""
     model, _ = cpu_info()
-    path = os.path.join(os.path.dirname(prefix), f"backend-{cpu_key(length, batch)}.json")
+    # v2: measured since ONNX Runtime runs fused attention (onnx_fusion); older choices timed the unfused graph
+    path = os.path.join(os.path.dirname(prefix), f"backend-v2-{cpu_key(length, batch)}.json")
 
     def measure() -> dict:
         rng = np.random.default_rng(0)
