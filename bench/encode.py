@@ -3,8 +3,9 @@
     .venv/bin/python bench/encode.py --ctx ../shared/data/squad1_open/passages.tsv --limit 512 \
         --backends onnxruntime onnxruntime-int8 inference --peer_python .venv-peer/bin/python
 
-`--backends onnxruntime-unfused` adds the converted graph run op by op, without the fused attention
-that `onnxruntime` runs (encoding/onnx_fusion.py), to measure what the fusion gives in the same run.
+`--backends onnxruntime-unfused` adds the converted graph with ONNX Runtime's own fusions only (attention op by
+op, SkipLayerNormalization and BiasGelu fused): what `onnxruntime` ran before encoding/onnx_fusion.py and
+onnx_backend.SLOWER_FUSIONS, to measure what they give in the same run.
 
 With --peer_python (a venv made from bench/requirements-peer.txt), sentence-transformers' `encode`
 of the same passages runs before and after ours (bench/peer.py), and the ratio uses their mean.
@@ -41,14 +42,21 @@ def peer_encode(args, bf16: bool = False) -> dict:
 
 
 def unfused_session(info: dict):
-    """ONNX Runtime on the tower's converted graph as paddle2onnx wrote it (attention op by op)."""
+    """ONNX Runtime on the tower's converted graph as paddle2onnx wrote it (attention op by op) with every one
+    of ONNX Runtime's own fusions: what `onnxruntime` ran before onnx_fusion and onnx_backend.SLOWER_FUSIONS."""
+    import onnxruntime as ort
+
     from dpr_paddle.common.files import cache_root
-    from dpr_paddle.encoding import onnx_backend
+    from dpr_paddle.common.runtime import cpu_threads
     from dpr_paddle.encoding.towers import EXPORT_VERSION
 
     recipe = f"{info['pooling']}-{'cos' if info['similarity'] == 'cosine' else 'dot'}"
-    return onnx_backend.session(os.path.join(cache_root(), "inference",
-                                             f"{info['model_fingerprint']}-{recipe}-v{EXPORT_VERSION}", "tower.onnx"))
+    path = os.path.join(cache_root(), "inference", f"{info['model_fingerprint']}-{recipe}-v{EXPORT_VERSION}",
+                        "tower.onnx")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = cpu_threads(), 1
+    sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return lambda arrays: sess.run(None, {i.name: arrays[i.name] for i in sess.get_inputs()})[0]
 
 
 def main() -> None:

@@ -108,6 +108,14 @@ def quantize_int8(onnx_path: str) -> str:
     return path
 
 
+# ONNX Runtime fusions that make a float32 encoder slower on CPU: its SkipLayerNormalization and BiasGelu kernels
+# ran 7-10 % of a MiniLM forward slower than the Add + LayerNormalization and Add + Gelu they replace (measured
+# on an Intel Xeon at 32-256 tokens, docs/benchmarks.md section 14; vectors within 3e-7). An int8 graph keeps
+# them: there the change moves the vectors by up to 0.03 through the activations' quantisation, and its shards
+# must stay reproducible.
+SLOWER_FUSIONS = ["SkipLayerNormFusion", "BiasGeluFusion"]
+
+
 def session(path: str, threads: Optional[int] = None) -> Callable[[Dict[str, np.ndarray]], np.ndarray]:
     """encode(arrays) -> [B, D] float32 with an ONNX Runtime CPU session of `path`."""
     import onnxruntime as ort
@@ -116,7 +124,8 @@ def session(path: str, threads: Optional[int] = None) -> Callable[[Dict[str, np.
     options.intra_op_num_threads = threads or cpu_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: its warnings name graph nodes, nothing a user can act on
-    sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    disabled = [] if path.endswith(".int8.onnx") else SLOWER_FUSIONS
+    sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
     names = [i.name for i in sess.get_inputs()]
 
     def encode(arrays: Dict[str, np.ndarray]) -> np.ndarray:
