@@ -29,6 +29,17 @@ from .training.config import RerankConfig, TrainConfig
 
 
 ModelArgs = ModelSpec  # the encoders every command starts from (modeling/spec.py)
+
+
+@dataclass
+class TowerArgs(ModelArgs):
+    """ModelArgs of the commands that encode with an encoder (not train it): a length left out is the one the
+    checkpoint was trained at; a length given is used as given."""
+
+    max_query_length: Optional[int] = option(None, "max question length in tokens (default: the checkpoint's, from "
+                                                   "its dpr_config.json, else 32)")
+    max_passage_length: Optional[int] = option(None, "max passage (title + text) length in tokens (default: the "
+                                                     "checkpoint's, from its dpr_config.json, else 256)")
 TrainArgs = TrainConfig  # train_dense_encoder.py (training/config.py)
 RerankTrainArgs = RerankConfig  # train_reranker.py (training/config.py)
 
@@ -77,7 +88,7 @@ class BM25IndexArgs(BM25Args):
 
 
 @dataclass
-class EmbedArgs(ModelArgs):
+class EmbedArgs(TowerArgs):
     """generate_dense_embedding.py."""
 
     ctx_file: str = option(None, "passages TSV (id, text, title), .tsv or .tsv.gz", required=True)
@@ -99,7 +110,7 @@ class EmbedArgs(ModelArgs):
 
 
 @dataclass
-class SearchArgs(ModelArgs, BM25Args):
+class SearchArgs(TowerArgs, BM25Args):
     """What a retriever is made of (dense_retriever.py, python -m dpr_paddle.search / serve)."""
 
     ctx_file: str = option(None, "passages TSV, for titles/texts (and BM25)", required=True)
@@ -214,7 +225,7 @@ class ServeArgs(SearchArgs):
 
 
 @dataclass
-class MineArgs(ModelArgs, BM25Args):
+class MineArgs(TowerArgs, BM25Args):
     """mine_hard_negatives.py / python -m dpr_paddle.mine."""
 
     train_data_path: Optional[str] = option(None, "biencoder records whose hard negatives are mined (.json, .jsonl, "
@@ -364,7 +375,8 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
         elif meta.get("required"):
             p.add_argument(*names, dest=f.name, type=base, help=help_, required=True)
         else:
-            p.add_argument(*names, dest=f.name, type=base, default=f.default, help=f"{help_} (default: {f.default})",
+            shown = "" if f.default is None else f" (default: {f.default})"  # None: the help says what it means
+            p.add_argument(*names, dest=f.name, type=base, default=f.default, help=help_ + shown,
                            **{k: v for k, v in meta.items() if k in ("choices", "nargs")})
     return p
 

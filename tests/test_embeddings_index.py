@@ -248,3 +248,37 @@ def test_a_complete_shard_of_another_job_is_refused_not_reused(small_corpus, tmp
     # --overwrite is the way to re-encode
     proc = embed(small_corpus, out, "--overwrite")
     assert proc.returncode == 0
+
+
+def test_a_length_given_wins_over_the_checkpoints_and_one_left_out_is_the_checkpoints(tmp_path, tiny_dir, sample_dir,
+                                                                                       caplog):
+    """A checkpoint trained at 48 tokens encodes at 48 when no length is given (DPR's rule), and at the length
+    given when one is (sentence-transformers' max_seq_length), saying so in one log line; the shards record the
+    length used, so the two are different jobs."""
+    import logging
+
+    from conftest import sample_head
+    from dpr_paddle import encode
+    from dpr_paddle.encoding.towers import load_tower
+    from dpr_paddle.modeling.builder import encoder_recipe, model_config
+    from dpr_paddle.modeling.model import CONTEXT, QUESTION
+
+    ckpt = tmp_path / "ckpt"
+    for tower in ("question_encoder", "context_encoder"):
+        shutil.copytree(tiny_dir, ckpt / tower)
+    (ckpt / "dpr_config.json").write_text(json.dumps(model_config(16, 48, 0, False, encoder_recipe("tiny"))))
+    _, tensorizer, info = load_tower(CONTEXT, model_file=str(ckpt))
+    assert (tensorizer.max_passage_length, info["max_length"]) == (48, 48)
+    with caplog.at_level(logging.INFO, logger="dpr_paddle.encoding.towers"):
+        _, tensorizer, info = load_tower(CONTEXT, model_file=str(ckpt), max_passage_length=64)
+    assert (tensorizer.max_passage_length, info["max_length"]) == (64, 64)
+    assert [r.getMessage() for r in caplog.records if "as given" in r.getMessage()] == [
+        "context tower: max_passage_length 64 as given; the checkpoint was trained at 48 (dpr_config.json)"]
+    assert load_tower(QUESTION, model_file=str(ckpt))[1].max_query_length == 16
+    sample_head(sample_dir, str(tmp_path), 8)
+    for given, expected in ((None, 48), (64, 64)):
+        out = tmp_path / f"emb{expected}"
+        encode.main(["--model_file", str(ckpt), "--ctx_file", str(tmp_path / "p.tsv"), "--out_file", str(out),
+                     "--backend", "dygraph"] + (["--max_passage_length", str(given)] if given else []))
+        [shard] = load_shards(str(out) + "_*")
+        assert shard.meta["max_length"] == expected

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..common.options import InvalidValue, check_numbers
-from ..modeling.tokenization import DEFAULT_MAX_PASSAGE_LENGTH, DEFAULT_MAX_QUERY_LENGTH
 
 
 BACKENDS = ("auto", "onnxruntime", "onnxruntime-int8", "inference", "inference-bf16", "dygraph")
@@ -23,9 +22,10 @@ def check_backend(value: Optional[str], allowed=BACKENDS, name: str = "backend")
 class TowerSpec:
     """Which encoder a tower loads and how it runs (the commands build it from their flags).
 
-    The encoders come from `model_file` (a checkpoint) or the path fields; a checkpoint's
-    dpr_config.json overrides the lengths and projection given here, and `auto` pooling and
-    similarity take the encoder's own. `fp16` runs float16 autocast on GPU only; `backend` is
+    The encoders come from `model_file` (a checkpoint) or the path fields. A length left None is the
+    one the checkpoint was trained at (its dpr_config.json), else the default; a length given is used,
+    as sentence-transformers' max_seq_length is. A checkpoint's projection overrides the one given here,
+    and `auto` pooling and similarity take the encoder's own. `fp16` runs float16 autocast on GPU only; `backend` is
     one of BACKENDS (auto: `towers.resolve_backend`).
     """
 
@@ -34,8 +34,8 @@ class TowerSpec:
     que_model_path: Optional[str] = None
     con_model_path: Optional[str] = None
     projection_dim: int = 0
-    max_query_length: int = DEFAULT_MAX_QUERY_LENGTH
-    max_passage_length: int = DEFAULT_MAX_PASSAGE_LENGTH
+    max_query_length: Optional[int] = None  # None: the checkpoint's, else DEFAULT_MAX_QUERY_LENGTH
+    max_passage_length: Optional[int] = None  # None: the checkpoint's, else DEFAULT_MAX_PASSAGE_LENGTH
     pooling: str = "auto"
     similarity: str = "auto"
     fp16: bool = False

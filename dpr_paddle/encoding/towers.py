@@ -35,7 +35,7 @@ from ..common.runtime import cpu_info, cpu_key, cpu_threads, measured_choice, ti
 from ..modeling.builder import (build_biencoder, check_lengths, encoder_recipe, model_fingerprint,
                                 resolve_encoder_paths)
 from ..modeling.model import CONTEXT, QUESTION
-from ..modeling.tokenization import Tensorizer
+from ..modeling.tokenization import DEFAULT_MAX_PASSAGE_LENGTH, DEFAULT_MAX_QUERY_LENGTH, Tensorizer
 from . import onnx_backend, onnx_fusion
 from .spec import TowerSpec
 
@@ -241,13 +241,14 @@ def load_tower(tower: str, spec: Optional[TowerSpec] = None,
     TowerSpec made from `fields`, e.g. `load_tower(CONTEXT, model_name_or_path="tiny")`)."""
     spec = spec or TowerSpec(**fields)
     model, tokenizer, label, cfg, recipe = _build_tower(tower, spec)
-    max_q = int(cfg.get("max_query_length", spec.max_query_length))
-    max_p = int(cfg.get("max_passage_length", spec.max_passage_length))
-    name, used, given = (("max_passage_length", max_p, spec.max_passage_length) if tower == CONTEXT else
-                         ("max_query_length", max_q, spec.max_query_length))
-    if used != given:  # DPR's rule, said aloud: the checkpoint's length wins
-        logger.info("%s tower: the checkpoint's %s %d (dpr_config.json, the length it was trained at) is used, not "
-                    "%d", tower, name, used, given)
+    # a length given wins (reading past the trained length is legitimate, as --rerank_max_length does); one left
+    # out is the checkpoint's, as DPR does
+    max_q = spec.max_query_length or int(cfg.get("max_query_length", DEFAULT_MAX_QUERY_LENGTH))
+    max_p = spec.max_passage_length or int(cfg.get("max_passage_length", DEFAULT_MAX_PASSAGE_LENGTH))
+    name, used = ("max_passage_length", max_p) if tower == CONTEXT else ("max_query_length", max_q)
+    if name in cfg and used != int(cfg[name]):
+        logger.info("%s tower: %s %d as given; the checkpoint was trained at %d (dpr_config.json)", tower, name,
+                    used, int(cfg[name]))
     check_lengths(model, max_q if tower == QUESTION else 4, max_p if tower == CONTEXT else 4)  # the length it uses
     tensorizer = Tensorizer(tokenizer, max_q, max_p)
     on_gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device()
