@@ -139,8 +139,8 @@ def main() -> None:
             gold[label] = {k: metrics[k] for k in GOLD_KEYS}
         return accuracy(out), e
 
-    def encode(label, out, *flags):
-        return run(label, "generate_dense_embedding.py", "--ctx_file", ctx, "--out_file", out, "--overwrite", *plen, *flags)
+    def encode(label, out, *flags):  # a checkpoint encodes at the length it was trained at (no length given)
+        return run(label, "generate_dense_embedding.py", "--ctx_file", ctx, "--out_file", out, "--overwrite", *flags)
 
     # ---- BM25 and zero-shot
     rows[bm25_row], e = retrieve("BM25", f"{work}/bm25.json", "--bm25", *bm25)
@@ -148,7 +148,7 @@ def main() -> None:
     for label, flags in (("zero-shot MiniLM, cls + dot (DPR's pooling)", ["--pooling", "cls", "--similarity", "dot"]),
                          ("zero-shot MiniLM, mean + cosine (its own)", [])):
         tag = "zs_cls" if flags else "zs_mean"
-        e1 = encode(f"encode {tag}", f"{work}/emb_{tag}", "--model_name_or_path", "minilm", *flags)
+        e1 = encode(f"encode {tag}", f"{work}/emb_{tag}", "--model_name_or_path", "minilm", *plen, *flags)
         rows[label], e2 = retrieve(f"retrieve {tag}", f"{work}/{tag}.json", "--model_name_or_path", "minilm",
                                    "--encoded_ctx_file", f"{work}/emb_{tag}", *plen, *flags)
         times[label] = [e1, e2]
