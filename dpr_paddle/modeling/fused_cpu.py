@@ -13,7 +13,7 @@ Dropout masks come from one seed per call drawn from Paddle's CPU generator, so 
 the gradient cache's RNG replay decide them: the dropout-on bit-for-bit tests hold with these
 kernels on. They are not Paddle's (or fast_cpu's) masks.
 
-Built once with `paddle.utils.cpp_extension` (g++ -O3 -fopenmp, for the vector width of the CPU that runs
+Built once with `paddle.utils.cpp_extension` (g++ -O3 -fopenmp -fno-trapping-math, for the vector width of the CPU that runs
 them: AVX-512 where the CPU has it, else AVX2 + FMA) into DPR_PADDLE_HOME/ops/fused-<hash of the source,
 Paddle's version and the flags>, on first use; the instruction set is in the hash, so a build is never
 loaded on a CPU that lacks its instructions. A machine without a compiler (or a failed build) runs the
@@ -73,7 +73,11 @@ def cflags() -> list:
         vector = ["-mavx2", "-mfma"]
     else:
         vector = []
-    return ["-O3", "-fopenmp"] + vector
+    # -fno-trapping-math: without it g++ keeps every loop that calls fast_exp / fast_erf scalar (their clamps and
+    # selects could raise a floating-point exception that the vector code would raise elsewhere), and GELU and
+    # softmax ran at 0.6 G elements/s instead of 5. Nothing here reads the exception flags; the values are the
+    # same operations in the same order (docs/benchmarks.md section 14)
+    return ["-O3", "-fopenmp", "-fno-trapping-math"] + vector
 
 
 def vector_width() -> str:
