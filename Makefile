@@ -35,6 +35,7 @@ $(SAMPLE)/passages.tsv: data/make_sample.py
 	$(PY) data/make_sample.py --output_dir $(SAMPLE)
 
 demo: install sample
+	@rm -rf $(DEMO)  # every run starts afresh, as a newcomer's does: its indexes and stores belong to this sample
 	@mkdir -p $(DEMO)
 	@echo "== 1/7 BM25 baseline (bm25s): index the sample corpus and retrieve"
 	$(PY) dense_retriever.py --bm25 --out_file $(DEMO)/bm25.json --ctx_file $(SAMPLE)/passages.tsv \
