@@ -88,12 +88,14 @@ class _Graph:
         return readers[0] if len(readers) == 1 and readers[0].op_type == op else None
 
     def scalar(self, name: str) -> Optional[float]:
+        """The value of a one-element constant or initializer, else None."""
         value = self.weights.get(name, self.constants.get(name))
         return None if value is None or np.size(value) != 1 else float(np.asarray(value).ravel()[0])
 
 
 def _perm(node) -> List[int]:
-    return [list(a.ints) for a in node.attribute if a.name == "perm"][0]
+    """A Transpose's permutation ([] when it has none: it then reverses the axes, which no pattern here uses)."""
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
 
 
 def _projection(g: _Graph, name: str):
