@@ -44,19 +44,11 @@ def peer_encode(args, bf16: bool = False) -> dict:
 def unfused_session(info: dict):
     """ONNX Runtime on the tower's converted graph as paddle2onnx wrote it (attention op by op) with every one
     of ONNX Runtime's own fusions: what `onnxruntime` ran before onnx_fusion and onnx_backend.SLOWER_FUSIONS."""
-    import onnxruntime as ort
-
-    from dpr_paddle.common.files import cache_root
-    from dpr_paddle.common.runtime import cpu_threads
-    from dpr_paddle.encoding.towers import EXPORT_VERSION
+    from dpr_paddle.encoding import onnx_backend
+    from dpr_paddle.encoding.towers import export_prefix
 
     recipe = f"{info['pooling']}-{'cos' if info['similarity'] == 'cosine' else 'dot'}"
-    path = os.path.join(cache_root(), "inference", f"{info['model_fingerprint']}-{recipe}-v{EXPORT_VERSION}",
-                        "tower.onnx")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = cpu_threads(), 1
-    sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    return lambda arrays: sess.run(None, {i.name: arrays[i.name] for i in sess.get_inputs()})[0]
+    return onnx_backend.session(export_prefix(info["model_fingerprint"], recipe) + ".onnx", disabled=[])
 
 
 def main() -> None:

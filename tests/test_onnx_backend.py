@@ -145,3 +145,23 @@ def test_bf16_runs_where_the_cpu_has_it_as_another_job_and_is_refused_in_one_lin
     a, b = exact(_arrays(tensorizer)), bf16(_arrays(tensorizer))
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert info["quantization"] == "bf16" and cosine.min() > 0.99 and np.abs(a - b).max() > 1e-4
+
+
+def test_a_graph_without_attention_is_read_once_and_run_as_converted(tmp_path):
+    """No block matched: fuse_attention says None and remembers it beside the graph, so a later load neither
+    reads the graph again nor writes a fused copy."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from dpr_paddle.encoding import onnx_fusion
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    path = str(tmp_path / "tower.onnx")
+    onnx.save(helper.make_model(graph), path)
+    assert onnx_fusion.fuse_attention(path) is None
+    with open(path, "wb") as f:
+        f.write(b"not a graph")  # read again, it would fail
+    assert onnx_fusion.fuse_attention(path) is None
+    assert not os.path.exists(onnx_fusion.fused_path(path))

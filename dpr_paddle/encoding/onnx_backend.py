@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 import warnings
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -116,16 +116,20 @@ def quantize_int8(onnx_path: str) -> str:
 SLOWER_FUSIONS = ["SkipLayerNormFusion", "BiasGeluFusion"]
 
 
-def session(path: str, threads: Optional[int] = None) -> Callable[[Dict[str, np.ndarray]], np.ndarray]:
-    """encode(arrays) -> [B, D] float32 with an ONNX Runtime CPU session of `path`."""
+def session(path: str, threads: Optional[int] = None,
+            disabled: Optional[Sequence[str]] = None) -> Callable[[Dict[str, np.ndarray]], np.ndarray]:
+    """encode(arrays) -> [B, D] float32 with an ONNX Runtime CPU session of `path`, without the ORT fusions
+    `disabled` (default: SLOWER_FUSIONS for a float32 graph, none for int8)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or cpu_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: its warnings name graph nodes, nothing a user can act on
-    disabled = [] if path.endswith(".int8.onnx") else SLOWER_FUSIONS
-    sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+    if disabled is None:
+        disabled = [] if path.endswith(".int8.onnx") else SLOWER_FUSIONS
+    sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled))
     names = [i.name for i in sess.get_inputs()]
 
     def encode(arrays: Dict[str, np.ndarray]) -> np.ndarray:

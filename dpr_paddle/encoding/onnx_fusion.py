@@ -31,16 +31,32 @@ def fused_path(onnx_path: str) -> str:
     return onnx_path[: -len(".onnx")] + ".attention.onnx"
 
 
+def _unfused_marker(onnx_path: str) -> str:
+    return onnx_path[: -len(".onnx")] + ".attention.none"
+
+
+def give_up(onnx_path: str) -> None:
+    """Remove the fused variant of `onnx_path` (it failed its check) and remember that it has none."""
+    if os.path.isfile(fused_path(onnx_path)):
+        os.remove(fused_path(onnx_path))
+    with atomic_path(_unfused_marker(onnx_path)) as tmp, open(tmp, "w", encoding="utf-8"):
+        pass
+
+
 def fuse_attention(onnx_path: str) -> Optional[str]:
     """`onnx_path` with every recognised attention block as one `Attention` node, written once beside it;
-    None when no block matched (the caller then runs the model as converted)."""
+    None when no block matched, or an earlier fusion failed its check (`give_up`): the caller then runs the
+    model as converted. Both outcomes are remembered beside it, so the 90 MB graph is read once."""
     import onnx
 
     path = fused_path(onnx_path)
     if os.path.isfile(path):
         return path
+    if os.path.isfile(_unfused_marker(onnx_path)):
+        return None
     model = onnx.load(onnx_path)
     if not _rewrite(model.graph):
+        give_up(onnx_path)
         return None
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))

@@ -48,12 +48,17 @@ INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 EXPORT_VERSION = 4
 
 
+def export_prefix(fingerprint: str, recipe: str) -> str:
+    """Where `export_static` writes (and finds) the export of a model with this fingerprint and recipe
+    ("mean-cos", "cls-dot", ... or "rerank"): a path prefix for .json/.pdiparams/.onnx."""
+    return os.path.join(cache_root(), "inference", f"{fingerprint}-{recipe}-v{EXPORT_VERSION}", "tower")
+
+
 def export_static(model, fingerprint: str, recipe: Optional[str] = None) -> str:
     """jit.save the question tower of a (shared) BiEncoder, or a CrossEncoder (`recipe` "rerank"), once per
     fingerprint and recipe; returns the path prefix."""
-    recipe = recipe or f"{model.pooling}-{'cos' if model.normalize else 'dot'}"
-    directory = os.path.join(cache_root(), "inference", f"{fingerprint}-{recipe}-v{EXPORT_VERSION}")
-    prefix = os.path.join(directory, "tower")
+    prefix = export_prefix(fingerprint, recipe or f"{model.pooling}-{'cos' if model.normalize else 'dot'}")
+    directory = os.path.dirname(prefix)
     if os.path.isfile(prefix + ".pdiparams"):
         return prefix
     from paddle.static import InputSpec
@@ -121,31 +126,37 @@ def onnx_encoder(prefix: str, int8: bool, vocab_size: int) -> Callable[[Dict[str
     """encode(arrays) with ONNX Runtime; a fresh conversion is first checked against Paddle
     Inference on a probe batch, and removed (OnnxUnavailable) if it is not faithful. Float32 runs the
     variant with fused attention (onnx_fusion) when it exists and passes the same check."""
+    reference: list = []  # Paddle Inference's encoder: made only when a fresh file is checked, and once
+
+    def check(onnx_path: str) -> None:
+        if not reference:
+            reference.append(paddle_inference_encoder(prefix))
+        onnx_backend.check_faithful(onnx_backend.session(onnx_path), reference[0],
+                                    onnx_backend.probe_arrays(vocab_size), onnx_path)
+
     fresh = not os.path.isfile(prefix + ".onnx")
     path = onnx_backend.convert(prefix)
     if fresh:
         try:
-            onnx_backend.check_faithful(onnx_backend.session(path), paddle_inference_encoder(prefix),
-                                        onnx_backend.probe_arrays(vocab_size), path)
+            check(path)
         except onnx_backend.OnnxUnavailable:
             os.remove(path)
             raise
     if int8:  # quantised from the converted graph, as int8 shards have always been made
         return onnx_backend.session(onnx_backend.quantize_int8(path))
-    return onnx_backend.session(_attention_fused(prefix, path, vocab_size) or path)
+    return onnx_backend.session(_attention_fused(path, check) or path)
 
 
-def _attention_fused(prefix: str, path: str, vocab_size: int) -> Optional[str]:
-    """The fused-attention variant of the conversion at `path`, checked against Paddle Inference when made;
-    None (logged) if no block matched or the check failed."""
+def _attention_fused(path: str, check: Callable[[str], None]) -> Optional[str]:
+    """The fused-attention variant of the conversion at `path`, `check`ed when made; None if no block matched
+    or the check failed (logged; either outcome is remembered, so later loads do not try again)."""
     fresh = not os.path.isfile(onnx_fusion.fused_path(path))
     fused = onnx_fusion.fuse_attention(path)
     if fused and fresh:
         try:
-            onnx_backend.check_faithful(onnx_backend.session(fused), paddle_inference_encoder(prefix),
-                                        onnx_backend.probe_arrays(vocab_size), fused)
+            check(fused)
         except Exception as e:  # noqa: BLE001 (ONNX Runtime raises bare Exception subclasses): not used, then
-            os.remove(fused)
+            onnx_fusion.give_up(path)
             logger.info("attention left unfused: %s", e)
             return None
     return fused

@@ -13,9 +13,9 @@ Dropout masks come from one seed per call drawn from Paddle's CPU generator, so 
 the gradient cache's RNG replay decide them: the dropout-on bit-for-bit tests hold with these
 kernels on. They are not Paddle's (or fast_cpu's) masks.
 
-Built once with `paddle.utils.cpp_extension` (g++ -O3 -fopenmp -fno-trapping-math, for the vector width of the CPU that runs
-them: AVX-512 where the CPU has it, else AVX2 + FMA) into DPR_PADDLE_HOME/ops/fused-<hash of the source,
-Paddle's version and the flags>, on first use; the instruction set is in the hash, so a build is never
+Built once with `paddle.utils.cpp_extension` (g++ -O3 -fopenmp -fno-trapping-math, for the vector width of
+the CPU that runs them: AVX-512 where the CPU has it, else AVX2 + FMA) into DPR_PADDLE_HOME/ops/fused-<hash of
+the source, Paddle's version and the flags>, on first use; the instruction set is in the hash, so a build is never
 loaded on a CPU that lacks its instructions. A machine without a compiler (or a failed build) runs the
 eager path, saying so in one log line.
 
