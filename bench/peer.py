@@ -91,7 +91,8 @@ def rerank(args) -> dict:
 
 
 def train_step(args, model) -> dict:
-    """Median seconds of CachedMNRL steps on random ids, after a warm-up step on two mini-batches."""
+    """Median seconds of CachedMNRL steps on random ids, after a warm-up step on two mini-batches (--bf16:
+    under torch's CPU bfloat16 autocast, parameters and optimiser float32)."""
     import numpy as np
     import torch
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
@@ -117,8 +118,10 @@ def train_step(args, model) -> dict:
     times = []
     for i, features_ in enumerate(batches):
         t = time.perf_counter()
-        loss = loss_fn(features_, None)
-        loss.backward()
+        # --bf16: autocast around the loss and its backward, whose hook re-encodes each mini-batch with grad
+        with precision(args.bf16):
+            loss = loss_fn(features_, None)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
         opt.step()
         opt.zero_grad()
@@ -145,7 +148,7 @@ def main() -> None:
     ap.add_argument("--hard_negatives", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--bf16", action="store_true", help="encode, rerank: under torch.autocast('cpu', bfloat16)")
+    ap.add_argument("--bf16", action="store_true", help="under torch.autocast('cpu', bfloat16)")
     ap.add_argument("--texts", help="train_step: real batches (JSON list of {questions, positives, negatives})")
     args = ap.parse_args()
 

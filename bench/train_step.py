@@ -65,9 +65,10 @@ def real_batches(path: str, batch: int, count: int, q_len: int, p_len: int, toke
 
 
 def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int, q_chunk: int = 0,
-        real_data: str = "", sort_chunks: bool = True) -> dict:
+        real_data: str = "", sort_chunks: bool = True, bf16: bool = False) -> dict:
     """Time `steps` training steps in this process; chunk 0 = plain step; q_chunk 0 = chunk. With
-    `real_data` (a DPR training file) the steps take its first batches, q_len/p_len being maximum lengths."""
+    `real_data` (a DPR training file) the steps take its first batches, q_len/p_len being maximum lengths;
+    `bf16`: the encoders' GEMMs in bfloat16 (train_dense_encoder.py --bf16 on a CPU)."""
     import numpy as np
     import paddle
 
@@ -78,7 +79,7 @@ def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int, q
 
     paddle.seed(0)
     model, tokenizer = build_biencoder("minilm", "minilm")
-    model.speed_up_training()  # as train.py does (a no-op with DPR_PADDLE_FAST_CPU=0)
+    model.speed_up_training(bf16=bf16)  # as train.py does (a no-op with DPR_PADDLE_FAST_CPU=0)
     model.train()
     opt, sched = build_optimizer(model, 2e-5, 1000, 10, max_grad_norm=2.0)
     rng = np.random.default_rng(0)
@@ -122,7 +123,7 @@ def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int, q
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "fast_cpu": os.environ.get("DPR_PADDLE_FAST_CPU") != "0", "q_chunk": q_chunk or chunk,
             "fused": os.environ.get("DPR_PADDLE_FUSED") != "0" and fused_built(), "real_data": bool(real_data),
-            "real_tokens_per_step": tokens if real_data else None, "sort_chunks": sort_chunks}
+            "real_tokens_per_step": tokens if real_data else None, "sort_chunks": sort_chunks, "bf16": bf16}
 
 
 def fused_built() -> bool:
@@ -142,7 +143,7 @@ def peer_step(args, batch: int, chunk: int) -> dict:
             json.dump(real_batches(args.real_data, batch, args.steps + 1, args.q_len, args.p_len)[0], f)
         extra = {"texts": path, "max_length": args.p_len}
     result = run_peer(args.peer_python, "train_step", batch=batch, chunk=chunk, q_len=args.q_len, p_len=args.p_len,
-                      hard_negatives=args.hard_negatives, steps=args.steps, **extra)
+                      hard_negatives=args.hard_negatives, steps=args.steps, bf16=args.bf16, **extra)
     print(f"peer batch {batch} chunk {chunk}: {result['step_s']:.1f} s/step", file=sys.stderr)
     return result
 
@@ -166,12 +167,14 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "train_step.json"))
     ap.add_argument("--q_chunks", type=int, nargs="+", default=[0],
                     help="question chunk sizes to try (0: the passage chunk, as --chunk_size alone does)")
+    ap.add_argument("--bf16", action="store_true", help="ours with --bf16 (bfloat16 GEMMs), the peer under "
+                                                        "torch.autocast('cpu', bfloat16)")
     ap.add_argument("--one", type=int, nargs=2, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
     ap.add_argument("--q_chunk", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(one(*args.one, args.steps, args.q_len, args.p_len, args.hard_negatives, args.q_chunk,
-                             args.real_data, not args.no_sort_chunks)))
+                             args.real_data, not args.no_sort_chunks, args.bf16)))
         return
     peak = matmul_peak()
     rows = []
@@ -188,7 +191,8 @@ def main() -> None:
                 out = subprocess.run([sys.executable, __file__, "--one", str(b), str(c), "--steps", str(args.steps),
                                       "--q_len", str(args.q_len), "--p_len", str(args.p_len),
                                       "--hard_negatives", str(args.hard_negatives), "--q_chunk", str(qc),
-                                      "--real_data", args.real_data] + ([] if srt else ["--no_sort_chunks"]),
+                                      "--real_data", args.real_data] + ([] if srt else ["--no_sort_chunks"])
+                                     + (["--bf16"] if args.bf16 else []),
                                      capture_output=True, text=True, check=True, env=env)
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 row["utilisation"] = row["gflops"] / peak

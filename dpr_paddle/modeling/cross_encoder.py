@@ -19,7 +19,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..common.files import reading, write_json_atomic
-from .model import encoder_call, extra_inputs
+from .model import encoder_call, extra_inputs, speed_up_encoder
 from .pretrained import CROSS_ENCODER, MODEL_CONFIG, ModelNotFoundError, load_encoder, model_kind
 
 HEAD = "rerank_head.npz"
@@ -35,12 +35,9 @@ class CrossEncoder(nn.Layer):
         self._encoder_kwargs, self._pass_position_ids, self._task_id = encoder_call(backbone)
         self.head = nn.Linear(backbone.config.hidden_size, 1)
 
-    def speed_up_training(self) -> "CrossEncoder":
+    def speed_up_training(self, bf16: bool = False) -> "CrossEncoder":
         """fast_cpu's and fused_cpu's training kernels in the backbone (see BiEncoder.speed_up_training)."""
-        from . import fast_cpu, fused_cpu
-
-        fast_cpu.speed_up(self.backbone)
-        fused_cpu.speed_up(self.backbone)
+        speed_up_encoder(self.backbone, bf16)
         return self
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None):

@@ -7,7 +7,7 @@ A BERT/ERNIE layer (`nn.TransformerEncoderLayer`, post-norm) trained on CPU runs
 - LayerNorm(residual + dropout(x W + b)) after the attention's output projection and after the
   feed-forward's second linear, with the bias folded in (`dpr_bias_dropout_residual_ln`);
 - GELU(x W1 + b1) with the bias folded in (`dpr_bias_gelu`).
-The GEMMs stay Paddle's (MKL). Each operator has its backward and spreads rows over OpenMP threads.
+The GEMMs stay Paddle's (MKL), or with --bf16 bf16_cpu's (oneDNN, bfloat16 inputs). Each operator has its backward and spreads rows over OpenMP threads.
 
 Dropout masks come from one seed per call drawn from Paddle's CPU generator, so `paddle.seed` and
 the gradient cache's RNG replay decide them: the dropout-on bit-for-bit tests hold with these
@@ -101,34 +101,42 @@ def ops():
 
 
 def _build():
+    return build_extension(SOURCE, "fused", "the fused CPU training kernels", _state)
+
+
+def build_extension(source: str, kind: str, what: str, state: dict, ldflags: tuple = ()):
+    """The custom operators of `source` built for this CPU (cflags) and imported as a module, or None (with
+    one warning) when the build fails. Built once into DPR_PADDLE_HOME/ops/<kind>-<hash of the source,
+    Paddle's version and the flags>; `state["build_dir"]` is set to that directory."""
     from ..common.files import cache_root, process_lock
 
-    flags = cflags() + openmp_ldflags()
-    with open(SOURCE, "rb") as f:
+    ldflags = list(ldflags) + openmp_ldflags()
+    flags = cflags() + ldflags
+    with open(source, "rb") as f:
         digest = hashlib.sha1(f.read() + paddle.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]
-    name = f"dpr_fused_{digest}"
-    build_dir = os.path.join(cache_root(), "ops", f"fused-{digest}")
+    name = f"dpr_{kind}_{digest}"
+    build_dir = os.path.join(cache_root(), "ops", f"{kind}-{digest}")
     os.makedirs(build_dir, exist_ok=True)
-    _state["build_dir"] = build_dir
+    state["build_dir"] = build_dir
     try:
         with process_lock(build_dir + ".lock"):  # processes starting at once build once
             if not os.path.exists(os.path.join(build_dir, name, name + ".so")):
-                _compile(name, build_dir)
+                _compile(name, source, build_dir, what, ldflags)
         return _import(name, os.path.join(build_dir, name))
-    except Exception as e:  # noqa: BLE001 - any build failure means: run the eager kernels
+    except Exception as e:  # noqa: BLE001 - any build failure means: run without them
         lines = str(e).strip().splitlines()
-        logger.warning("the fused CPU training kernels could not be built (%s); Paddle's eager kernels run",
+        logger.warning("%s could not be built (%s); Paddle's own kernels run", what,
                        lines[-1][:300] if lines else type(e).__name__)
         return None
 
 
-def _compile(name: str, build_dir: str) -> None:
+def _compile(name: str, source: str, build_dir: str, what: str, ldflags: list) -> None:
     """paddle.utils.cpp_extension.load in a child process whose output is kept: its compiler runs in a
     further process that imports Paddle, whose warnings would otherwise reach the user's console."""
-    logger.info("building the fused CPU training kernels for %s (once; cached in %s)", vector_width(), build_dir)
+    logger.info("building %s for %s (once; cached in %s)", what, vector_width(), build_dir)
     code = ("from paddle.utils.cpp_extension import load\n"
-            f"load(name={name!r}, sources=[{SOURCE!r}], extra_cxx_cflags={cflags()!r}, "
-            f"extra_ldflags={openmp_ldflags()!r}, build_directory={build_dir!r}, verbose=False)")
+            f"load(name={name!r}, sources=[{source!r}], extra_cxx_cflags={cflags()!r}, "
+            f"extra_ldflags={ldflags!r}, build_directory={build_dir!r}, verbose=False)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode:
         errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error" in line.lower()]
@@ -190,36 +198,48 @@ def softmax_dropout(scores, mask, scale: float, p: float) -> paddle.Tensor:
 def _eligible(layer, src, src_mask, cache) -> bool:
     attn = layer.self_attn
     return (layer.training and cache is None and not layer.normalize_before and src.place.is_cpu_place()
-            and src.dtype == paddle.float32 and layer.activation is F.gelu and layer.dropout.p == 0
-            and all(getattr(d, "mode", "upscale_in_train") == "upscale_in_train" for d in (layer.dropout1, layer.dropout2))
+            and src.dtype == paddle.float32 and layer.activation is F.gelu
+            and all(getattr(d, "mode", "upscale_in_train") == "upscale_in_train"
+                    for d in (layer.dropout, layer.dropout1, layer.dropout2))
             and not attn.need_weights and attn.kdim == attn.vdim == attn.embed_dim
             and (src_mask is None or (src_mask.dtype == paddle.float32 and src_mask.shape[1] == 1
                                       and src_mask.shape[2] == 1 and src_mask.shape[0] == src.shape[0]))
             and ops() is not None)
 
 
+def _f32_bmm(a, b, transpose_b=False):
+    return paddle.matmul(a, b, transpose_y=transpose_b)
+
+
+F32_GEMMS = (paddle.matmul, _f32_bmm)  # (x [.., K] @ w [K, N], per-head a @ b or a @ bᵀ): Paddle's (MKL)
+
+
 def _layer_forward(self, src, src_mask=None, cache=None, output_attentions=False):
     """`nn.TransformerEncoderLayer.forward` (post-norm, GELU) with the fused kernels; Paddle's own
     forward wherever they do not apply. `output_attentions` is the argument PaddleNLP adds to the class's
-    forward (a patch without it draws PaddleNLP's warning); asking for attentions takes Paddle's path."""
+    forward (a patch without it draws PaddleNLP's warning); asking for attentions takes Paddle's path.
+    The GEMMs are the layer's `_dpr_gemms` (`speed_up`'s `gemms`: float32 by default, bf16_cpu's with --bf16)."""
     src_mask = nn.layer.transformer._convert_attention_mask(src_mask, src.dtype)
     if output_attentions or not _eligible(self, src, src_mask, cache):
         extra = {"output_attentions": True} if output_attentions else {}
         return type(self).forward(self, src, src_mask, cache, **extra)
     counts["fused_layers"] += 1
+    linear, bmm = getattr(self, "_dpr_gemms", F32_GEMMS)
     attn = self.self_attn
     # one GEMM for q, k and v ([H, 3H] weights); the split adds their biases: [B, heads, L, head_dim] each
     qkv_weight = paddle.concat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], axis=1)
     qkv_bias = paddle.concat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-    q, k, v = ops().dpr_split_qkv(paddle.matmul(src, qkv_weight), qkv_bias, attn.num_heads)
-    scores = paddle.matmul(q, k, transpose_y=True)  # [B, heads, L, L]
+    q, k, v = ops().dpr_split_qkv(linear(src, qkv_weight), qkv_bias, attn.num_heads)
+    scores = bmm(q, k, True)  # [B, heads, L, L]
     mask = src_mask if src_mask is not None else paddle.zeros([src.shape[0], 1, 1, src.shape[1]], src.dtype)
     probs = softmax_dropout(scores, mask, attn.head_dim**-0.5, attn.dropout)
-    context = ops().dpr_merge_heads(paddle.matmul(probs, v))  # [B, L, H]
-    src = bias_dropout_residual_ln(paddle.matmul(context, attn.out_proj.weight), attn.out_proj.bias, src,
+    context = ops().dpr_merge_heads(bmm(probs, v))  # [B, L, H]
+    src = bias_dropout_residual_ln(linear(context, attn.out_proj.weight), attn.out_proj.bias, src,
                                    self.norm1, self.dropout1.p)
-    inner = bias_gelu(paddle.matmul(src, self.linear1.weight), self.linear1.bias)  # [B, L, 4H]
-    return bias_dropout_residual_ln(paddle.matmul(inner, self.linear2.weight), self.linear2.bias, src,
+    inner = bias_gelu(linear(src, self.linear1.weight), self.linear1.bias)  # [B, L, 4H]
+    if self.dropout.p > 0:  # activation dropout: BERT has none, `--dropout` sets one (model.set_dropout)
+        inner = self.dropout(inner)
+    return bias_dropout_residual_ln(linear(inner, self.linear2.weight), self.linear2.bias, src,
                                     self.norm2, self.dropout2.p)
 
 
@@ -283,13 +303,18 @@ def _time_layer_step(hidden: int, heads: int, ffn: int, batch: int = 8, length: 
         paddle.set_rng_state(rng_state)
 
 
-def speed_up(encoder: nn.Layer) -> nn.Layer:
+def speed_up(encoder: nn.Layer, gemms=None) -> nn.Layer:
     """Route the training forward of each `nn.TransformerEncoderLayer` in `encoder` through the fused
     kernels (in place; returns it) where `use_fused` says they are faster here. A no-op when they are off
-    or cannot be built."""
+    or cannot be built. `gemms` (bf16_cpu's) replaces the layers' float32 GEMMs and puts every layer on
+    the fused path, whatever the measured choice: those GEMMs exist only there."""
     if not enabled() or ops() is None:
         return encoder
     for layer in encoder.sublayers(include_self=True):
-        if type(layer) is nn.TransformerEncoderLayer and "forward" not in vars(layer) and use_fused(layer):
+        if type(layer) is not nn.TransformerEncoderLayer:
+            continue
+        if gemms is not None:
+            layer._dpr_gemms = gemms
+        if "forward" not in vars(layer) and (gemms is not None or use_fused(layer)):
             layer.forward = types.MethodType(_layer_forward, layer)
     return encoder

@@ -41,15 +41,13 @@ class BiEncoder(nn.Layer):
             self.q_proj = nn.Linear(hidden, projection_dim)
             self.p_proj = self.q_proj if self.shared else nn.Linear(hidden, projection_dim)
 
-    def speed_up_training(self) -> "BiEncoder":
+    def speed_up_training(self, bf16: bool = False) -> "BiEncoder":
         """Swap fast_cpu's CPU training kernels and fused_cpu's fused layers into both encoders (same
-        computation, other dropout masks; see fast_cpu.py and fused_cpu.py).
+        computation, other dropout masks; see fast_cpu.py and fused_cpu.py); with `bf16`, their GEMMs in
+        bfloat16 (bf16_cpu.py; raises Bf16Unavailable, in one line, where that cannot run).
         Only training calls this, so a model built for inference or export stays plain Paddle."""
-        from . import fast_cpu, fused_cpu
-
         for encoder in [self.question_model] + ([] if self.shared else [self.ctx_model]):
-            fast_cpu.speed_up(encoder)
-            fused_cpu.speed_up(encoder)  # the fused kernels, where they build (fused_cpu.py)
+            speed_up_encoder(encoder, bf16)
         return self
 
     def tower(self, which: str) -> nn.Layer:
@@ -77,6 +75,17 @@ class BiEncoder(nn.Layer):
 
 def _accepts(layer: nn.Layer, name: str) -> bool:
     return name in inspect.signature(layer.forward).parameters
+
+
+def speed_up_encoder(encoder: nn.Layer, bf16: bool = False) -> nn.Layer:
+    """fast_cpu's and fused_cpu's CPU training kernels in `encoder` (in place); with `bf16`, its layers'
+    GEMMs in bfloat16 (bf16_cpu.py), after checking, in one line, that this CPU and build can run them."""
+    from . import bf16_cpu, fast_cpu, fused_cpu
+
+    if bf16:
+        bf16_cpu.require()
+    fast_cpu.speed_up(encoder)
+    return fused_cpu.speed_up(encoder, (bf16_cpu.linear, bf16_cpu.bmm) if bf16 else None)
 
 
 def encoder_call(encoder: nn.Layer):

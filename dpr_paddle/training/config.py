@@ -42,6 +42,9 @@ class LoopConfig:
                                          "(deletes its checkpoint-*, best and latest)")
     fp16: bool = option(False, "mixed precision on GPU (float16 with loss scaling)")
     amp_dtype: str = option("float16", "AMP dtype on GPU: float16 | bfloat16")
+    bf16: bool = option(False, "bfloat16 mixed precision: on a GPU, Paddle's AMP in bfloat16 (= --fp16 --amp_dtype "
+                               "bfloat16); on a CPU with AMX or AVX512-BF16, the encoder layers' GEMMs with bfloat16 "
+                               "inputs and float32 accumulation (oneDNN), everything else float32")
     dev_batch_size: int = option(64, "questions per dev batch")
 
 

@@ -28,7 +28,7 @@ from ..data import BiEncoderDataset, epoch_batches, rank_slice, read_biencoder_r
 from . import checkpoint as ckpt
 from .config import LoopConfig, RerankConfig, TrainConfig
 from .distributed import World
-from .optim import NonFiniteGradient, apply_update, build_optimizer, setup_amp
+from .optim import NonFiniteGradient, apply_update, build_optimizer, cpu_bf16, setup_amp
 from .step import step_seed
 from .tasks import Task, TrainingError, bi_encoder_task, reranker_task
 
@@ -296,13 +296,15 @@ def train(cfg: Union[TrainConfig, RerankConfig]) -> Dict[str, float]:
     state = resume_state(resume_from, optimizer, scheduler, model, total_steps)
     resumed_step = state.global_step if resume_from else None
     say_why_when_stopped(world, state, cfg.save_dir)
-    amp, scaler = setup_amp(cfg.fp16, cfg.amp_dtype)
+    amp, scaler = setup_amp(cfg.fp16, cfg.amp_dtype, cfg.bf16)
     parts = StepParts(model, optimizer, scheduler, world, task.step, amp, scaler, cfg.save_dir)
     saver = Saver(cfg.save_dir, cfg.keep_last, world, model, task.tokenizer, optimizer, scheduler, state,
                   task.model_cfg, dataclasses.asdict(cfg))
     writer = open_writer(cfg.log_dir, cfg.save_dir, world)
-    logger.info("training %s: %d records, global batch %d (%d ranks), %d steps; %s", task.name, len(dataset),
-                cfg.batch_size, world.size, total_steps, task.describe)
+    precision = ("bfloat16 GEMMs on CPU (oneDNN)" if cpu_bf16(cfg.fp16, cfg.amp_dtype, cfg.bf16)
+                 else f"AMP {amp['dtype']}" if amp else "float32")
+    logger.info("training %s: %d records, global batch %d (%d ranks), %d steps; %s; %s", task.name, len(dataset),
+                cfg.batch_size, world.size, total_steps, task.describe, precision)
     dev_run = (task, dev, cfg.dev_batch_size, writer)
 
     model.train()

@@ -38,13 +38,28 @@ def global_grad_norm(parameters) -> float:
     return float(paddle.sqrt(paddle.add_n(sq))) if sq else 0.0
 
 
-def setup_amp(fp16: bool, amp_dtype: str):
-    """(auto_cast kwargs or None, GradScaler or None): float16/bfloat16 forward on a GPU only."""
-    if fp16 and paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device():
+def on_gpu() -> bool:
+    """Whether Paddle runs on a GPU here (a GPU build and a GPU device)."""
+    return paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device()
+
+
+def cpu_bf16(fp16: bool, amp_dtype: str, bf16: bool) -> bool:
+    """Whether the run asks for bfloat16 on a CPU (--bf16, or --fp16 --amp_dtype bfloat16): the encoders'
+    GEMMs then run in bfloat16 inside the fused layers (modeling/bf16_cpu.py), not through AMP."""
+    return (bf16 or (fp16 and amp_dtype == "bfloat16")) and not on_gpu()
+
+
+def setup_amp(fp16: bool, amp_dtype: str, bf16: bool = False):
+    """(auto_cast kwargs or None, GradScaler or None): float16/bfloat16 forward on a GPU only (bfloat16 on a
+    CPU is `cpu_bf16`'s)."""
+    if bf16:
+        fp16, amp_dtype = True, "bfloat16"
+    if fp16 and on_gpu():
         scaler = paddle.amp.GradScaler(init_loss_scaling=2.0**15) if amp_dtype == "float16" else None
         return {"enable": True, "dtype": amp_dtype, "level": "O1"}, scaler
-    if fp16:
-        logger.warning("--fp16 ignored: mixed precision needs a GPU build and device")
+    if fp16 and amp_dtype != "bfloat16":
+        logger.warning("--fp16 ignored: float16 mixed precision needs a GPU build and device (--bf16 runs "
+                       "bfloat16 GEMMs on CPUs with AMX or AVX512-BF16)")
     return None, None
 
 

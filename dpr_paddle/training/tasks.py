@@ -19,6 +19,7 @@ from ..modeling.model import CONTEXT, QUESTION, set_dropout
 from ..modeling.tokenization import Tensorizer
 from .config import RerankConfig, TrainConfig
 from .distributed import World
+from .optim import cpu_bf16
 from .rerank import evaluate_reranker, rerank_step
 from .step import evaluate, train_step
 
@@ -66,7 +67,7 @@ def bi_encoder_task(cfg: TrainConfig, resume_from: Optional[str], world: World) 
                                        normalize=recipe["similarity"] == "cosine")
     if cfg.dropout is not None:
         set_dropout(model, cfg.dropout)
-    model.speed_up_training()
+    model.speed_up_training(bf16=cpu_bf16(cfg.fp16, cfg.amp_dtype, cfg.bf16))
     check_lengths(model, cfg.max_query_length, cfg.max_passage_length)
     collator = BiEncoderCollator(Tensorizer(tokenizer, cfg.max_query_length, cfg.max_passage_length))
     q_chunk, p_chunk = resolve_chunks(cfg.batch_size // world.size, cfg.hard_negatives, cfg.chunk_size,
@@ -94,7 +95,7 @@ def reranker_task(cfg: RerankConfig, resume_from: Optional[str], world: World) -
     model, tokenizer, _ = build_cross_encoder(resume_from or cfg.model_name_or_path, trained=bool(resume_from))
     if cfg.dropout is not None:
         set_dropout(model, cfg.dropout)
-    model.speed_up_training()
+    model.speed_up_training(bf16=cpu_bf16(cfg.fp16, cfg.amp_dtype, cfg.bf16))
     check_length("--max_length", cfg.max_length, [model.backbone], "the backbone", TrainingError)
     collator = RerankCollator(Tensorizer(tokenizer), cfg.max_length)
     local = cfg.batch_size // world.size

@@ -1,0 +1,74 @@
+"""bfloat16 GEMMs for training on CPUs with AMX or AVX512-BF16 (bf16_ops.cc, Paddle custom operators).
+
+Paddle 3.3.1's CPU build has no bfloat16 `matmul` in dygraph, so `paddle.amp.auto_cast(dtype="bfloat16")`
+has nothing to cast to on a CPU. Here the encoder layers' GEMMs (the q/k/v, output and feed-forward
+weights, and attention's per-head q·kᵀ and probs·v), forward and backward, go through oneDNN's matmul
+(the library inside Paddle's wheel) in its "bf16" fpmath mode: the inputs are rounded to bfloat16,
+products are accumulated in float32 and the outputs are float32. Everything else (embeddings, softmax,
+LayerNorm, GELU, dropout, the loss, the gradient cache's cached gradients, the optimiser and its master
+weights) stays float32. That is torch's CPU autocast for a linear layer, less its rounding of the output.
+
+The GEMMs run inside the fused layer (fused_cpu.py), so `--bf16` needs the fused kernels. A chunk's GEMMs
+give the same bits each time they run with the same shapes and threads, so the gradient cache's dropout-on
+replay stays bit for bit against `graph_reference_step` in this precision (tested); dropout off, a cached
+step matches the full-batch step to bfloat16's rounding, not float32's.
+"""
+from __future__ import annotations
+
+import os
+
+import paddle
+
+from ..common.errors import DprError
+from ..common.runtime import cpu_info
+from . import fused_cpu
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bf16_ops.cc")
+HARDWARE = ("amx_bf16", "avx512_bf16")  # either runs oneDNN's bf16 GEMMs at bf16 speed
+_state = {"tried": False, "ops": None, "build_dir": None}
+
+
+class Bf16Unavailable(DprError, RuntimeError):
+    """bfloat16 training was asked for where it cannot run; the message says why."""
+
+
+def hardware() -> str:
+    """The CPU's bfloat16 extensions among HARDWARE, e.g. "amx_bf16 avx512_bf16", or ""."""
+    flags = cpu_info()[1]
+    return " ".join(f for f in HARDWARE if f in flags)
+
+
+def ops():
+    """The built operators (a module), or None: no compiler, no oneDNN in this Paddle, or the build failed."""
+    if not _state["tried"]:
+        _state["tried"] = True
+        libs = os.path.join(os.path.dirname(paddle.__file__), "libs")
+        if os.path.exists(os.path.join(libs, "libdnnl.so.3")) and fused_cpu.ops() is not None:
+            _state["ops"] = fused_cpu.build_extension(SOURCE, "bf16", "the bfloat16 CPU GEMMs", _state,
+                                                      (f"-L{libs}", "-l:libdnnl.so.3", f"-Wl,-rpath,{libs}"))
+    return _state["ops"]
+
+
+def require() -> None:
+    """Raise Bf16Unavailable, in one line, unless bfloat16 training can run on this CPU."""
+    model = cpu_info()[0]
+    if not hardware():
+        raise Bf16Unavailable(f"--bf16 on a CPU needs AMX or AVX512-BF16, which {model} lacks (it would run "
+                              "float32 GEMMs at float32 speed); train without --bf16")
+    if not fused_cpu.enabled():
+        raise Bf16Unavailable("--bf16 on a CPU runs inside the fused kernels, which DPR_PADDLE_FUSED=0 turns off")
+    if ops() is None:
+        raise Bf16Unavailable("--bf16 on a CPU needs the fused kernels and oneDNN (paddle/libs/libdnnl.so.3) "
+                              "built as custom operators, which failed on this machine (see the warning above); "
+                              "train without --bf16")
+
+
+def linear(x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
+    """x @ weight with bfloat16 inputs and float32 accumulation: x [..., K], weight [K, N] -> [..., N]."""
+    return ops().dpr_bf16_linear(x, weight)
+
+
+def bmm(a: paddle.Tensor, b: paddle.Tensor, transpose_b: bool = False) -> paddle.Tensor:
+    """a @ b (or a @ bᵀ) per leading index, bfloat16 inputs, float32 accumulation: a [..., M, K],
+    b [..., K, N] (or [..., N, K]) -> [..., M, N]."""
+    return ops().dpr_bf16_bmm(a, b, transpose_b)

@@ -1,0 +1,229 @@
+// bfloat16 GEMMs for CPU training (bf16_cpu.py): Paddle custom operators over oneDNN's matmul, the
+// library Paddle's CPU wheel ships (paddle/libs/libdnnl.so.3) and that torch's CPU bf16 autocast uses.
+//
+// Each GEMM takes and returns float32 tensors; oneDNN's fpmath mode "bf16" lets the matmul round its
+// inputs to bfloat16 (round to nearest even, inside its packing copy) and accumulate in float32, on AMX
+// tiles or AVX512-BF16 dot products. That is what an autocast matmul computes, less autocast's rounding of
+// the output to bfloat16. Results are deterministic for a given shape and thread count, so a gradient
+// cache's replay of a chunk gives the same bits as its first pass.
+//
+// Paddle's wheel ships the library but only a partial set of its headers, so the few C API entry points
+// used here are declared below (oneDNN v3's stable C API; values from oneapi/dnnl/dnnl_types.h).
+#include "paddle/extension.h"
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+extern "C" {
+typedef int64_t dnnl_dim_t;
+typedef dnnl_dim_t dnnl_dims_t[12];
+typedef struct dnnl_engine* dnnl_engine_t;
+typedef struct dnnl_stream* dnnl_stream_t;
+typedef struct dnnl_memory_desc* dnnl_memory_desc_t;
+typedef const struct dnnl_memory_desc* const_dnnl_memory_desc_t;
+typedef struct dnnl_memory* dnnl_memory_t;
+typedef struct dnnl_primitive_desc* dnnl_primitive_desc_t;
+typedef const struct dnnl_primitive_desc* const_dnnl_primitive_desc_t;
+typedef struct dnnl_primitive* dnnl_primitive_t;
+typedef const struct dnnl_primitive* const_dnnl_primitive_t;
+typedef struct dnnl_primitive_attr* dnnl_primitive_attr_t;
+typedef const struct dnnl_primitive_attr* const_dnnl_primitive_attr_t;
+typedef struct {
+  int arg;
+  dnnl_memory_t memory;
+} dnnl_exec_arg_t;
+int dnnl_engine_create(dnnl_engine_t*, int kind, size_t index);
+int dnnl_stream_create(dnnl_stream_t*, dnnl_engine_t, unsigned flags);
+int dnnl_memory_desc_create_with_strides(dnnl_memory_desc_t*, int ndims, const dnnl_dims_t dims, int data_type,
+                                         const dnnl_dims_t strides);
+int dnnl_memory_desc_destroy(dnnl_memory_desc_t);
+int dnnl_primitive_attr_create(dnnl_primitive_attr_t*);
+int dnnl_primitive_attr_destroy(dnnl_primitive_attr_t);
+int dnnl_primitive_attr_set_fpmath_mode(dnnl_primitive_attr_t, int mode);
+int dnnl_matmul_primitive_desc_create(dnnl_primitive_desc_t*, dnnl_engine_t, const_dnnl_memory_desc_t src,
+                                      const_dnnl_memory_desc_t weights, const_dnnl_memory_desc_t bias,
+                                      const_dnnl_memory_desc_t dst, const_dnnl_primitive_attr_t);
+int dnnl_primitive_desc_destroy(dnnl_primitive_desc_t);
+int dnnl_primitive_create(dnnl_primitive_t*, const_dnnl_primitive_desc_t);
+int dnnl_primitive_destroy(dnnl_primitive_t);
+int dnnl_memory_create(dnnl_memory_t*, const_dnnl_memory_desc_t, dnnl_engine_t, void* handle);
+int dnnl_memory_destroy(dnnl_memory_t);
+int dnnl_primitive_execute(const_dnnl_primitive_t, dnnl_stream_t, int nargs, const dnnl_exec_arg_t* args);
+int dnnl_stream_wait(dnnl_stream_t);
+}
+
+namespace {
+
+constexpr int kCpuEngine = 1, kInOrder = 1, kF32 = 3, kFpmathBf16 = 1;
+constexpr int kArgSrc = 1, kArgDst = 17, kArgWeights = 33;
+constexpr size_t kMaxCached = 512;  // distinct shapes kept (chunks of sorted lengths make a few hundred)
+
+#define DNNL_OK(call) PD_CHECK((call) == 0, "oneDNN call failed: " #call)
+
+struct Gemm {
+  dnnl_primitive_t prim;
+  dnnl_memory_desc_t a, b, c;
+};
+
+dnnl_engine_t engine() {
+  static dnnl_engine_t e = [] {
+    dnnl_engine_t made;
+    DNNL_OK(dnnl_engine_create(&made, kCpuEngine, 0));
+    return made;
+  }();
+  return e;
+}
+
+dnnl_stream_t stream() {
+  static dnnl_stream_t s = [] {
+    dnnl_stream_t made;
+    DNNL_OK(dnnl_stream_create(&made, engine(), kInOrder));
+    return made;
+  }();
+  return s;
+}
+
+// batch x [m, k] @ [k, n] -> batch x [m, n], row-major; `ta` / `tb` read A as [k, m] / B as [n, k]
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool>;
+std::mutex cache_mutex;
+std::map<Key, Gemm> cache;
+
+void forget(Gemm& g) {
+  dnnl_primitive_destroy(g.prim);
+  dnnl_memory_desc_destroy(g.a);
+  dnnl_memory_desc_destroy(g.b);
+  dnnl_memory_desc_destroy(g.c);
+}
+
+dnnl_memory_desc_t desc(int64_t batch, int64_t rows, int64_t cols, bool transposed) {
+  // a [batch, rows, cols] view of a row-major [batch, rows, cols] or (transposed) [batch, cols, rows] buffer
+  dnnl_dims_t dims = {batch, rows, cols};
+  dnnl_dims_t strides = {rows * cols, transposed ? 1 : cols, transposed ? rows : 1};
+  dnnl_memory_desc_t made;
+  DNNL_OK(dnnl_memory_desc_create_with_strides(&made, 3, dims, kF32, strides));
+  return made;
+}
+
+const Gemm& gemm(int64_t batch, int64_t m, int64_t k, int64_t n, bool ta, bool tb) {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  Key key{batch, m, k, n, ta, tb};
+  auto found = cache.find(key);
+  if (found != cache.end()) return found->second;
+  if (cache.size() >= kMaxCached) {
+    for (auto& kv : cache) forget(kv.second);
+    cache.clear();
+  }
+  Gemm g{nullptr, desc(batch, m, k, ta), desc(batch, k, n, tb), desc(batch, m, n, false)};
+  dnnl_primitive_attr_t attr;
+  DNNL_OK(dnnl_primitive_attr_create(&attr));
+  DNNL_OK(dnnl_primitive_attr_set_fpmath_mode(attr, kFpmathBf16));
+  dnnl_primitive_desc_t pd;
+  DNNL_OK(dnnl_matmul_primitive_desc_create(&pd, engine(), g.a, g.b, nullptr, g.c, attr));
+  DNNL_OK(dnnl_primitive_create(&g.prim, pd));
+  dnnl_primitive_desc_destroy(pd);
+  dnnl_primitive_attr_destroy(attr);
+  return cache.emplace(key, g).first->second;
+}
+
+void run(const Gemm& g, const float* a, const float* b, float* c) {
+  dnnl_memory_t ma, mb, mc;
+  DNNL_OK(dnnl_memory_create(&ma, g.a, engine(), const_cast<float*>(a)));
+  DNNL_OK(dnnl_memory_create(&mb, g.b, engine(), const_cast<float*>(b)));
+  DNNL_OK(dnnl_memory_create(&mc, g.c, engine(), c));
+  dnnl_exec_arg_t args[3] = {{kArgSrc, ma}, {kArgWeights, mb}, {kArgDst, mc}};
+  DNNL_OK(dnnl_primitive_execute(g.prim, stream(), 3, args));
+  DNNL_OK(dnnl_stream_wait(stream()));
+  dnnl_memory_destroy(ma);
+  dnnl_memory_destroy(mb);
+  dnnl_memory_destroy(mc);
+}
+
+void check(const paddle::Tensor& t, const char* name) {
+  PD_CHECK(t.is_cpu() && t.dtype() == paddle::DataType::FLOAT32, name, " must be a float32 CPU tensor");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------- x @ w (weights)
+// x [..., k], w [k, n] -> [..., n]
+
+std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const paddle::Tensor& w) {
+  check(x, "x");
+  check(w, "w");
+  const int64_t k = x.shape().back(), n = w.shape()[1], m = x.numel() / k;
+  PD_CHECK(w.shape()[0] == k, "x and w do not chain");
+  auto shape = x.shape();
+  shape.back() = n;
+  auto out = paddle::empty(shape, paddle::DataType::FLOAT32, x.place());
+  run(gemm(1, m, k, n, false, false), x.data<float>(), w.data<float>(), out.data<float>());
+  return {out};
+}
+
+std::vector<paddle::Tensor> LinearBackward(const paddle::Tensor& x, const paddle::Tensor& w,
+                                           const paddle::Tensor& grad_out) {
+  const int64_t k = x.shape().back(), n = w.shape()[1], m = x.numel() / k;
+  auto gx = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
+  auto gw = paddle::empty(w.shape(), paddle::DataType::FLOAT32, x.place());
+  run(gemm(1, m, n, k, false, true), grad_out.data<float>(), w.data<float>(), gx.data<float>());  // g @ w^T
+  run(gemm(1, k, m, n, true, false), x.data<float>(), grad_out.data<float>(), gw.data<float>());  // x^T @ g
+  return {gx, gw};
+}
+
+PD_BUILD_OP(dpr_bf16_linear).Inputs({"X", "W"}).Outputs({"Out"}).SetKernelFn(PD_KERNEL(LinearForward));
+
+PD_BUILD_GRAD_OP(dpr_bf16_linear)
+    .Inputs({"X", "W", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("W")})
+    .SetKernelFn(PD_KERNEL(LinearBackward));
+
+// ------------------------------------------------------------------ a @ b (per head; b transposed or not)
+// a [..., m, k]; b [..., k, n], or [..., n, k] with transpose_b -> [..., m, n]; the leading dims are equal
+
+std::vector<paddle::Tensor> BatchedForward(const paddle::Tensor& a, const paddle::Tensor& b, bool transpose_b) {
+  check(a, "a");
+  check(b, "b");
+  const auto& as = a.shape();
+  const auto& bs = b.shape();
+  const int64_t m = as[as.size() - 2], k = as.back(), n = transpose_b ? bs[bs.size() - 2] : bs.back();
+  const int64_t batch = a.numel() / (m * k);
+  PD_CHECK(b.numel() == batch * k * n, "a and b do not chain");
+  auto shape = as;
+  shape.back() = n;
+  auto out = paddle::empty(shape, paddle::DataType::FLOAT32, a.place());
+  run(gemm(batch, m, k, n, false, transpose_b), a.data<float>(), b.data<float>(), out.data<float>());
+  return {out};
+}
+
+std::vector<paddle::Tensor> BatchedBackward(const paddle::Tensor& a, const paddle::Tensor& b,
+                                            const paddle::Tensor& grad_out, bool transpose_b) {
+  const auto& as = a.shape();
+  const auto& bs = b.shape();
+  const int64_t m = as[as.size() - 2], k = as.back(), n = transpose_b ? bs[bs.size() - 2] : bs.back();
+  const int64_t batch = a.numel() / (m * k);
+  auto ga = paddle::empty(a.shape(), paddle::DataType::FLOAT32, a.place());
+  auto gb = paddle::empty(b.shape(), paddle::DataType::FLOAT32, a.place());
+  const float* g = grad_out.data<float>();
+  // ga = g @ b^T: b^T is [n, k], i.e. b read transposed when b is [k, n], and as it is when b is [n, k]
+  run(gemm(batch, m, n, k, false, !transpose_b), g, b.data<float>(), ga.data<float>());
+  if (transpose_b) {  // gb [n, k] = g^T @ a
+    run(gemm(batch, n, m, k, true, false), g, a.data<float>(), gb.data<float>());
+  } else {  // gb [k, n] = a^T @ g
+    run(gemm(batch, k, m, n, true, false), a.data<float>(), g, gb.data<float>());
+  }
+  return {ga, gb};
+}
+
+PD_BUILD_OP(dpr_bf16_bmm)
+    .Inputs({"A", "B"})
+    .Outputs({"Out"})
+    .Attrs({"transpose_b: bool"})
+    .SetKernelFn(PD_KERNEL(BatchedForward));
+
+PD_BUILD_GRAD_OP(dpr_bf16_bmm)
+    .Inputs({"A", "B", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("A"), paddle::Grad("B")})
+    .Attrs({"transpose_b: bool"})
+    .SetKernelFn(PD_KERNEL(BatchedBackward));
