@@ -106,3 +106,22 @@ def test_commands_parse_their_flags_before_paddle_loads():
             "print(sorted(m for m in ('paddle', 'paddlenlp') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
+
+
+def test_every_file_the_package_reads_is_in_its_wheel():
+    """A non-Python file inside dpr_paddle/ (the search page, the C++ kernels' sources) reaches a `pip install .`
+    only when pyproject.toml's package-data names it; the wheel once shipped without the kernels' sources."""
+    import fnmatch
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        data = tomllib.load(f)["tool"]["setuptools"]["package-data"]
+    tracked = subprocess.run(["git", "ls-files", "dpr_paddle"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    missing = []
+    for path in tracked:
+        if path.endswith(".py"):
+            continue
+        folder, name = os.path.split(path)
+        if not any(fnmatch.fnmatch(name, pattern) for pattern in data.get(folder.replace("/", "."), [])):
+            missing.append(path)
+    assert missing == []
