@@ -14,6 +14,8 @@ With --peer_python (a venv made from bench/requirements-peer.txt), the peer's st
 random ids runs before and after ours, for each (batch, chunk), and the ratio uses their mean:
     .venv/bin/python bench/train_step.py --batches 64 --chunks 16 --plain_up_to 0 --q_len 32 --p_len 128 \
         --hard_negatives 1 --peer_python .venv-peer/bin/python
+`--bf16` runs ours with train_dense_encoder.py's --bf16 (bfloat16 GEMMs on CPUs with AMX or AVX512-BF16) and the
+peer under torch's CPU bfloat16 autocast.
 The machine's matmul peak is measured in the same run, so utilisation is a ratio of two
 numbers taken minutes apart on the same machine. Prints a markdown table; writes JSON.
 """
