@@ -3,6 +3,8 @@ gradient cache's exactness carried over to this precision, and `--bf16` through 
 
 On a CPU without AMX or AVX512-BF16 the operators still build and run (oneDNN then computes in float32), so
 the numerical and exactness tests run on every host; only the commands refuse `--bf16` there."""
+import os
+
 import numpy as np
 import paddle
 import pytest
@@ -131,8 +133,10 @@ def test_every_training_command_runs_bf16_or_refuses_it_in_one_line(tmp_path, sc
     if bf16_cpu.hardware():
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "bfloat16 GEMMs on CPU (oneDNN)" in proc.stderr
+        saved = sorted(os.listdir(tmp_path / "run"))
         off = run_cli(script, *args, "--overwrite_save_dir", check=False, env={"DPR_PADDLE_FUSED": "0"})
         one_line(off, "--bf16", "DPR_PADDLE_FUSED=0")
+        assert sorted(os.listdir(tmp_path / "run")) == saved  # refused before --overwrite_save_dir deleted anything
     else:
         one_line(proc, "--bf16 on a CPU needs AMX or AVX512-BF16")
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..common.files import check_output_path
 from ..data import BiEncoderDataset, epoch_batches, rank_slice, read_biencoder_records
+from ..modeling import bf16_cpu
 from . import checkpoint as ckpt
 from .config import LoopConfig, RerankConfig, TrainConfig
 from .distributed import World
@@ -65,6 +66,8 @@ def check_config(cfg: LoopConfig) -> None:
     if cfg.dev_data_path and not os.path.isfile(cfg.dev_data_path):
         raise TrainingError(f"{cfg.dev_data_path}: dev data not found")
     check_output_path(os.path.join(cfg.save_dir, "checkpoint"), "checkpoint")
+    if cpu_bf16(cfg.fp16, cfg.amp_dtype, cfg.bf16):
+        bf16_cpu.require()  # before --overwrite_save_dir deletes anything
 
 
 def prepare_save_dir(save_dir: str, resume: Optional[str], overwrite: bool, world: World) -> Optional[str]:
