@@ -68,12 +68,17 @@ def test_batched_matmul_per_head(transpose_b):
         assert g.shape == r.shape and rel(g, r) < 2e-2
 
 
+def install_bf16(encoder):
+    """What --bf16 installs in an encoder, without its hardware check, so that the tests run on every CPU."""
+    bf16_cpu.check_encoder(encoder)
+    return fused_cpu.speed_up(fast_cpu.speed_up(encoder), BF16_GEMMS)
+
+
 def bf16_model(name_or_dir):
-    """A bi-encoder whose layers train fused with the bfloat16 GEMMs (what --bf16 installs, without its
-    hardware check, so that the test runs on every CPU)."""
+    """A bi-encoder whose layers train fused with the bfloat16 GEMMs."""
     model = BiEncoder(load_encoder(name_or_dir)[0], load_encoder(name_or_dir)[0])
     for encoder in (model.question_model, model.ctx_model):
-        fused_cpu.speed_up(fast_cpu.speed_up(encoder), BF16_GEMMS)
+        install_bf16(encoder)
     return model
 
 
@@ -164,7 +169,7 @@ def test_reranker_chunks_dropout_on_bitwise_in_bfloat16(tiny_dir, groups, chunk,
 
     paddle.seed(0)
     model = build_cross_encoder(tiny_dir, trained=False)[0]
-    fused_cpu.speed_up(fast_cpu.speed_up(model.backbone), BF16_GEMMS)
+    install_bf16(model.backbone)
     set_dropout(model, 0.2)
     model.train()
     batch = pair_batch(np.random.default_rng(1), groups, 3)
@@ -179,3 +184,41 @@ def test_reranker_chunks_dropout_on_bitwise_in_bfloat16(tiny_dir, groups, chunk,
     assert ref.keys() == got.keys() and len(ref) > 10
     assert all(np.array_equal(ref[k], got[k]) for k in ref)
     assert abs(loss - ref_loss) <= 1e-6 * abs(ref_loss)
+
+
+@pytest.fixture
+def relu_dir(tiny_dir, tmp_path):
+    """The tiny BERT with ReLU feed-forward layers: a layer the fused kernels do not cover."""
+    import json
+    import shutil
+
+    path = tmp_path / "tiny-relu"
+    shutil.copytree(tiny_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(dict(config, hidden_act="relu")))
+    return str(path)
+
+
+def test_bf16_refuses_an_encoder_whose_layers_would_run_float32(relu_dir, tmp_path):
+    """--bf16 exists only inside the fused layers: an encoder with a layer they do not cover is refused in one
+    line by the Python API and the command (which leaves an earlier run's checkpoints), not half run in
+    float32."""
+    from dpr_paddle.modeling.cross_encoder import build_cross_encoder
+
+    for model in (BiEncoder(load_encoder(relu_dir)[0]), build_cross_encoder(relu_dir, trained=False)[0]):
+        encoder = getattr(model, "backbone", None) or model.question_model
+        with pytest.raises(bf16_cpu.Bf16Unavailable, match="activation relu, not GELU"):
+            bf16_cpu.check_encoder(encoder)
+        if bf16_cpu.hardware():
+            with pytest.raises(bf16_cpu.Bf16Unavailable, match="activation relu"):
+                model.speed_up_training(bf16=True)
+    if not bf16_cpu.hardware():
+        return
+    data = shared_path("data", "squad1_open", "train.json")
+    args = train_args(tmp_path, data)
+    run_cli("train_dense_encoder.py", *args)
+    saved = sorted(os.listdir(tmp_path / "run"))
+    args[args.index("tiny")] = relu_dir
+    one_line(run_cli("train_dense_encoder.py", *args, "--bf16", "--overwrite_save_dir", check=False),
+             "--bf16", "activation relu, not GELU")
+    assert sorted(os.listdir(tmp_path / "run")) == saved

@@ -173,6 +173,19 @@ def test_max_steps_alone_runs_as_many_epochs_as_needed(sample_dir, tmp_path):
     assert (state["global_step"], state["epoch"], state["batch_in_epoch"]) == (6, 1, 2)
 
 
+def test_a_run_refused_while_building_its_model_leaves_the_old_checkpoints(sample_dir, tmp_path):
+    """--overwrite_save_dir deletes only after every check has passed, the model's included: a refused run
+    (here a length past the encoder's positions, found when the model is built) keeps the old run."""
+    save = tmp_path / "run"
+    run_cli("train_dense_encoder.py", *tiny_args(sample_dir, save, "--max_steps", "1"))
+    saved = sorted(os.listdir(save))
+    args = tiny_args(sample_dir, save, "--max_steps", "1", "--overwrite_save_dir")
+    args[args.index("--max_passage_length") + 1] = "4096"
+    proc = run_cli("train_dense_encoder.py", *args, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "4096" in proc.stderr.strip().splitlines()[-1]
+    assert sorted(os.listdir(save)) == saved
+
+
 def test_a_fresh_run_never_reports_another_runs_checkpoint(sample_dir, tmp_path):
     # Training twice into one save_dir used to keep the first run's checkpoint-N and point
     # `latest` at it when the second run ended at the same step: the new model was lost.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 import paddle
+import paddle.nn as nn
 
 from ..common.errors import DprError
 from ..common.runtime import cpu_info
@@ -45,7 +46,8 @@ def ops():
         libs = os.path.join(os.path.dirname(paddle.__file__), "libs")
         if os.path.exists(os.path.join(libs, "libdnnl.so.3")) and fused_cpu.ops() is not None:
             _state["ops"] = fused_cpu.build_extension(SOURCE, "bf16", "the bfloat16 CPU GEMMs", _state,
-                                                      (f"-L{libs}", "-l:libdnnl.so.3", f"-Wl,-rpath,{libs}"))
+                                                      (f"-L{libs}", "-l:libdnnl.so.3", f"-Wl,-rpath,{libs}"),
+                                                      "--bf16 is refused on this machine")
     return _state["ops"]
 
 
@@ -61,6 +63,20 @@ def require() -> None:
         raise Bf16Unavailable("--bf16 on a CPU needs the fused kernels and oneDNN (paddle/libs/libdnnl.so.3) "
                               "built as custom operators, which failed on this machine (see the warning above); "
                               "train without --bf16")
+
+
+def check_encoder(encoder: nn.Layer) -> None:
+    """Raise Bf16Unavailable, in one line, unless every transformer layer of `encoder` runs fused: the bfloat16
+    GEMMs exist only there, and a layer left on Paddle's path would train in float32 without a word."""
+    layers = [layer for layer in encoder.sublayers(include_self=True) if type(layer) is nn.TransformerEncoderLayer]
+    name = type(encoder).__name__
+    if not layers:
+        raise Bf16Unavailable(f"--bf16 on a CPU runs inside Paddle's nn.TransformerEncoderLayer, and this encoder "
+                              f"({name}) has none; train without --bf16")
+    problems = sorted({fused_cpu.unfusable(layer) for layer in layers} - {""})
+    if problems:
+        raise Bf16Unavailable(f"--bf16 on a CPU needs post-norm GELU layers, as BERT and ERNIE have; this encoder "
+                              f"({name}) has {'; '.join(problems)}; train without --bf16")
 
 
 def linear(x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:

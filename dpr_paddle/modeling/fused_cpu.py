@@ -7,7 +7,9 @@ A BERT/ERNIE layer (`nn.TransformerEncoderLayer`, post-norm) trained on CPU runs
 - LayerNorm(residual + dropout(x W + b)) after the attention's output projection and after the
   feed-forward's second linear, with the bias folded in (`dpr_bias_dropout_residual_ln`);
 - GELU(x W1 + b1) with the bias folded in (`dpr_bias_gelu`).
-The GEMMs stay Paddle's (MKL), or with --bf16 bf16_cpu's (oneDNN, bfloat16 inputs). Each operator has its backward and spreads rows over OpenMP threads.
+The GEMMs stay Paddle's (MKL), or with --bf16 bf16_cpu's (oneDNN, bfloat16 inputs). Each operator has its
+backward and spreads rows over OpenMP threads. Layers the kernels do not cover (`unfusable`: pre-norm, another
+activation) run Paddle's forward; `--bf16` refuses an encoder with such layers (bf16_cpu.check_encoder).
 
 Dropout masks come from one seed per call drawn from Paddle's CPU generator, so `paddle.seed` and
 the gradient cache's RNG replay decide them: the dropout-on bit-for-bit tests hold with these
@@ -22,9 +24,10 @@ eager path, saying so in one log line.
 Whether they run is measured, once per CPU model and layer shape (`use_fused`): one training layer step
 (forward + backward, dropout on, a quarter of the tokens padding) is timed fused and eager, and the faster
 runs, so the project is never slower than its own eager path on any CPU. The choice is cached beside the
-build and logged in one line. `DPR_PADDLE_FUSED=1` or `=0` forces either. Only training on CPU in float32
-uses them: evaluation, export and accelerators run Paddle's own layers (on a GPU, Paddle's fused kernels are
-the right ones).
+build and logged in one line. `DPR_PADDLE_FUSED=1` or `=0` forces either; `--bf16` always runs them. Only
+training on CPU uses them: evaluation, export and accelerators run Paddle's own layers (on a GPU, Paddle's fused
+kernels are the right ones). An eval-mode forward with the bfloat16 GEMMs was measured for encoding and lost to
+Paddle Inference's bfloat16 (docs/benchmarks.md section 14), so encoding keeps its backends.
 """
 from __future__ import annotations
 
@@ -104,10 +107,12 @@ def _build():
     return build_extension(SOURCE, "fused", "the fused CPU training kernels", _state)
 
 
-def build_extension(source: str, kind: str, what: str, state: dict, ldflags: tuple = ()):
+def build_extension(source: str, kind: str, what: str, state: dict, ldflags: tuple = (),
+                    without: str = "Paddle's own kernels run"):
     """The custom operators of `source` built for this CPU (cflags) and imported as a module, or None (with
-    one warning) when the build fails. Built once into DPR_PADDLE_HOME/ops/<kind>-<hash of the source,
-    Paddle's version and the flags>; `state["build_dir"]` is set to that directory."""
+    one warning that ends with `without`, what happens instead) when the build fails. Built once into
+    DPR_PADDLE_HOME/ops/<kind>-<hash of the source, Paddle's version and the flags>; `state["build_dir"]` is
+    set to that directory."""
     from ..common.files import cache_root, process_lock
 
     ldflags = list(ldflags) + openmp_ldflags()
@@ -125,8 +130,8 @@ def build_extension(source: str, kind: str, what: str, state: dict, ldflags: tup
         return _import(name, os.path.join(build_dir, name))
     except Exception as e:  # noqa: BLE001 - any build failure means: run without them
         lines = str(e).strip().splitlines()
-        logger.warning("%s could not be built (%s); Paddle's own kernels run", what,
-                       lines[-1][:300] if lines else type(e).__name__)
+        logger.warning("%s could not be built (%s); %s", what, lines[-1][:300] if lines else type(e).__name__,
+                       without)
         return None
 
 
@@ -195,13 +200,27 @@ def softmax_dropout(scores, mask, scale: float, p: float) -> paddle.Tensor:
     return ops().dpr_softmax_dropout(scores, mask, float(scale), _seed(p), float(p))[0]
 
 
-def _eligible(layer, src, src_mask, cache) -> bool:
+def unfusable(layer: nn.TransformerEncoderLayer) -> str:
+    """Why the fused forward cannot run layers built like `layer` (e.g. "pre-norm"), or "" when it can."""
     attn = layer.self_attn
-    return (layer.training and cache is None and not layer.normalize_before and src.place.is_cpu_place()
-            and src.dtype == paddle.float32 and layer.activation is F.gelu
-            and all(getattr(d, "mode", "upscale_in_train") == "upscale_in_train"
-                    for d in (layer.dropout, layer.dropout1, layer.dropout2))
-            and not attn.need_weights and attn.kdim == attn.vdim == attn.embed_dim
+    if layer.normalize_before:
+        return "pre-norm (normalize_before)"
+    if layer.activation is not F.gelu:
+        return f"activation {getattr(layer.activation, '__name__', layer.activation)}, not GELU"
+    if any(getattr(d, "mode", "upscale_in_train") != "upscale_in_train"
+           for d in (layer.dropout, layer.dropout1, layer.dropout2)):
+        return "dropout mode downscale_in_infer"
+    if attn.need_weights:
+        return "attention weights returned"
+    if not attn.kdim == attn.vdim == attn.embed_dim:
+        return "key/value widths other than the hidden size"
+    return ""
+
+
+def _eligible(layer, src, src_mask, cache) -> bool:
+    """Whether this call can run fused: a training forward on CPU in float32 with BERT's [B, 1, 1, L] mask."""
+    return (layer.training and cache is None and src.place.is_cpu_place() and src.dtype == paddle.float32
+            and not unfusable(layer)
             and (src_mask is None or (src_mask.dtype == paddle.float32 and src_mask.shape[1] == 1
                                       and src_mask.shape[2] == 1 and src_mask.shape[0] == src.shape[0]))
             and ops() is not None)

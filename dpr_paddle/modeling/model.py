@@ -84,6 +84,7 @@ def speed_up_encoder(encoder: nn.Layer, bf16: bool = False) -> nn.Layer:
 
     if bf16:
         bf16_cpu.require()
+        bf16_cpu.check_encoder(encoder)
     fast_cpu.speed_up(encoder)
     return fused_cpu.speed_up(encoder, (bf16_cpu.linear, bf16_cpu.bmm) if bf16 else None)
 

@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import paddle
 from tqdm import tqdm
@@ -67,12 +67,14 @@ def check_config(cfg: LoopConfig) -> None:
         raise TrainingError(f"{cfg.dev_data_path}: dev data not found")
     check_output_path(os.path.join(cfg.save_dir, "checkpoint"), "checkpoint")
     if cpu_bf16(cfg.fp16, cfg.amp_dtype, cfg.bf16):
-        bf16_cpu.require()  # before --overwrite_save_dir deletes anything
+        bf16_cpu.require()  # before anything is loaded
 
 
-def prepare_save_dir(save_dir: str, resume: Optional[str], overwrite: bool, world: World) -> Optional[str]:
-    """The checkpoint to resume from (or None), after refusing or clearing another run's checkpoints
-    and removing the unfinished saves of a killed run."""
+def prepare_save_dir(save_dir: str, resume: Optional[str], overwrite: bool,
+                     world: World) -> Tuple[Optional[str], bool]:
+    """(the checkpoint to resume from or None, whether another run's checkpoints are there to clear), after
+    refusing them without --overwrite_save_dir. Nothing is deleted here: `clear_save_dir` does that once every
+    setting and the model have been checked, so that a refused run leaves the old checkpoints in place."""
     if world.is_main:
         ckpt.claim_save_dir(save_dir)  # one run writes a save_dir at a time
     resume_from = None
@@ -80,24 +82,27 @@ def prepare_save_dir(save_dir: str, resume: Optional[str], overwrite: bool, worl
         resume_from = ckpt.latest_checkpoint(save_dir) if resume == "auto" else resume
         if resume != "auto" and not os.path.isdir(resume):
             raise TrainingError(f"--resume {resume}: no such checkpoint directory")
-    world.barrier()  # every rank looks before rank 0 may delete
     stale = not resume_from and ckpt.list_checkpoints(save_dir)
-    world.barrier()
-    if stale:
-        # A fresh run must not mix its checkpoints with another run's (a stale checkpoint-N could
-        # be taken for this run's, or be resumed later by --resume auto).
-        if not overwrite:
-            raise TrainingError(f"{save_dir} already holds checkpoints of another run "
-                                f"({os.path.basename(stale[-1][1])}); pass --resume auto "
-                                "to continue it, or --overwrite_save_dir to delete them and start afresh")
-        if world.is_main:
-            logger.info("--overwrite_save_dir: removed %s", ", ".join(ckpt.remove_checkpoints(save_dir)))
+    # A fresh run must not mix its checkpoints with another run's (a stale checkpoint-N could be taken for this
+    # run's, or be resumed later by --resume auto).
+    if stale and not overwrite:
+        raise TrainingError(f"{save_dir} already holds checkpoints of another run "
+                            f"({os.path.basename(stale[-1][1])}); pass --resume auto "
+                            "to continue it, or --overwrite_save_dir to delete them and start afresh")
+    return resume_from, bool(stale)
+
+
+def clear_save_dir(save_dir: str, stale: bool, world: World) -> None:
+    """Delete another run's checkpoints (--overwrite_save_dir, `stale`) and the unfinished saves of a killed
+    run. Called after the model is built, so every refusal comes before anything is deleted."""
+    world.barrier()  # every rank has looked before rank 0 deletes
     if world.is_main:
+        if stale:
+            logger.info("--overwrite_save_dir: removed %s", ", ".join(ckpt.remove_checkpoints(save_dir)))
         gone = ckpt.remove_stale_temps(save_dir)  # left by a run killed mid-save
         if gone:
             logger.info("removed unfinished saves of an interrupted run: %s", ", ".join(gone))
     world.barrier()
-    return resume_from
 
 
 class Saver:
@@ -288,7 +293,7 @@ def train(cfg: Union[TrainConfig, RerankConfig]) -> Dict[str, float]:
     negatives = cfg.group_size - 1 if isinstance(cfg, RerankConfig) else cfg.hard_negatives
     dataset, dev = load_data(cfg, negatives, teacher=getattr(cfg, "distill_weight", 0) > 0)
     total_steps, n_epochs = plan_steps(len(dataset), cfg, world)
-    resume_from = prepare_save_dir(cfg.save_dir, cfg.resume, cfg.overwrite_save_dir, world)
+    resume_from, stale = prepare_save_dir(cfg.save_dir, cfg.resume, cfg.overwrite_save_dir, world)
     if resume_from:
         ckpt.check_resume(dataclasses.asdict(cfg), resume_from)
     task = make_task(cfg, resume_from, world)
@@ -297,6 +302,7 @@ def train(cfg: Union[TrainConfig, RerankConfig]) -> Dict[str, float]:
                                            cfg.weight_decay, cfg.adam_epsilon, cfg.max_grad_norm)
     model = world.wrap(model)
     state = resume_state(resume_from, optimizer, scheduler, model, total_steps)
+    clear_save_dir(cfg.save_dir, stale, world)  # only now: nothing above refused the run
     resumed_step = state.global_step if resume_from else None
     say_why_when_stopped(world, state, cfg.save_dir)
     amp, scaler = setup_amp(cfg.fp16, cfg.amp_dtype, cfg.bf16)
