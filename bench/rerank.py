@@ -2,12 +2,14 @@
 float32; with --bf16, Paddle Inference in bfloat16) against sentence-transformers' CrossEncoder.predict on
 the same backbone (all-MiniLM-L6-v2), max length and batch, on the same (question, passage) pairs (with
 --bf16 also under torch's bfloat16 autocast, like against like); then the HTTP p50 of one question
-reranked at depth 20 (a real server on 127.0.0.1), in float32 and, with --bf16, in bfloat16.
+reranked at depth 20 (a real server on 127.0.0.1), in float32 and, with --bf16, in bfloat16. --int8 adds ONNX
+Runtime with int8 weights (the peer's CrossEncoder has no int8 path: compared with its float32).
 
     .venv/bin/python bench/rerank.py --data ../shared/data/squad1_open --rerank_model runs/rerank/minilm_g4/latest \\
         --peer_python .venv-peer/bin/python --emb 'runs/rerank/emb_zs_*' --bf16
 
-bf16's effect on the ranking is reported as how often its top-1 of a question's list agrees with float32's.
+A lower precision's effect on the ranking is reported as how often its top-1 of a question's list agrees with
+float32's on the same runtime (bf16: Paddle Inference; int8: ONNX Runtime).
 
 Pairs: each of the first --questions eval questions with --depth passages of the corpus (every
 question's BM25 top --depth), the lists a reranker reads in a real run.
@@ -93,6 +95,7 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=20)
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--bf16", action="store_true", help="also bfloat16: ours on inference-bf16, the peer under autocast")
+    ap.add_argument("--int8", action="store_true", help="also int8: ours on onnxruntime-int8")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "rerank.json"))
     args = ap.parse_args()
 
@@ -107,15 +110,15 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     pairs = make_pairs(args.data, args.questions, args.depth)
     rows, scores = [], {}
-    for backend in ("onnxruntime", "inference") + ("inference-bf16",) * args.bf16:
+    low = {"inference-bf16": ("bf16", "inference")} if args.bf16 else {}  # backend: (precision, its fp32 runtime)
+    low.update({"onnxruntime-int8": ("int8", "onnxruntime")} if args.int8 else {})
+    for backend in ("onnxruntime", "inference", *low):
         r, scores[backend] = ours(args.rerank_model, pairs, backend, args.batch_size)
-        rows.append({"system": f"dpr_paddle Reranker ({backend})", "precision": "bf16" if "bf16" in backend else "fp32",
-                     **r})
-    bf16_row = rows[-1] if args.bf16 else None
-    if bf16_row:  # how often bfloat16's best of a question's list is float32's
-        best = {b: s.reshape(-1, args.depth).argmax(1) for b, s in scores.items()}
-        bf16_row["top1_agreement_with_fp32"] = float((best["inference-bf16"] == best["inference"]).mean())
-        bf16_row["max_abs_score_diff"] = float(np.abs(scores["inference-bf16"] - scores["inference"]).max())
+        rows.append({"system": f"dpr_paddle Reranker ({backend})", "precision": low.get(backend, ("fp32",))[0], **r})
+        if backend in low:  # how often this precision's best of a question's list is float32's
+            best = {b: scores[b].reshape(-1, args.depth).argmax(1) for b in (backend, low[backend][1])}
+            rows[-1]["top1_agreement_with_fp32"] = float((best[backend] == best[low[backend][1]]).mean())
+            rows[-1]["max_abs_score_diff"] = float(np.abs(scores[backend] - scores[low[backend][1]]).max())
     if args.peer_python:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(pairs, f)
@@ -133,11 +136,12 @@ def main() -> None:
     print(markdown_table(["system", "pairs/s", "to the peer in fp32", "to the peer in the same precision"],
                          [[r["system"], f"{r['pairs_per_s']:.1f}", ratio(r, "fp32"), ratio(r, r["precision"])]
                           for r in rows]))
-    if bf16_row:
-        print(f"bf16 against fp32 (Paddle Inference): top-1 of a question's list agrees for "
-              f"{bf16_row['top1_agreement_with_fp32']:.3f}; max |score diff| {bf16_row['max_abs_score_diff']:.3f}")
+    for r in rows:
+        if "top1_agreement_with_fp32" in r:
+            print(f"{r['precision']} against fp32 ({r['system']}): top-1 of a question's list agrees for "
+                  f"{r['top1_agreement_with_fp32']:.3f}; max |score diff| {r['max_abs_score_diff']:.3f}")
     http = []
-    for backend in ("auto",) + ("inference-bf16",) * args.bf16 if args.emb else ():
+    for backend in ("auto", *low) if args.emb else ():
         http.append(http_p50(args, [p[0] for p in pairs[:: args.depth]], backend))
         print(f"HTTP, one question, hybrid top 20 reranked ({backend}), k 10: p50 {http[-1]['p50_ms']:.0f} ms, "
               f"p90 {http[-1]['p90_ms']:.0f} ms ({http[-1]['requests']} requests)")

@@ -23,7 +23,7 @@ from .retrieval.searcher import ENGINES
 
 MATCH_HELP = ("auto (an answer with CJK characters by characters, any other as DPR) | string (DPR's token match) | "
               "regex | char (NFKC, lower case, no spaces: the answer's characters in a row, as CMRC 2018 scores)")
-from .encoding.spec import BACKENDS, RERANK_BACKENDS
+from .encoding.spec import BACKENDS
 from .modeling.spec import ModelSpec
 from .training.config import RerankConfig, TrainConfig
 
@@ -155,10 +155,11 @@ class SearchArgs(TowerArgs, BM25Args):
     rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
     rerank_max_length: int = option(0, "tokens of a (question, title + passage) pair the reranker reads (0: the "
                                        "length it was trained at)")
-    rerank_backend: Optional[str] = option(None, "the reranker's backend: auto | onnxruntime | inference | "
-                                                 "inference-bf16 (bfloat16 on AVX512-BF16/AMX CPUs; changes the "
-                                                 "scores) | dygraph (default: --backend's when it is float32, else "
-                                                 "auto)", choices=RERANK_BACKENDS)
+    rerank_backend: Optional[str] = option(None, "the reranker's backend: auto | onnxruntime | onnxruntime-int8 "
+                                                 "(int8 weights; changes the scores) | inference | inference-bf16 "
+                                                 "(bfloat16 on AVX512-BF16/AMX CPUs; changes the scores) | dygraph "
+                                                 "(default: --backend's when it is float32, else auto)",
+                                           choices=BACKENDS)
     rerank_alpha: float = option(0.0, "0: order the reranked passages by the cross-encoder alone; > 0: by its min-max "
                                       "normalised score + RERANK_ALPHA x the first stage's (0.75 was best on "
                                       "squad1_open's dev questions)")
@@ -258,9 +259,9 @@ class MineArgs(TowerArgs, BM25Args):
                                         "score minus this margin")
     rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
     rerank_max_length: int = option(0, "tokens of a pair --denoise_model reads (0: the length it was trained at)")
-    rerank_backend: Optional[str] = option(None, "--denoise_model's backend: auto | onnxruntime | inference | "
-                                                 "inference-bf16 | dygraph (default: --backend's when it is float32, "
-                                                 "else auto)", choices=RERANK_BACKENDS)
+    rerank_backend: Optional[str] = option(None, "--denoise_model's backend: auto | onnxruntime | onnxruntime-int8 | "
+                                                 "inference | inference-bf16 | dygraph (default: --backend's when it "
+                                                 "is float32, else auto)", choices=BACKENDS)
     fp16: bool = option(False, "run the question encoder in float16 on GPU")
     backend: str = _backend_field()
 
@@ -279,8 +280,9 @@ class ScoreArgs:
     rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
     batch_size: int = option(1000, "records per resumable batch")
     backend: str = option("auto", "the reranker's backend: auto (the faster float32 CPU backend, measured) | "
-                                  "onnxruntime | inference | inference-bf16 (bfloat16 on AVX512-BF16/AMX CPUs; "
-                                  "changes the scores) | dygraph", choices=RERANK_BACKENDS)
+                                  "onnxruntime | onnxruntime-int8 (int8 weights; changes the scores) | inference | "
+                                  "inference-bf16 (bfloat16 on AVX512-BF16/AMX CPUs; changes the scores) | dygraph",
+                          choices=BACKENDS)
 
 
 @dataclass

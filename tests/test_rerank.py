@@ -202,10 +202,11 @@ def test_onnx_reranker_agrees_with_paddle_and_nan_is_refused(rr, tmp_path):
         Reranker.load(str(broken), "dygraph").score(*pairs)
 
 
-def test_reranker_backends_bf16_opt_in_and_int8_refused_at_every_entry_point(capsys, rr, sample_dir):
+def test_reranker_backends_bf16_and_int8_opt_in_at_every_entry_point(capsys, rr, sample_dir):
     """--rerank_backend inference-bf16 reranks in bfloat16 where the CPU has it (scores close to float32's,
-    recorded as quantized) and is refused in one line elsewhere; int8, and names that are no backend, are
-    refused by the command, Retriever.load and mining alike; a tower in int8 leaves the reranker in float32."""
+    recorded as quantized) and is refused in one line elsewhere; onnxruntime-int8 reranks with int8 weights,
+    recorded as quantized (another teacher), through the command, Retriever.load and mining alike; names that
+    are no backend are refused in one line; a tower in int8 leaves the reranker in float32."""
     from dpr_paddle.common.options import InvalidValue
     from dpr_paddle.common.runtime import cpu_info
     from dpr_paddle.encoding.towers import BF16_FLAGS
@@ -233,7 +234,27 @@ def test_reranker_backends_bf16_opt_in_and_int8_refused_at_every_entry_point(cap
         line = refused(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p,
                        "--rerank_model", latest, "--rerank_backend", "inference-bf16")
         assert "needs a CPU with AVX512-BF16 or AMX" in line
-    # int8: refused by the command's flag, by Retriever.load and by Reranker.load, in one line each
+    # int8 (opt-in, measured in docs/benchmarks.md section 12): scores near float32's, recorded, another teacher
+    int8 = Reranker.load(latest, "onnxruntime-int8")
+    assert int8.info["quantization"] == "int8-dynamic" and int8.info["backend"] == "onnxruntime-int8"
+    got, want = int8.score(*pairs), fp32.score(*pairs)
+    assert np.abs(got - want).max() <= 0.1 * np.abs(want).max() and not np.array_equal(got, want)
+    assert Denoiser(int8).fingerprint == Denoiser(fp32).fingerprint + "-int8-dynamic"
+    out = ran(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p, "--n_docs", "10",
+              "--rerank_model", latest, "--rerank_depth", "5", "--rerank_backend", "onnxruntime-int8",
+              "--out_file", rr / "rr8.json", "--bm25_index", rr / "bm25")
+    assert "| bm25, reranked |" in out
+    assert json.load(open(str(rr / "rr8.json") + ".metrics.json"))["rerank"]["quantization"] == "int8-dynamic"
+    api = Retriever.load(mode="bm25", passages=p, rerank_model=latest, rerank_backend="onnxruntime-int8",
+                         bm25_index=str(rr / "bm25"))
+    assert api.search(["who founded it?"], k=3, mode="rerank")[0][0]["first_stage_score"] is not None
+    train6 = rr / "train6_int8.json"
+    train6.write_text(json.dumps(json.load(open(sample_train, encoding="utf-8"))[:6]), encoding="utf-8")
+    ran(capsys, mine.main, "--train_data_path", train6, "--ctx_file",
+        os.path.join(sample_dir, "passages.tsv"), "--output", rr / "m8.json", "--retriever", "bm25", "--rank_range",
+        "0", "10", "--num_negatives", "2", "--denoise_model", latest, "--rerank_backend", "onnxruntime-int8")
+    assert all(r["teacher"].endswith("-int8-dynamic") for r in json.load(open(rr / "m8.json", encoding="utf-8")))
+    # names that are no backend: refused by the command's flag, by Retriever.load and by Reranker.load
     def bad_choice(main, *argv):
         with pytest.raises(SystemExit) as stop:
             main([str(a) for a in argv])
@@ -241,19 +262,18 @@ def test_reranker_backends_bf16_opt_in_and_int8_refused_at_every_entry_point(cap
         assert stop.value.code == 2 and "Traceback" not in err
         return err.strip().splitlines()[-1]
 
-    assert "invalid choice: 'onnxruntime-int8'" in bad_choice(
+    assert "invalid choice: 'onnx'" in bad_choice(
         retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p, "--rerank_model", latest,
-        "--rerank_backend", "onnxruntime-int8")
-    for bad in ("onnxruntime-int8", "onnx"):
-        with pytest.raises(InvalidValue, match="rerank_backend .*: one of auto, onnxruntime, inference"):
-            Retriever.load(mode="bm25", passages=p, rerank_model=latest, rerank_backend=bad)
+        "--rerank_backend", "onnx")
+    with pytest.raises(InvalidValue, match="rerank_backend 'onnx': one of auto, onnxruntime, onnxruntime-int8"):
+        Retriever.load(mode="bm25", passages=p, rerank_model=latest, rerank_backend="onnx")
     with pytest.raises(InvalidValue, match="backend 'onnx': one of auto"):
         Retriever.load(model="tiny", passages=p, backend="onnx")
     with pytest.raises(InvalidValue, match="backend 'onnx': one of auto"):  # the loader every way in goes through
         Reranker.load(latest, "onnx")
-    assert "invalid choice: 'onnxruntime-int8'" in bad_choice(
-        mine.main, "--train_data_path", sample_train, "--ctx_file", p, "--output", rr / "m8.json", "--denoise_model",
-        latest, "--rerank_backend", "onnxruntime-int8")
+    assert "invalid choice: 'onnx'" in bad_choice(
+        mine.main, "--train_data_path", sample_train, "--ctx_file", p, "--output", rr / "m9.json", "--denoise_model",
+        latest, "--rerank_backend", "onnx")
     # a tower in int8 does not drag the reranker along: it reranks in float32 (auto)
     out = ran(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p, "--n_docs", "10",
               "--rerank_model", latest, "--rerank_depth", "5", "--backend", "onnxruntime-int8",

@@ -1,7 +1,8 @@
 """Loading a reranker (cross-encoder) for inference, on the backends the towers use: on CPU by default
 the faster of ONNX Runtime (converted once and checked against Paddle Inference on a probe batch, as the
 towers are) and Paddle Inference for this model and CPU (towers.measured_cpu_backend), or dygraph (the
-GPU default)."""
+GPU default). Opt-in, with scores other than float32's (recorded as `quantization`, so a teacher scored so is
+another teacher): `inference-bf16` and `onnxruntime-int8` (docs/benchmarks.md section 12 measures both)."""
 from __future__ import annotations
 
 import logging
@@ -40,20 +41,20 @@ def load_reranker(path: str, backend: str = "auto", max_length: int = 0) -> Tupl
     on_gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.device.get_device()
     backend = resolve_backend(backend, on_gpu, lambda: export_static(model, info["model_fingerprint"], EXPORT_RECIPE),
                               len(tokenizer.vocab), info["max_length"])
-    if backend == "onnxruntime-int8":  # its score change is not measured
-        raise onnx_backend.OnnxUnavailable(f"--backend {backend} is for towers; a reranker runs in float32 "
-                                           "(onnxruntime, inference or dygraph) or bfloat16 (inference-bf16)")
-    if backend in QUANTIZATION:
+    if backend in QUANTIZATION:  # scores other than float32's: another teacher (retrieval/teacher.py)
         info["quantization"] = QUANTIZATION[backend]
-    if backend == "onnxruntime":
+    if backend.startswith("onnxruntime"):
         if not onnx_backend.available():
             raise onnx_backend.OnnxUnavailable(
-                "--backend onnxruntime needs paddle2onnx and onnxruntime: pip install paddle2onnx onnxruntime")
+                f"--backend {backend} needs paddle2onnx and onnxruntime: pip install paddle2onnx onnxruntime")
+        int8 = backend == "onnxruntime-int8"
         prefix = export_static(model, info["model_fingerprint"], EXPORT_RECIPE)
         try:
             info["backend"] = backend
-            return onnx_encoder(prefix, False, len(tokenizer.vocab)), Tensorizer(tokenizer), info
+            return onnx_encoder(prefix, int8, len(tokenizer.vocab)), Tensorizer(tokenizer), info
         except onnx_backend.OnnxUnavailable as e:
+            if int8:  # no float fallback for a run that asked for int8 scores
+                raise
             logger.warning("%s; using Paddle Inference instead", e)
             backend = "inference"
     info["backend"] = backend

@@ -9,7 +9,6 @@ from ..common.options import InvalidValue, check_numbers
 
 
 BACKENDS = ("auto", "onnxruntime", "onnxruntime-int8", "inference", "inference-bf16", "dygraph")
-RERANK_BACKENDS = ("auto", "onnxruntime", "inference", "inference-bf16", "dygraph")  # no int8: its score change is unmeasured
 
 
 def check_backend(value: Optional[str], allowed=BACKENDS, name: str = "backend") -> None:

@@ -57,7 +57,7 @@ class SearchSpec:
     rerank_max_length: int = 0  # tokens of a (question, passage) pair the reranker reads; 0: its own
 
     def __post_init__(self):
-        from ..encoding.spec import RERANK_BACKENDS, check_backend
+        from ..encoding.spec import check_backend
         from .analyzers import check_name
         from .fusion import FUSIONS
         from .jvm import check_heap
@@ -70,7 +70,7 @@ class SearchSpec:
         check_numbers(self, ("alpha", "depth", "rerank_depth", "rerank_batch_size", "rerank_alpha", "bm25_k1",
                              "bm25_b", "bm25_threads", "rerank_max_length"))
         check_heap(self.bm25_heap)
-        check_backend(self.rerank_backend, RERANK_BACKENDS, "rerank_backend")
+        check_backend(self.rerank_backend, name="rerank_backend")
 
     def describe(self) -> dict:
         """What a metrics file records about the fusion."""
