@@ -51,6 +51,15 @@ def _backend_field():
               choices=BACKENDS)
 
 
+_RERANK_BACKENDS_HELP = ("onnxruntime | onnxruntime-int8 (int8 weights; changes the scores) | inference | "
+                        "inference-bf16 (bfloat16 on AVX512-BF16/AMX CPUs; changes the scores) | dygraph")
+
+
+def _rerank_backend_field(whose: str):
+    return option(None, f"{whose} backend: auto | {_RERANK_BACKENDS_HELP} (default: --backend's when it is "
+                        "float32, else auto)", choices=BACKENDS)
+
+
 @dataclass
 class BM25Args:
     """How BM25 is built and searched (every command that takes BM25)."""
@@ -155,11 +164,7 @@ class SearchArgs(TowerArgs, BM25Args):
     rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
     rerank_max_length: int = option(0, "tokens of a (question, title + passage) pair the reranker reads (0: the "
                                        "length it was trained at)")
-    rerank_backend: Optional[str] = option(None, "the reranker's backend: auto | onnxruntime | onnxruntime-int8 "
-                                                 "(int8 weights; changes the scores) | inference | inference-bf16 "
-                                                 "(bfloat16 on AVX512-BF16/AMX CPUs; changes the scores) | dygraph "
-                                                 "(default: --backend's when it is float32, else auto)",
-                                           choices=BACKENDS)
+    rerank_backend: Optional[str] = _rerank_backend_field("the reranker's")
     rerank_alpha: float = option(0.0, "0: order the reranked passages by the cross-encoder alone; > 0: by its min-max "
                                       "normalised score + RERANK_ALPHA x the first stage's (0.75 was best on "
                                       "squad1_open's dev questions)")
@@ -259,9 +264,7 @@ class MineArgs(TowerArgs, BM25Args):
                                         "score minus this margin")
     rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
     rerank_max_length: int = option(0, "tokens of a pair --denoise_model reads (0: the length it was trained at)")
-    rerank_backend: Optional[str] = option(None, "--denoise_model's backend: auto | onnxruntime | onnxruntime-int8 | "
-                                                 "inference | inference-bf16 | dygraph (default: --backend's when it "
-                                                 "is float32, else auto)", choices=BACKENDS)
+    rerank_backend: Optional[str] = _rerank_backend_field("--denoise_model's")
     fp16: bool = option(False, "run the question encoder in float16 on GPU")
     backend: str = _backend_field()
 
@@ -280,9 +283,7 @@ class ScoreArgs:
     rerank_batch_size: int = option(32, "question-passage pairs per reranker forward")
     batch_size: int = option(1000, "records per resumable batch")
     backend: str = option("auto", "the reranker's backend: auto (the faster float32 CPU backend, measured) | "
-                                  "onnxruntime | onnxruntime-int8 (int8 weights; changes the scores) | inference | "
-                                  "inference-bf16 (bfloat16 on AVX512-BF16/AMX CPUs; changes the scores) | dygraph",
-                          choices=BACKENDS)
+                                  + _RERANK_BACKENDS_HELP, choices=BACKENDS)
 
 
 @dataclass

@@ -5,7 +5,6 @@ GPU default). Opt-in, with scores other than float32's (recorded as `quantizatio
 another teacher): `inference-bf16` and `onnxruntime-int8` (docs/benchmarks.md section 12 measures both)."""
 from __future__ import annotations
 
-import logging
 import os
 from typing import Callable, Dict, Tuple
 
@@ -15,11 +14,8 @@ import paddle
 from ..modeling.builder import check_length, model_fingerprint
 from ..modeling.cross_encoder import build_cross_encoder
 from ..modeling.tokenization import Tensorizer
-from . import onnx_backend
 from .spec import check_backend
-from .towers import QUANTIZATION, export_static, onnx_encoder, paddle_inference_encoder, resolve_backend
-
-logger = logging.getLogger(__name__)
+from .towers import QUANTIZATION, export_static, onnx_or_none, paddle_inference_encoder, resolve_backend
 
 EXPORT_RECIPE = "rerank"  # the export cache key's recipe part: a cross-encoder's program is not a tower's
 
@@ -44,19 +40,12 @@ def load_reranker(path: str, backend: str = "auto", max_length: int = 0) -> Tupl
     if backend in QUANTIZATION:  # scores other than float32's: another teacher (retrieval/teacher.py)
         info["quantization"] = QUANTIZATION[backend]
     if backend.startswith("onnxruntime"):
-        if not onnx_backend.available():
-            raise onnx_backend.OnnxUnavailable(
-                f"--backend {backend} needs paddle2onnx and onnxruntime: pip install paddle2onnx onnxruntime")
-        int8 = backend == "onnxruntime-int8"
-        prefix = export_static(model, info["model_fingerprint"], EXPORT_RECIPE)
-        try:
+        score = onnx_or_none(backend, lambda: export_static(model, info["model_fingerprint"], EXPORT_RECIPE),
+                             len(tokenizer.vocab))
+        if score is not None:
             info["backend"] = backend
-            return onnx_encoder(prefix, int8, len(tokenizer.vocab)), Tensorizer(tokenizer), info
-        except onnx_backend.OnnxUnavailable as e:
-            if int8:  # no float fallback for a run that asked for int8 scores
-                raise
-            logger.warning("%s; using Paddle Inference instead", e)
-            backend = "inference"
+            return score, Tensorizer(tokenizer), info
+        backend = "inference"
     info["backend"] = backend
     if backend in ("inference", "inference-bf16"):
         prefix = export_static(model, info["model_fingerprint"], EXPORT_RECIPE)

@@ -147,6 +147,24 @@ def onnx_encoder(prefix: str, int8: bool, vocab_size: int) -> Callable[[Dict[str
     return onnx_backend.session(_attention_fused(path, check) or path)
 
 
+def onnx_or_none(backend: str, export: Callable[[], str],
+                 vocab_size: int) -> Optional[Callable[[Dict[str, np.ndarray]], np.ndarray]]:
+    """The ONNX Runtime encoder for `backend` (onnxruntime or onnxruntime-int8) of the export `export()` makes, or
+    None when the conversion is not faithful and Paddle Inference should run instead (one warning). Refused in
+    one line without paddle2onnx and onnxruntime; int8 is never replaced by float32 (the error is raised)."""
+    if not onnx_backend.available():
+        raise onnx_backend.OnnxUnavailable(
+            f"--backend {backend} needs paddle2onnx and onnxruntime: pip install paddle2onnx onnxruntime")
+    int8 = backend == "onnxruntime-int8"
+    try:
+        return onnx_encoder(export(), int8, vocab_size)
+    except onnx_backend.OnnxUnavailable as e:
+        if int8:  # no float fallback for a run that asked for int8 vectors or scores
+            raise
+        logger.warning("%s; using Paddle Inference instead", e)
+        return None
+
+
 def _attention_fused(path: str, check: Callable[[str], None]) -> Optional[str]:
     """The fused-attention variant of the conversion at `path`, `check`ed when made; None if no block matched
     or the check failed (logged; either outcome is remembered, so later loads do not try again)."""
@@ -274,20 +292,11 @@ def load_tower(tower: str, spec: Optional[TowerSpec] = None,
     if backend in QUANTIZATION:  # other vectors than float32's: their shards are another job
         info["quantization"] = QUANTIZATION[backend]
     if backend.startswith("onnxruntime"):
-        if not onnx_backend.available():
-            raise onnx_backend.OnnxUnavailable(
-                f"--backend {backend} needs paddle2onnx and onnxruntime: pip install paddle2onnx onnxruntime")
-        int8 = backend == "onnxruntime-int8"
-        prefix = export_static(model, info["model_fingerprint"])
-        try:
-            encode = onnx_encoder(prefix, int8, len(tokenizer.vocab))
+        encode = onnx_or_none(backend, lambda: export_static(model, info["model_fingerprint"]), len(tokenizer.vocab))
+        if encode is not None:
             info["backend"] = backend
             return encode, tensorizer, info
-        except onnx_backend.OnnxUnavailable as e:
-            if int8:  # no float fallback for a run that asked for int8 vectors
-                raise
-            logger.warning("%s; using Paddle Inference instead", e)
-            backend = "inference"
+        backend = "inference"
     info["backend"] = backend
     if backend in ("inference", "inference-bf16"):
         return (paddle_inference_encoder(export_static(model, info["model_fingerprint"]), backend == "inference-bf16"),
