@@ -8,7 +8,9 @@ from typing import Iterable, Sequence
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dpr_paddle.common.runtime import host_line  # noqa: E402
+from dpr_paddle.common.runtime import host_line, quiet_warnings  # noqa: E402
+
+quiet_warnings()  # the bench's console as clean as the commands'
 
 HOST = host_line()
 if not os.environ.get("DPR_BENCH_HOST_SHOWN"):  # once per run, not again in the runs' child processes

@@ -64,6 +64,9 @@ VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
 def host_line() -> str:
     """This machine in one line for benchmark tables: CPU model, its vector extensions, usable cores."""
     model, flags = cpu_info()
+    fields = _cpuinfo()
+    if "cpu family" in fields:  # a VM's model name ("AMD EPYC") names no generation; family and model do
+        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     vector = " ".join(f for f in VECTOR_FLAGS if f in flags) or "no AVX2"
     return f"{model}; {vector}; {usable_cores()} cores"
 

@@ -3,8 +3,10 @@
 Paddle 3.3.1's CPU build has no bfloat16 `matmul` in dygraph, so `paddle.amp.auto_cast(dtype="bfloat16")`
 has nothing to cast to on a CPU. Here the encoder layers' GEMMs (the q/k/v, output and feed-forward
 weights, and attention's per-head q·kᵀ and probs·v), forward and backward, go through oneDNN's matmul
-(the library inside Paddle's wheel) in its "bf16" fpmath mode: the inputs are rounded to bfloat16,
-products are accumulated in float32 and the outputs are float32. Everything else (embeddings, softmax,
+(the library inside Paddle's wheel): the inputs are rounded to bfloat16, products are accumulated in
+float32 and the outputs are float32. On AMX oneDNN's "bf16" fpmath mode does the rounding; where oneDNN
+would ignore that mode (AVX512-BF16 without AMX, e.g. AMD Zen 4, where it ran float32), the operators round
+the inputs themselves and give oneDNN bfloat16 operands, so every CPU computes the same thing. Everything else (embeddings, softmax,
 LayerNorm, GELU, dropout, the loss, the gradient cache's cached gradients, the optimiser and its master
 weights) stays float32. That is torch's CPU autocast for a linear layer, less its rounding of the output.
 
@@ -25,7 +27,7 @@ from ..common.runtime import cpu_info
 from . import fused_cpu
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bf16_ops.cc")
-HARDWARE = ("amx_bf16", "avx512_bf16")  # either runs oneDNN's bf16 GEMMs at bf16 speed
+HARDWARE = ("amx_bf16", "avx512_bf16")  # either has oneDNN bfloat16 matmul kernels (bf16_ops.cc picks them)
 _state = {"tried": False, "ops": None, "build_dir": None}
 
 

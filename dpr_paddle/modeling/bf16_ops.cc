@@ -3,15 +3,20 @@
 //
 // Each GEMM takes and returns float32 tensors; oneDNN's fpmath mode "bf16" lets the matmul round its
 // inputs to bfloat16 (round to nearest even, inside its packing copy) and accumulate in float32, on AMX
-// tiles or AVX512-BF16 dot products. That is what an autocast matmul computes, less autocast's rounding of
-// the output to bfloat16. Results are deterministic for a given shape and thread count, so a gradient
-// cache's replay of a chunk gives the same bits as its first pass.
+// tiles. That is what an autocast matmul computes, less autocast's rounding of the output to bfloat16.
+// oneDNN 3.6 honours that mode only where it has such a kernel: on AVX512-BF16 without AMX (AMD Zen 4) it
+// picked its float32 kernel (brg_matmul:avx512_core) and computed in float32 at float32 speed. So each GEMM
+// asks oneDNN which kernel it chose, and where that is not a bfloat16 one, rounds the inputs to bfloat16
+// itself (round to nearest even, as oneDNN does) and hands oneDNN bfloat16 operands, whose kernel
+// (brg_matmul:avx512_core_bf16) then runs. Results are deterministic for a given shape and thread count, so
+// a gradient cache's replay of a chunk gives the same bits as its first pass.
 //
 // Paddle's wheel ships the library but only a partial set of its headers, so the few C API entry points
 // used here are declared below (oneDNN v3's stable C API; values from oneapi/dnnl/dnnl_types.h).
 #include "paddle/extension.h"
 
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -47,6 +52,7 @@ int dnnl_matmul_primitive_desc_create(dnnl_primitive_desc_t*, dnnl_engine_t, con
                                       const_dnnl_memory_desc_t weights, const_dnnl_memory_desc_t bias,
                                       const_dnnl_memory_desc_t dst, const_dnnl_primitive_attr_t);
 int dnnl_primitive_desc_destroy(dnnl_primitive_desc_t);
+int dnnl_primitive_desc_query(const_dnnl_primitive_desc_t, int what, int index, void* result);
 int dnnl_primitive_create(dnnl_primitive_t*, const_dnnl_primitive_desc_t);
 int dnnl_primitive_destroy(dnnl_primitive_t);
 int dnnl_memory_create(dnnl_memory_t*, const_dnnl_memory_desc_t, dnnl_engine_t, void* handle);
@@ -57,7 +63,7 @@ int dnnl_stream_wait(dnnl_stream_t);
 
 namespace {
 
-constexpr int kCpuEngine = 1, kInOrder = 1, kF32 = 3, kFpmathBf16 = 1;
+constexpr int kCpuEngine = 1, kInOrder = 1, kBf16 = 2, kF32 = 3, kFpmathBf16 = 1, kQueryImplInfoStr = 8;
 constexpr int kArgSrc = 1, kArgDst = 17, kArgWeights = 33;
 constexpr size_t kMaxCached = 512;  // distinct shapes kept (chunks of sorted lengths make a few hundred)
 
@@ -66,6 +72,8 @@ constexpr size_t kMaxCached = 512;  // distinct shapes kept (chunks of sorted le
 struct Gemm {
   dnnl_primitive_t prim;
   dnnl_memory_desc_t a, b, c;
+  int64_t a_size, b_size;  // elements of A and B
+  bool round_inputs;       // A and B are rounded to bfloat16 here (oneDNN's fpmath mode ran float32 on this CPU)
 };
 
 dnnl_engine_t engine() {
@@ -98,13 +106,33 @@ void forget(Gemm& g) {
   dnnl_memory_desc_destroy(g.c);
 }
 
-dnnl_memory_desc_t desc(int64_t batch, int64_t rows, int64_t cols, bool transposed) {
+dnnl_memory_desc_t desc(int64_t batch, int64_t rows, int64_t cols, bool transposed, int type = kF32) {
   // a [batch, rows, cols] view of a row-major [batch, rows, cols] or (transposed) [batch, cols, rows] buffer
   dnnl_dims_t dims = {batch, rows, cols};
   dnnl_dims_t strides = {rows * cols, transposed ? 1 : cols, transposed ? rows : 1};
   dnnl_memory_desc_t made;
-  DNNL_OK(dnnl_memory_desc_create_with_strides(&made, 3, dims, kF32, strides));
+  DNNL_OK(dnnl_memory_desc_create_with_strides(&made, 3, dims, type, strides));
   return made;
+}
+
+bool runs_bf16(const_dnnl_primitive_desc_t pd) {
+  // the kernel oneDNN chose computes in bfloat16 (e.g. "brg_matmul:avx512_core_amx"), not float32
+  const char* impl = nullptr;
+  DNNL_OK(dnnl_primitive_desc_query(pd, kQueryImplInfoStr, 0, &impl));
+  return impl != nullptr && (std::strstr(impl, "amx") != nullptr || std::strstr(impl, "bf16") != nullptr);
+}
+
+inline uint16_t bf16_bits(float f) {
+  // round to nearest even, as oneDNN's conversion does; a NaN stays a (quiet) NaN
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
+}
+
+void round_to_bf16(const float* x, uint16_t* y, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n > 16384)
+  for (int64_t i = 0; i < n; ++i) y[i] = bf16_bits(x[i]);
 }
 
 const Gemm& gemm(int64_t batch, int64_t m, int64_t k, int64_t n, bool ta, bool tb) {
@@ -116,12 +144,23 @@ const Gemm& gemm(int64_t batch, int64_t m, int64_t k, int64_t n, bool ta, bool t
     for (auto& kv : cache) forget(kv.second);
     cache.clear();
   }
-  Gemm g{nullptr, desc(batch, m, k, ta), desc(batch, k, n, tb), desc(batch, m, n, false)};
+  Gemm g{nullptr, desc(batch, m, k, ta), desc(batch, k, n, tb), desc(batch, m, n, false), batch * m * k,
+         batch * k * n, false};
   dnnl_primitive_attr_t attr;
   DNNL_OK(dnnl_primitive_attr_create(&attr));
   DNNL_OK(dnnl_primitive_attr_set_fpmath_mode(attr, kFpmathBf16));
   dnnl_primitive_desc_t pd;
   DNNL_OK(dnnl_matmul_primitive_desc_create(&pd, engine(), g.a, g.b, nullptr, g.c, attr));
+  if (!runs_bf16(pd)) {  // float32 here in spite of the fpmath mode: give oneDNN bfloat16 operands
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_memory_desc_destroy(g.a);
+    dnnl_memory_desc_destroy(g.b);
+    g.a = desc(batch, m, k, ta, kBf16);
+    g.b = desc(batch, k, n, tb, kBf16);
+    g.round_inputs = true;
+    DNNL_OK(dnnl_matmul_primitive_desc_create(&pd, engine(), g.a, g.b, nullptr, g.c, attr));
+    PD_CHECK(runs_bf16(pd), "oneDNN has no bfloat16 matmul on this CPU");
+  }
   DNNL_OK(dnnl_primitive_create(&g.prim, pd));
   dnnl_primitive_desc_destroy(pd);
   dnnl_primitive_attr_destroy(attr);
@@ -129,9 +168,20 @@ const Gemm& gemm(int64_t batch, int64_t m, int64_t k, int64_t n, bool ta, bool t
 }
 
 void run(const Gemm& g, const float* a, const float* b, float* c) {
+  void* pa = const_cast<float*>(a);
+  void* pb = const_cast<float*>(b);
+  thread_local std::vector<uint16_t> a16, b16;  // the rounded inputs, reused across calls
+  if (g.round_inputs) {
+    a16.resize(g.a_size);
+    b16.resize(g.b_size);
+    round_to_bf16(a, a16.data(), g.a_size);
+    round_to_bf16(b, b16.data(), g.b_size);
+    pa = a16.data();
+    pb = b16.data();
+  }
   dnnl_memory_t ma, mb, mc;
-  DNNL_OK(dnnl_memory_create(&ma, g.a, engine(), const_cast<float*>(a)));
-  DNNL_OK(dnnl_memory_create(&mb, g.b, engine(), const_cast<float*>(b)));
+  DNNL_OK(dnnl_memory_create(&ma, g.a, engine(), pa));
+  DNNL_OK(dnnl_memory_create(&mb, g.b, engine(), pb));
   DNNL_OK(dnnl_memory_create(&mc, g.c, engine(), c));
   dnnl_exec_arg_t args[3] = {{kArgSrc, ma}, {kArgWeights, mb}, {kArgDst, mc}};
   DNNL_OK(dnnl_primitive_execute(g.prim, stream(), 3, args));
