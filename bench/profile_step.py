@@ -20,9 +20,10 @@ import time
 
 from common import FWD_FLOP_PER_TOKEN, ROOT, markdown_table, save_results
 
-from dpr_paddle.common.runtime import prepare_process  # noqa: E402
+from dpr_paddle.common.runtime import prepare_process, quiet_paddlenlp  # noqa: E402
 
 prepare_process()  # MKL/OpenMP defaults where unset, before paddle loads
+quiet_paddlenlp()  # its weight-loading lines, once per model load (as rerank.py and the commands)
 
 
 def main() -> None:
