@@ -6,9 +6,9 @@ weights, and attention's per-head q·kᵀ and probs·v), forward and backward, g
 (the library inside Paddle's wheel): the inputs are rounded to bfloat16, products are accumulated in
 float32 and the outputs are float32. On AMX oneDNN's "bf16" fpmath mode does the rounding; where oneDNN
 would ignore that mode (AVX512-BF16 without AMX, e.g. AMD Zen 4, where it ran float32), the operators round
-the inputs themselves and give oneDNN bfloat16 operands, so every CPU computes the same thing. Everything else (embeddings, softmax,
-LayerNorm, GELU, dropout, the loss, the gradient cache's cached gradients, the optimiser and its master
-weights) stays float32. That is torch's CPU autocast for a linear layer, less its rounding of the output.
+the inputs themselves and give oneDNN bfloat16 operands, so every CPU computes the same thing. Everything
+else (embeddings, softmax, LayerNorm, GELU, dropout, the loss, the gradient cache's cached gradients, the
+optimiser and its master weights) stays float32. That is torch's CPU autocast for a linear layer, less its rounding of the output.
 
 The GEMMs run inside the fused layer (fused_cpu.py), so `--bf16` needs the fused kernels. A chunk's GEMMs
 give the same bits each time they run with the same shapes and threads, so the gradient cache's dropout-on
