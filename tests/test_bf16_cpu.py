@@ -51,23 +51,6 @@ def test_linear_is_matmul_with_bfloat16_inputs(shape_x, shape_w):
     assert rel(got[0], want.numpy()) < 1e-5
 
 
-@pytest.mark.parametrize("transpose_b", [False, True])
-def test_batched_matmul_per_head(transpose_b):
-    rng = np.random.default_rng(1)
-    a = paddle.to_tensor(rng.standard_normal([2, 3, 5, 8]).astype("float32"), stop_gradient=False)
-    b = paddle.to_tensor(rng.standard_normal([2, 3, 6, 8] if transpose_b else [2, 3, 8, 6]).astype("float32"),
-                         stop_gradient=False)
-    up = paddle.to_tensor(rng.standard_normal([2, 3, 5, 6]).astype("float32"))
-    out = bf16_cpu.bmm(a, b, transpose_b)
-    (out * up).sum().backward()
-    got = [out.numpy(), a.grad.numpy(), b.grad.numpy()]
-    a.clear_gradient(), b.clear_gradient()
-    ref = paddle.matmul(a, b, transpose_y=transpose_b)
-    (ref * up).sum().backward()
-    for g, r in zip(got, [ref.numpy(), a.grad.numpy(), b.grad.numpy()]):
-        assert g.shape == r.shape and rel(g, r) < 2e-2
-
-
 def install_bf16(encoder):
     """What --bf16 installs in an encoder, without its hardware check, so that the tests run on every CPU."""
     bf16_cpu.check_encoder(encoder)

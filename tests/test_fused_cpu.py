@@ -89,6 +89,30 @@ def test_softmax_dropout_equals_eager(ops, shape, p):
           with_grads(lambda: F.softmax(s * 0.125 + mask) * scale, [s], up))
 
 
+def bf16_rounded(t):
+    return paddle.to_tensor(t.numpy()).astype("bfloat16").astype("float32")
+
+
+# tiles are 6 rows x 32 (AVX-512) or 16 (AVX2) columns: these cover whole tiles, remainders and one-row cases
+@pytest.mark.parametrize("lead,m,k,n", [((2, 3), 5, 8, 6), ((1, 2), 13, 32, 40), ((2,), 12, 17, 64), ((1,), 1, 3, 1)])
+@pytest.mark.parametrize("transpose_b", [False, True])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_heads_matmul_equals_matmul(ops, lead, m, k, n, transpose_b, bf16):
+    rng = np.random.default_rng(m * k + n)
+    a, b = leaf(*lead, m, k, rng=rng), leaf(*lead, *((n, k) if transpose_b else (k, n)), rng=rng)
+    up = paddle.to_tensor(rng.standard_normal([*lead, m, n]).astype("float32"))
+    got = with_grads(lambda: fused_cpu.heads_matmul(a, b, transpose_b, bf16), [a, b], up)
+    if not bf16:
+        close(got, with_grads(lambda: paddle.matmul(a, b, transpose_y=transpose_b), [a, b], up))
+        return
+    # bfloat16 inputs, float32 accumulation: the product of the rounded inputs, and the gradients of the
+    # rounded inputs and upstream gradient (each backward GEMM rounds its inputs too)
+    ra, rb, rup = bf16_rounded(a), bf16_rounded(b), bf16_rounded(up)
+    want_a = paddle.matmul(rup, rb, transpose_y=not transpose_b)
+    want_b = paddle.matmul(rup, ra, transpose_x=True) if transpose_b else paddle.matmul(ra, rup, transpose_x=True)
+    close(got, [paddle.matmul(ra, rb, transpose_y=transpose_b).numpy(), want_a.numpy(), want_b.numpy()], tol=1e-5)
+
+
 def test_masks_follow_paddle_seed(ops):
     x = paddle.ones([64, 128])
     b, norm = paddle.zeros([128]), paddle.nn.LayerNorm(128)
@@ -205,3 +229,35 @@ def test_the_kernels_are_built_for_this_cpu():
     assert fused_cpu.vector_width() == want
     assert ("-mavx512f" in fused_cpu.cflags()) == (want == "AVX-512")
     assert ("-mavx2" in fused_cpu.cflags()) == (want != "baseline")
+
+
+FAULTS = """
+import resource, sys
+import paddle
+from dpr_paddle.modeling.model import BiEncoder
+from dpr_paddle.modeling.pretrained import load_encoder
+
+def faults():  # page faults while a training step's worth of 48 MB tensors come and go
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(8):
+        (paddle.ones([3, 4, 1024, 1024]) * 2).sum()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults()
+plain = faults()
+BiEncoder(load_encoder(sys.argv[1])[0], load_encoder(sys.argv[1])[0]).speed_up_training()
+faults()
+print(plain, faults())
+"""
+
+
+@pytest.mark.parametrize("defaults_off", [False, True])
+def test_training_keeps_freed_memory_for_reuse(tiny_dir, defaults_off):
+    """Every CPU training path (speed_up_encoder: both models, commands and API) makes malloc reuse freed blocks,
+    so a step's large tensors stop costing page faults; DPR_PADDLE_NO_CPU_DEFAULTS=1 leaves malloc alone."""
+    env = dict(os.environ, DPR_PADDLE_NO_CPU_DEFAULTS="1" if defaults_off else "0")
+    out = subprocess.run([sys.executable, "-c", FAULTS, tiny_dir], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    plain, kept = map(int, out.stdout.split()[-2:])
+    assert plain > 10000  # glibc maps each 48 MB tensor afresh: ~12,000 pages apiece
+    assert (kept > 10000) if defaults_off else (kept < 1000), (plain, kept)

@@ -149,6 +149,33 @@ def cpu_defaults(threads: Optional[int] = None) -> dict:
     return applied
 
 
+_MALLOC = {"set": None}
+_KEEP_BYTES = 1 << 30  # freed blocks up to this size stay in the process's heap
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed blocks of up to 1 GiB for reuse instead of returning them to the kernel;
+    True when set (once per process; a no-op without glibc or with DPR_PADDLE_NO_CPU_DEFAULTS=1).
+
+    A CPU training step allocates and frees tensors of tens of MB (a chunk's attention scores are
+    batch x heads x L x L floats). Above its mmap threshold glibc maps each one afresh and unmaps it on free, so
+    every step touched new pages: 180-470 thousand page faults a step and 5-9 % of its wall time on an AMD EPYC
+    host (docs/benchmarks.md section 14). The cost is that the process keeps its peak heap."""
+    if _MALLOC["set"] is None:
+        _MALLOC["set"] = False
+        if os.environ.get("DPR_PADDLE_NO_CPU_DEFAULTS") != "1":
+            try:
+                import ctypes
+
+                libc = ctypes.CDLL("libc.so.6")
+            except OSError:  # not glibc
+                return False
+            m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+            _MALLOC["set"] = bool(libc.mallopt(m_mmap_threshold, _KEEP_BYTES)
+                                  and libc.mallopt(m_trim_threshold, _KEEP_BYTES))
+    return _MALLOC["set"]
+
+
 class _DropLines:
     """A stderr stand-in that drops whole lines starting with given prefixes (and the newline
     `print` writes after them); everything else passes through unchanged."""

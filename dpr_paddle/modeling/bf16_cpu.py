@@ -1,14 +1,16 @@
 """bfloat16 GEMMs for training on CPUs with AMX or AVX512-BF16 (bf16_ops.cc, Paddle custom operators).
 
 Paddle 3.3.1's CPU build has no bfloat16 `matmul` in dygraph, so `paddle.amp.auto_cast(dtype="bfloat16")`
-has nothing to cast to on a CPU. Here the encoder layers' GEMMs (the q/k/v, output and feed-forward
-weights, and attention's per-head q·kᵀ and probs·v), forward and backward, go through oneDNN's matmul
-(the library inside Paddle's wheel): the inputs are rounded to bfloat16, products are accumulated in
-float32 and the outputs are float32. On AMX oneDNN's "bf16" fpmath mode does the rounding; where oneDNN
-would ignore that mode (AVX512-BF16 without AMX, e.g. AMD Zen 4, where it ran float32), the operators round
-the inputs themselves and give oneDNN bfloat16 operands, so every CPU computes the same thing. Everything
-else (embeddings, softmax, LayerNorm, GELU, dropout, the loss, the gradient cache's cached gradients, the
-optimiser and its master weights) stays float32. That is torch's CPU autocast for a linear layer, less its rounding of the output.
+has nothing to cast to on a CPU. Here the encoder layers' GEMMs, forward and backward, take bfloat16
+inputs: the inputs are rounded to bfloat16, products are accumulated in float32 and the outputs are float32.
+The weight GEMMs (q/k/v, output and feed-forward) go through oneDNN's matmul (the library inside Paddle's
+wheel). On AMX oneDNN's "bf16" fpmath mode does the rounding; where oneDNN would ignore that mode
+(AVX512-BF16 without AMX, e.g. AMD Zen 4, where it ran float32), the operators round the inputs themselves
+and give oneDNN bfloat16 operands, so every CPU computes the same thing. Attention's per-head q·kᵀ and
+probs·v are fused_cpu's `heads_matmul`, which rounds as it packs (library GEMMs run those small shapes
+slowly, in either precision). Everything else (embeddings, softmax, LayerNorm, GELU, dropout, the loss, the
+gradient cache's cached gradients, the optimiser and its master weights) stays float32. That is torch's CPU
+autocast for a linear layer, less its rounding of the output.
 
 The GEMMs run inside the fused layer (fused_cpu.py), so `--bf16` needs the fused kernels. A chunk's GEMMs
 give the same bits each time they run with the same shapes and threads, so the gradient cache's dropout-on
@@ -89,4 +91,4 @@ def linear(x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
 def bmm(a: paddle.Tensor, b: paddle.Tensor, transpose_b: bool = False) -> paddle.Tensor:
     """a @ b (or a @ bᵀ) per leading index, bfloat16 inputs, float32 accumulation: a [..., M, K],
     b [..., K, N] (or [..., N, K]) -> [..., M, N]."""
-    return ops().dpr_bf16_bmm(a, b, transpose_b)
+    return fused_cpu.heads_matmul(a, b, transpose_b, bf16=True)

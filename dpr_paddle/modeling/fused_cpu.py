@@ -7,7 +7,8 @@ A BERT/ERNIE layer (`nn.TransformerEncoderLayer`, post-norm) trained on CPU runs
 - LayerNorm(residual + dropout(x W + b)) after the attention's output projection and after the
   feed-forward's second linear, with the bias folded in (`dpr_bias_dropout_residual_ln`);
 - GELU(x W1 + b1) with the bias folded in (`dpr_bias_gelu`).
-The GEMMs stay Paddle's (MKL), or with --bf16 bf16_cpu's (oneDNN, bfloat16 inputs). Each operator has its
+The weight GEMMs stay Paddle's (MKL), or with --bf16 bf16_cpu's (oneDNN, bfloat16 inputs); attention's
+per-head GEMMs are this file's `heads_matmul` in both precisions. Each operator has its
 backward and spreads rows over OpenMP threads. Layers the kernels do not cover (`unfusable`: pre-norm, another
 activation) run Paddle's forward; `--bf16` refuses an encoder with such layers (bf16_cpu.check_encoder).
 
@@ -226,11 +227,14 @@ def _eligible(layer, src, src_mask, cache) -> bool:
             and ops() is not None)
 
 
-def _f32_bmm(a, b, transpose_b=False):
-    return paddle.matmul(a, b, transpose_y=transpose_b)
+def heads_matmul(a: paddle.Tensor, b: paddle.Tensor, transpose_b: bool = False, bf16: bool = False) -> paddle.Tensor:
+    """Attention's per-head a @ b (or a @ bᵀ), float32 accumulation, with bfloat16-rounded inputs if `bf16`:
+    a [..., M, K], b [..., K, N] (or [..., N, K]) -> [..., M, N]. fused_ops.cc's own kernel, which rounds while
+    it packs, where a library GEMM needed a separate rounding pass; the same kernel in both precisions."""
+    return ops().dpr_heads_matmul(a, b, transpose_b, bf16)
 
 
-F32_GEMMS = (paddle.matmul, _f32_bmm)  # (x [.., K] @ w [K, N], per-head a @ b or a @ bᵀ): Paddle's (MKL)
+F32_GEMMS = (paddle.matmul, heads_matmul)  # (x [.., K] @ w [K, N]: Paddle's (MKL); per-head a @ b or a @ bᵀ)
 
 
 def _layer_forward(self, src, src_mask=None, cache=None, output_attentions=False):

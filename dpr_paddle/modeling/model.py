@@ -79,12 +79,16 @@ def _accepts(layer: nn.Layer, name: str) -> bool:
 
 def speed_up_encoder(encoder: nn.Layer, bf16: bool = False) -> nn.Layer:
     """fast_cpu's and fused_cpu's CPU training kernels in `encoder` (in place); with `bf16`, its layers'
-    GEMMs in bfloat16 (bf16_cpu.py), after checking, in one line, that this CPU and build can run them."""
+    GEMMs in bfloat16 (bf16_cpu.py), after checking, in one line, that this CPU and build can run them. The
+    process's malloc keeps freed blocks for reuse (runtime.keep_freed_memory): a step's large tensors were
+    otherwise mapped afresh, page fault by page fault, every step."""
+    from ..common.runtime import keep_freed_memory
     from . import bf16_cpu, fast_cpu, fused_cpu
 
     if bf16:
         bf16_cpu.require()
         bf16_cpu.check_encoder(encoder)
+    keep_freed_memory()
     fast_cpu.speed_up(encoder)
     return fused_cpu.speed_up(encoder, (bf16_cpu.linear, bf16_cpu.bmm) if bf16 else None)
 
