@@ -8,8 +8,10 @@
 // picked its float32 kernel (brg_matmul:avx512_core) and computed in float32 at float32 speed. So each GEMM
 // asks oneDNN which kernel it chose, and where that is not a bfloat16 one, rounds the inputs to bfloat16
 // itself (round to nearest even, as oneDNN does) and hands oneDNN bfloat16 operands, whose kernel
-// (brg_matmul:avx512_core_bf16) then runs. Results are deterministic for a given shape and thread count, so
-// a gradient cache's replay of a chunk gives the same bits as its first pass.
+// (brg_matmul:avx512_core_bf16, or gemm:jit:bf16 below) then runs. Where the kernel is not an AMX one, a GEMM's
+// token count (rows of x, or the contraction of a weight gradient) is given at execution, so one primitive
+// serves every chunk length. Results are deterministic for a given shape and thread count, so a gradient
+// cache's replay of a chunk gives the same bits as its first pass.
 //
 // Paddle's wheel ships the library but only a partial set of its headers, so the few C API entry points
 // used here are declared below (oneDNN v3's stable C API; values from oneapi/dnnl/dnnl_types.h).
@@ -65,15 +67,14 @@ namespace {
 
 constexpr int kCpuEngine = 1, kInOrder = 1, kBf16 = 2, kF32 = 3, kFpmathBf16 = 1, kQueryImplInfoStr = 8;
 constexpr int kArgSrc = 1, kArgDst = 17, kArgWeights = 33;
-constexpr size_t kMaxCached = 512;  // distinct shapes kept (chunks of sorted lengths make a few hundred)
+constexpr int64_t kRuntime = INT64_MIN;  // DNNL_RUNTIME_DIM_VAL: a dimension given at execution
+constexpr size_t kMaxCached = 512;       // distinct shapes kept (chunks of sorted lengths make a few hundred)
 
 #define DNNL_OK(call) PD_CHECK((call) == 0, "oneDNN call failed: " #call)
 
 struct Gemm {
   dnnl_primitive_t prim;
-  dnnl_memory_desc_t a, b, c;
-  int64_t a_size, b_size;  // elements of A and B
-  bool round_inputs;       // A and B are rounded to bfloat16 here (oneDNN's fpmath mode ran float32 on this CPU)
+  bool round_inputs;  // A and B are rounded to bfloat16 here (oneDNN's fpmath mode ran float32 on this CPU)
 };
 
 dnnl_engine_t engine() {
@@ -94,32 +95,91 @@ dnnl_stream_t stream() {
   return s;
 }
 
-// batch x [m, k] @ [k, n] -> batch x [m, n], row-major; `ta` / `tb` read A as [k, m] / B as [n, k]
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool>;
-std::mutex cache_mutex;
-std::map<Key, Gemm> cache;
-
-void forget(Gemm& g) {
-  dnnl_primitive_destroy(g.prim);
-  dnnl_memory_desc_destroy(g.a);
-  dnnl_memory_desc_destroy(g.b);
-  dnnl_memory_desc_destroy(g.c);
-}
-
-dnnl_memory_desc_t desc(int64_t batch, int64_t rows, int64_t cols, bool transposed, int type = kF32) {
-  // a [batch, rows, cols] view of a row-major [batch, rows, cols] or (transposed) [batch, cols, rows] buffer
-  dnnl_dims_t dims = {batch, rows, cols};
-  dnnl_dims_t strides = {rows * cols, transposed ? 1 : cols, transposed ? rows : 1};
+dnnl_memory_desc_t desc(int64_t rows, int64_t cols, bool transposed, int type) {
+  // a [1, rows, cols] view of a row-major [rows, cols] or (transposed) [cols, rows] buffer; either may be kRuntime
+  const bool runtime = rows == kRuntime || cols == kRuntime;
+  dnnl_dims_t dims = {1, rows, cols};
+  dnnl_dims_t strides = {runtime ? kRuntime : rows * cols, transposed ? 1 : cols, transposed ? rows : 1};
   dnnl_memory_desc_t made;
   DNNL_OK(dnnl_memory_desc_create_with_strides(&made, 3, dims, type, strides));
   return made;
 }
 
-bool runs_bf16(const_dnnl_primitive_desc_t pd) {
-  // the kernel oneDNN chose computes in bfloat16 (e.g. "brg_matmul:avx512_core_amx"), not float32
+const char* impl_name(const_dnnl_primitive_desc_t pd) {
   const char* impl = nullptr;
   DNNL_OK(dnnl_primitive_desc_query(pd, kQueryImplInfoStr, 0, &impl));
-  return impl != nullptr && (std::strstr(impl, "amx") != nullptr || std::strstr(impl, "bf16") != nullptr);
+  return impl != nullptr ? impl : "";
+}
+
+bool runs_bf16(const_dnnl_primitive_desc_t pd) {
+  // the kernel oneDNN chose computes in bfloat16 (e.g. "brg_matmul:avx512_core_amx"), not float32
+  const char* impl = impl_name(pd);
+  return std::strstr(impl, "amx") != nullptr || std::strstr(impl, "bf16") != nullptr;
+}
+
+// A matmul [m, k] @ [k, n] (float32 inputs and output, bfloat16 fpmath), or null when oneDNN has none.
+dnnl_primitive_desc_t matmul_pd(int64_t m, int64_t k, int64_t n, bool ta, bool tb, int input_type) {
+  dnnl_memory_desc_t a = desc(m, k, ta, input_type), b = desc(k, n, tb, input_type), c = desc(m, n, false, kF32);
+  dnnl_primitive_attr_t attr;
+  DNNL_OK(dnnl_primitive_attr_create(&attr));
+  DNNL_OK(dnnl_primitive_attr_set_fpmath_mode(attr, kFpmathBf16));
+  dnnl_primitive_desc_t pd = nullptr;
+  if (dnnl_matmul_primitive_desc_create(&pd, engine(), a, b, nullptr, c, attr) != 0) pd = nullptr;
+  dnnl_primitive_attr_destroy(attr);
+  dnnl_memory_desc_destroy(a);
+  dnnl_memory_desc_destroy(b);
+  dnnl_memory_desc_destroy(c);
+  return pd;
+}
+
+bool token_count_at_run_time() {
+  // AMX kernels (brg_matmul:avx512_core_amx) are built for fixed shapes, so on AMX one primitive is made per
+  // shape, i.e. per chunk length. Elsewhere oneDNN's gemm:jit:bf16 takes the token count at execution, measured
+  // as fast as the fixed-shape brg_matmul:avx512_core_bf16 on an AMD EPYC (Zen 4) host (MiniLM's GEMMs, 370-430
+  // GFLOP/s), with one primitive per weight instead of hundreds whose JIT code and scratchpads grew the
+  // process by hundreds of MB on real batches (docs/benchmarks.md section 14).
+  static const bool yes = [] {
+    dnnl_primitive_desc_t pd = matmul_pd(256, 384, 384, false, false, kF32);
+    const bool amx = pd != nullptr && std::strstr(impl_name(pd), "amx") != nullptr;
+    if (pd != nullptr) dnnl_primitive_desc_destroy(pd);
+    return !amx;
+  }();
+  return yes;
+}
+
+// [m, k] @ [k, n] -> [m, n], row-major; `ta` / `tb` read A as [k, m] / B as [n, k]; `tokens` is 'm' or 'k', the
+// dimension that is a chunk's token count
+using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool>;
+std::mutex cache_mutex;
+std::map<Key, Gemm> cache;
+
+const Gemm& gemm(int64_t m, int64_t k, int64_t n, bool ta, bool tb, char tokens) {
+  const bool runtime = token_count_at_run_time();
+  if (runtime) (tokens == 'm' ? m : k) = kRuntime;
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  Key key{m, k, n, ta, tb};
+  auto found = cache.find(key);
+  if (found != cache.end()) return found->second;
+  if (cache.size() >= kMaxCached) {
+    for (auto& kv : cache) dnnl_primitive_destroy(kv.second.prim);
+    cache.clear();
+  }
+  Gemm g{nullptr, false};
+  dnnl_primitive_desc_t pd = matmul_pd(m, k, n, ta, tb, kF32);
+  PD_CHECK(pd != nullptr, "oneDNN has no float32 matmul for this shape");
+  if (!runs_bf16(pd)) {  // float32 here in spite of the fpmath mode: give oneDNN bfloat16 operands
+    dnnl_primitive_desc_t bf16 = matmul_pd(m, k, n, ta, tb, kBf16);
+    if (bf16 != nullptr && runs_bf16(bf16)) {
+      dnnl_primitive_desc_destroy(pd);
+      pd = bf16;
+      g.round_inputs = true;
+    } else if (bf16 != nullptr) {  // no bfloat16 kernel on this CPU (AVX2): float32, as bf16_cpu.py says
+      dnnl_primitive_desc_destroy(bf16);
+    }
+  }
+  DNNL_OK(dnnl_primitive_create(&g.prim, pd));
+  dnnl_primitive_desc_destroy(pd);
+  return cache.emplace(key, g).first->second;
 }
 
 inline uint16_t bf16_bits(float f) {
@@ -135,60 +195,39 @@ void round_to_bf16(const float* x, uint16_t* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = bf16_bits(x[i]);
 }
 
-const Gemm& gemm(int64_t batch, int64_t m, int64_t k, int64_t n, bool ta, bool tb) {
-  std::lock_guard<std::mutex> lock(cache_mutex);
-  Key key{batch, m, k, n, ta, tb};
-  auto found = cache.find(key);
-  if (found != cache.end()) return found->second;
-  if (cache.size() >= kMaxCached) {
-    for (auto& kv : cache) forget(kv.second);
-    cache.clear();
-  }
-  Gemm g{nullptr, desc(batch, m, k, ta), desc(batch, k, n, tb), desc(batch, m, n, false), batch * m * k,
-         batch * k * n, false};
-  dnnl_primitive_attr_t attr;
-  DNNL_OK(dnnl_primitive_attr_create(&attr));
-  DNNL_OK(dnnl_primitive_attr_set_fpmath_mode(attr, kFpmathBf16));
-  dnnl_primitive_desc_t pd;
-  DNNL_OK(dnnl_matmul_primitive_desc_create(&pd, engine(), g.a, g.b, nullptr, g.c, attr));
-  if (!runs_bf16(pd)) {  // float32 here in spite of the fpmath mode: give oneDNN bfloat16 operands
-    dnnl_primitive_desc_destroy(pd);
-    dnnl_memory_desc_destroy(g.a);
-    dnnl_memory_desc_destroy(g.b);
-    g.a = desc(batch, m, k, ta, kBf16);
-    g.b = desc(batch, k, n, tb, kBf16);
-    g.round_inputs = true;
-    DNNL_OK(dnnl_matmul_primitive_desc_create(&pd, engine(), g.a, g.b, nullptr, g.c, attr));
-    PD_CHECK(runs_bf16(pd), "oneDNN has no bfloat16 matmul on this CPU");
-  }
-  DNNL_OK(dnnl_primitive_create(&g.prim, pd));
-  dnnl_primitive_desc_destroy(pd);
-  dnnl_primitive_attr_destroy(attr);
-  return cache.emplace(key, g).first->second;
-}
-
-void run(const Gemm& g, const float* a, const float* b, float* c) {
+// c [m, n] = a @ b with the shapes of gemm(m, k, n, ta, tb, ...), which made `g`
+void run(const Gemm& g, const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n, bool ta, bool tb) {
   void* pa = const_cast<float*>(a);
   void* pb = const_cast<float*>(b);
   thread_local std::vector<uint16_t> a16, b16;  // the rounded inputs, reused across calls
   if (g.round_inputs) {
-    a16.resize(g.a_size);
-    b16.resize(g.b_size);
-    round_to_bf16(a, a16.data(), g.a_size);
-    round_to_bf16(b, b16.data(), g.b_size);
+    a16.resize(m * k);
+    b16.resize(k * n);
+    round_to_bf16(a, a16.data(), m * k);
+    round_to_bf16(b, b16.data(), k * n);
     pa = a16.data();
     pb = b16.data();
   }
+  const int type = g.round_inputs ? kBf16 : kF32;
+  dnnl_memory_desc_t da = desc(m, k, ta, type), db = desc(k, n, tb, type), dc = desc(m, n, false, kF32);
   dnnl_memory_t ma, mb, mc;
-  DNNL_OK(dnnl_memory_create(&ma, g.a, engine(), pa));
-  DNNL_OK(dnnl_memory_create(&mb, g.b, engine(), pb));
-  DNNL_OK(dnnl_memory_create(&mc, g.c, engine(), c));
+  DNNL_OK(dnnl_memory_create(&ma, da, engine(), pa));
+  DNNL_OK(dnnl_memory_create(&mb, db, engine(), pb));
+  DNNL_OK(dnnl_memory_create(&mc, dc, engine(), c));
   dnnl_exec_arg_t args[3] = {{kArgSrc, ma}, {kArgWeights, mb}, {kArgDst, mc}};
   DNNL_OK(dnnl_primitive_execute(g.prim, stream(), 3, args));
   DNNL_OK(dnnl_stream_wait(stream()));
   dnnl_memory_destroy(ma);
   dnnl_memory_destroy(mb);
   dnnl_memory_destroy(mc);
+  dnnl_memory_desc_destroy(da);
+  dnnl_memory_desc_destroy(db);
+  dnnl_memory_desc_destroy(dc);
+}
+
+// c [m, n] = a @ b, the token dimension (`tokens`: 'm' or 'k') given at run time where this CPU allows it
+void matmul(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n, bool ta, bool tb, char tokens) {
+  run(gemm(m, k, n, ta, tb, tokens), a, b, c, m, k, n, ta, tb);
 }
 
 void check(const paddle::Tensor& t, const char* name) {
@@ -208,7 +247,7 @@ std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const paddle:
   auto shape = x.shape();
   shape.back() = n;
   auto out = paddle::empty(shape, paddle::DataType::FLOAT32, x.place());
-  run(gemm(1, m, k, n, false, false), x.data<float>(), w.data<float>(), out.data<float>());
+  matmul(x.data<float>(), w.data<float>(), out.data<float>(), m, k, n, false, false, 'm');
   return {out};
 }
 
@@ -217,8 +256,8 @@ std::vector<paddle::Tensor> LinearBackward(const paddle::Tensor& x, const paddle
   const int64_t k = x.shape().back(), n = w.shape()[1], m = x.numel() / k;
   auto gx = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
   auto gw = paddle::empty(w.shape(), paddle::DataType::FLOAT32, x.place());
-  run(gemm(1, m, n, k, false, true), grad_out.data<float>(), w.data<float>(), gx.data<float>());  // g @ w^T
-  run(gemm(1, k, m, n, true, false), x.data<float>(), grad_out.data<float>(), gw.data<float>());  // x^T @ g
+  matmul(grad_out.data<float>(), w.data<float>(), gx.data<float>(), m, n, k, false, true, 'm');  // g @ w^T
+  matmul(x.data<float>(), grad_out.data<float>(), gw.data<float>(), k, m, n, true, false, 'k');  // x^T @ g
   return {gx, gw};
 }
 
