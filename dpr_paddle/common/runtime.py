@@ -1,5 +1,6 @@
 """Process set-up that only the commands (and `Retriever.load`) do: logging, CPU thread defaults
-applied before paddle first loads, and Paddle's import without its OMP warning.
+applied before paddle first loads, and Paddle's import without its OMP warning; and the one that CPU
+training does wherever it starts (`keep_freed_memory`, from `speed_up_training`).
 
 Nothing here runs on `import dpr_paddle`: a user's application that imports the package keeps its
 environment and its sys.stderr as they were.
