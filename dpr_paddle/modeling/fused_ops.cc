@@ -178,12 +178,6 @@ inline void gemm_tile(const float* a, int64_t k, int64_t rs, int64_t ks, const f
   }
 }
 
-template <int R>
-void gemm_rows(const float* a, int64_t k, int64_t rs, int64_t ks, const float* b, int64_t ldb, float* c, int64_t ldc,
-               int cols) {
-  if constexpr (R > 0) gemm_tile<R>(a, k, rs, ks, b, ldb, c, ldc, cols);
-}
-
 // per batch element e: c[e] (m x n) = a[e] @ b[e], a stored [m, k] (or [k, m] with ta), b [k, n] (or [n, k] with tb)
 void batched_gemm(const float* a, const float* b, float* c, int64_t batch, int64_t m, int64_t k, int64_t n, bool ta,
                   bool tb, bool bf16) {
@@ -213,11 +207,11 @@ void batched_gemm(const float* a, const float* b, float* c, int64_t batch, int64
         const float* ar = ap.data() + i * rs;
         float* cr = ce + i * n + j;
         switch (m - i) {  // the last rows, fewer than a tile
-          case 5: gemm_rows<5>(ar, k, rs, ks, bp.data() + j, ldb, cr, n, cols); break;
-          case 4: gemm_rows<4>(ar, k, rs, ks, bp.data() + j, ldb, cr, n, cols); break;
-          case 3: gemm_rows<3>(ar, k, rs, ks, bp.data() + j, ldb, cr, n, cols); break;
-          case 2: gemm_rows<2>(ar, k, rs, ks, bp.data() + j, ldb, cr, n, cols); break;
-          case 1: gemm_rows<1>(ar, k, rs, ks, bp.data() + j, ldb, cr, n, cols); break;
+          case 5: gemm_tile<5>(ar, k, rs, ks, bp.data() + j, ldb, cr, n, cols); break;
+          case 4: gemm_tile<4>(ar, k, rs, ks, bp.data() + j, ldb, cr, n, cols); break;
+          case 3: gemm_tile<3>(ar, k, rs, ks, bp.data() + j, ldb, cr, n, cols); break;
+          case 2: gemm_tile<2>(ar, k, rs, ks, bp.data() + j, ldb, cr, n, cols); break;
+          case 1: gemm_tile<1>(ar, k, rs, ks, bp.data() + j, ldb, cr, n, cols); break;
           default: break;
         }
       }
