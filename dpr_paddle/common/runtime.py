@@ -160,7 +160,7 @@ def keep_freed_memory() -> bool:
 
     A CPU training step allocates and frees tensors of tens of MB (a chunk's attention scores are
     batch x heads x L x L floats). Above its mmap threshold glibc maps each one afresh and unmaps it on free, so
-    every step touched new pages: 180-470 thousand page faults a step and 5-9 % of its wall time on an AMD EPYC
+    every step touched new pages: 0.1-1.4 million page faults a step and 9-14 % of its wall time on an AMD EPYC
     host (docs/benchmarks.md section 14). The cost is that the process keeps its peak heap."""
     if _MALLOC["set"] is None:
         _MALLOC["set"] = False

@@ -7,8 +7,8 @@ The weight GEMMs (q/k/v, output and feed-forward) go through oneDNN's matmul (th
 wheel). On AMX oneDNN's "bf16" fpmath mode does the rounding; where oneDNN would ignore that mode
 (AVX512-BF16 without AMX, e.g. AMD Zen 4, where it ran float32), the operators round the inputs themselves
 and give oneDNN bfloat16 operands, so every CPU computes the same thing. Attention's per-head q·kᵀ and
-probs·v are fused_cpu's `heads_matmul`, which rounds as it packs (library GEMMs run those small shapes
-slowly, in either precision). Everything else (embeddings, softmax, LayerNorm, GELU, dropout, the loss, the
+probs·v are fused_cpu's `heads_matmul`, which rounds as it packs (oneDNN needed a separate rounding pass
+over both inputs). Everything else (embeddings, softmax, LayerNorm, GELU, dropout, the loss, the
 gradient cache's cached gradients, the optimiser and its master weights) stays float32. That is torch's CPU
 autocast for a linear layer, less its rounding of the output.
 
