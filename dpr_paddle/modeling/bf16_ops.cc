@@ -17,6 +17,8 @@
 // used here are declared below (oneDNN v3's stable C API; values from oneapi/dnnl/dnnl_types.h).
 #include "paddle/extension.h"
 
+#include "bf16_round.h"
+
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -182,17 +184,9 @@ const Gemm& gemm(int64_t m, int64_t k, int64_t n, bool ta, bool tb, char tokens)
   return cache.emplace(key, g).first->second;
 }
 
-inline uint16_t bf16_bits(float f) {
-  // round to nearest even, as oneDNN's conversion does; a NaN stays a (quiet) NaN
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
-}
-
 void round_to_bf16(const float* x, uint16_t* y, int64_t n) {
 #pragma omp parallel for simd schedule(static) if (n > 16384)
-  for (int64_t i = 0; i < n; ++i) y[i] = bf16_bits(x[i]);
+  for (int64_t i = 0; i < n; ++i) y[i] = dpr::bf16_bits(x[i]);
 }
 
 // c [m, n] = a @ b with the shapes of gemm(m, k, n, ta, tb, ...), which made `g`

@@ -18,8 +18,8 @@ kernels on. They are not Paddle's (or fast_cpu's) masks.
 
 Built once with `paddle.utils.cpp_extension` (g++ -O3 -fopenmp -fno-trapping-math, for the vector width of
 the CPU that runs them: AVX-512 where the CPU has it, else AVX2 + FMA) into DPR_PADDLE_HOME/ops/fused-<hash of
-the source, Paddle's version and the flags>, on first use; the instruction set is in the hash, so a build is never
-loaded on a CPU that lacks its instructions. A machine without a compiler (or a failed build) runs the
+the source and its headers, Paddle's version and the flags>, on first use; the instruction set is in the hash, so a
+build is never loaded on a CPU that lacks its instructions (DPR_PADDLE_MAX_ISA builds for an older host's set). A machine without a compiler (or a failed build) runs the
 eager path, saying so in one log line.
 
 Whether they run is measured, once per CPU model and layer shape (`use_fused`): one training layer step
@@ -112,14 +112,13 @@ def build_extension(source: str, kind: str, what: str, state: dict, ldflags: tup
                     without: str = "Paddle's own kernels run"):
     """The custom operators of `source` built for this CPU (cflags) and imported as a module, or None (with
     one warning that ends with `without`, what happens instead) when the build fails. Built once into
-    DPR_PADDLE_HOME/ops/<kind>-<hash of the source, Paddle's version and the flags>; `state["build_dir"]` is
-    set to that directory."""
+    DPR_PADDLE_HOME/ops/<kind>-<hash of the source and its headers, Paddle's version and the flags>;
+    `state["build_dir"]` is set to that directory."""
     from ..common.files import cache_root, process_lock
 
     ldflags = list(ldflags) + openmp_ldflags()
     flags = cflags() + ldflags
-    with open(source, "rb") as f:
-        digest = hashlib.sha1(f.read() + paddle.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(_source_bytes(source) + paddle.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]
     name = f"dpr_{kind}_{digest}"
     build_dir = os.path.join(cache_root(), "ops", f"{kind}-{digest}")
     os.makedirs(build_dir, exist_ok=True)
@@ -134,6 +133,18 @@ def build_extension(source: str, kind: str, what: str, state: dict, ldflags: tup
         logger.warning("%s could not be built (%s); %s", what, lines[-1][:300] if lines else type(e).__name__,
                        without)
         return None
+
+
+def _source_bytes(source: str) -> bytes:
+    """`source` and every header beside it (the kernels include bf16_round.h), so that editing a header
+    builds anew instead of loading a stale build."""
+    folder = os.path.dirname(source)
+    paths = [source] + sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".h"))
+    data = b""
+    for path in paths:
+        with open(path, "rb") as f:
+            data += os.path.basename(path).encode() + b"\0" + f.read()
+    return data
 
 
 def _compile(name: str, source: str, build_dir: str, what: str, ldflags: list) -> None:

@@ -19,6 +19,8 @@
 
 #include "paddle/extension.h"
 
+#include "bf16_round.h"
+
 namespace {
 
 // Everything per element is branch-free arithmetic, so g++ -O3 -mavx2 -mfma vectorises the inner loops
@@ -143,15 +145,6 @@ typedef float lanes_t __attribute__((vector_size(4 * kLanes)));
 typedef float lanes_u __attribute__((vector_size(4 * kLanes), aligned(4)));  // unaligned loads and stores
 constexpr int kTileRows = 6, kTileVecs = 2, kTileCols = kLanes * kTileVecs;  // 12 accumulators in registers
 
-inline float bf16_round(float f) {  // a NaN stays a (quiet) NaN
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-  const uint32_t r = (u & 0x7fffffffu) > 0x7f800000u ? (u | 0x00400000u) & 0xffff0000u : rounded;
-  std::memcpy(&f, &r, sizeof f);
-  return f;
-}
-
 // c[R, cols] = a[R, k] @ b[k, kTileCols]: a's element (r, j) at a[r * rs + j * ks], b packed row-major (ldb)
 template <int R>
 inline void gemm_tile(const float* a, int64_t k, int64_t rs, int64_t ks, const float* b, int64_t ldb, float* c,
@@ -192,11 +185,11 @@ void batched_gemm(const float* a, const float* b, float* c, int64_t batch, int64
       float* ce = c + e * m * n;
       // a keeps its layout (the tile reads it through strides); b is packed [k, n] for whole-vector loads
 #pragma omp simd
-      for (int64_t i = 0; i < m * k; ++i) ap[i] = bf16 ? bf16_round(ae[i]) : ae[i];
+      for (int64_t i = 0; i < m * k; ++i) ap[i] = bf16 ? dpr::bf16_round(ae[i]) : ae[i];
       for (int64_t i = 0; i < k; ++i)
         for (int64_t j = 0; j < n; ++j) {
           const float x = tb ? be[j * k + i] : be[i * n + j];
-          bp[i * ldb + j] = bf16 ? bf16_round(x) : x;
+          bp[i * ldb + j] = bf16 ? dpr::bf16_round(x) : x;
         }
       const int64_t rs = ta ? 1 : k, ks = ta ? m : 1;
       for (int64_t j = 0; j < n; j += kTileCols) {
