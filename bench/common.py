@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dpr_paddle.common.runtime import host_line, quiet_warnings  # noqa: E402
+from dpr_paddle.common.runtime import host_line, isa_cap_env, max_isa, quiet_warnings  # noqa: E402
 
 quiet_warnings()  # the bench's console as clean as the commands'
 
@@ -39,8 +39,18 @@ def run_peer(peer_python: str, mode: str, **options) -> dict:
         if value is None or value is False:  # a switch left off
             continue
         argv += [f"--{key}"] if value is True else [f"--{key}", str(value)]  # True: a switch
-    out = subprocess.run(argv, capture_output=True, text=True, check=True)
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=peer_env())
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peer_env() -> dict:
+    """The environment for the peer's processes: ours, and under DPR_PADDLE_MAX_ISA the same cap for torch
+    (ATEN_CPU_CAPABILITY for its own kernels; oneDNN's and MKL's variables as ours get them), so both sides
+    run the emulated host's instructions."""
+    env = dict(os.environ)
+    if max_isa():
+        env.update(isa_cap_env(), ATEN_CPU_CAPABILITY="avx2" if max_isa() == "avx2" else "avx512")
+    return env
 
 
 def save_results(path: str, rows: list, **extra) -> None:

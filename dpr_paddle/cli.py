@@ -28,10 +28,10 @@ def run_main(body, needs_paddle: bool = True, threads=None) -> None:
     OpenMP threads when the user set none (default one per core)."""
     setup_logging()
     quiet_warnings()
-    prepare_process(needs_paddle, threads)  # CPU defaults before paddle's first import, only where the user set nothing
-    if needs_paddle:
-        quiet_paddlenlp()
     try:
+        prepare_process(needs_paddle, threads)  # CPU defaults before paddle's first import, where the user set none
+        if needs_paddle:
+            quiet_paddlenlp()
         body()
     except Exception as e:  # noqa: BLE001 - filtered just below
         if isinstance(e, expected_errors()):

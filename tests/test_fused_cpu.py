@@ -261,3 +261,59 @@ def test_training_keeps_freed_memory_for_reuse(tiny_dir, defaults_off):
     plain, kept = map(int, out.stdout.split()[-2:])
     assert plain > 10000  # glibc maps each 48 MB tensor afresh: ~12,000 pages apiece
     assert (kept > 10000) if defaults_off else (kept < 1000), (plain, kept)
+
+
+CAPPED = """
+import os, sys
+from dpr_paddle.common.runtime import host_line, prepare_process
+prepare_process()
+from dpr_paddle.modeling import bf16_cpu, fused_cpu
+try:
+    bf16_cpu.require()
+except bf16_cpu.Bf16Unavailable as e:
+    refused = str(e)
+print(os.environ["ONEDNN_MAX_CPU_ISA"], os.environ["MKL_ENABLE_INSTRUCTIONS"], fused_cpu.vector_width(),
+      fused_cpu.ops() is not None, fused_cpu._state["build_dir"])
+print(host_line())
+print(refused)
+"""
+
+
+@pytest.mark.skipif("avx512f" not in cpu_info()[1], reason="emulating AVX2 needs a CPU with more than AVX2")
+def test_an_avx2_host_is_emulated_by_max_isa(ops):
+    """DPR_PADDLE_MAX_ISA=avx2 on an AVX-512 CPU: the kernels are built for AVX2 (their own build), oneDNN and MKL
+    are capped alike, --bf16 is refused as on an AVX2 host, and the kernels' equality tests pass in that build."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")}
+    env["DPR_PADDLE_MAX_ISA"] = "avx2"
+    proc = subprocess.run([sys.executable, "-c", CAPPED], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    libs, host, refused = proc.stdout.strip().splitlines()
+    dnnl, mkl, width, built, build_dir = libs.split()
+    assert (dnnl, mkl, width, built) == ("AVX2", "AVX2", "AVX2", "True")
+    assert build_dir != fused_cpu._state["build_dir"]  # never the AVX-512 build
+    assert "avx512" not in host and "capped by DPR_PADDLE_MAX_ISA=avx2" in host
+    assert "as capped by DPR_PADDLE_MAX_ISA=avx2" in refused and "train without --bf16" in refused
+    # the AVX2 build computes what the eager ops do (its tiles are 16 columns wide, not 32)
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "equals"],
+                           capture_output=True, text=True, cwd=os.path.dirname(__file__), env=env, timeout=900)
+    assert tests.returncode == 0 and " passed" in tests.stdout, tests.stdout[-3000:]
+
+
+@pytest.mark.parametrize("entry", ["train", "retrieve", "serve", "api"])
+def test_an_unknown_max_isa_is_refused_in_one_line(entry, tiny_dir):
+    """Every entry point reads the CPU through the one capped view, so a mistyped level stops each in one line
+    instead of building for, or measuring on, a CPU nobody has."""
+    argv = {"train": [os.path.join(ROOT, "train_dense_encoder.py"), "--model_name_or_path", tiny_dir,
+                      "--train_data_path", "t.json"],
+            "retrieve": [os.path.join(ROOT, "dense_retriever.py"), "--bm25", "--ctx_file", "x.tsv", "--qa_file", "q.csv"],
+            "serve": ["-m", "dpr_paddle.serve", "--model_name_or_path", tiny_dir, "--ctx_file", "x.tsv"],
+            "api": ["-c", f"from dpr_paddle import Retriever\nRetriever.load({tiny_dir!r}, 'emb_*', 'x.tsv')"]}[entry]
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env=dict(os.environ, DPR_PADDLE_MAX_ISA="avx3"))
+    assert proc.returncode != 0
+    line = "DPR_PADDLE_MAX_ISA='avx3' is not a level this project knows: use one of avx2, avx512_core"
+    if entry == "api":  # the API raises the one error type its callers catch
+        assert proc.stderr.strip().splitlines()[-1].startswith("dpr_paddle.common.errors.DprError: " + line)
+    else:
+        assert proc.stderr.strip().splitlines() == [f"error: {line}, avx512_core_bf16, or leave it unset to use all "
+                                                    "of this CPU"]

@@ -48,14 +48,56 @@ def _cpuinfo() -> dict:
     return fields
 
 
+MAX_ISA = "DPR_PADDLE_MAX_ISA"
+# DPR_PADDLE_MAX_ISA's levels, named as oneDNN names them: the CPU flags each level keeps (the other
+# AVX-512, AVX-VNNI and AMX flags are hidden) and what oneDNN and MKL are told, so that an older host (an AVX2
+# EPYC, a Skylake) can be built for, tested and benchmarked on a newer CPU
+ISA_LEVELS = {
+    "avx2": (lambda f: not f.startswith(("avx512", "amx", "avx_")), {"ONEDNN_MAX_CPU_ISA": "AVX2",
+                                                                      "MKL_ENABLE_INSTRUCTIONS": "AVX2"}),
+    "avx512_core": (lambda f: not f.startswith(("avx512", "amx", "avx_")) or f in ("avx512f", "avx512cd", "avx512bw",
+                                                                                  "avx512dq", "avx512vl"),
+                    {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_ENABLE_INSTRUCTIONS": "AVX512"}),
+    "avx512_core_bf16": (lambda f: not f.startswith(("amx", "avx512_fp16")),
+                         {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "MKL_ENABLE_INSTRUCTIONS": "AVX512"}),
+}
+
+
+def max_isa() -> str:
+    """The DPR_PADDLE_MAX_ISA level ("" when unset); an unknown level is refused in one line."""
+    level = os.environ.get(MAX_ISA, "").strip().lower()
+    if level and level not in ISA_LEVELS:
+        from .errors import DprError
+
+        raise DprError(f"{MAX_ISA}={os.environ[MAX_ISA]!r} is not a level this project knows: use one of "
+                       f"{', '.join(ISA_LEVELS)}, or leave it unset to use all of this CPU")
+    return level
+
+
 def cpu_info() -> Tuple[str, frozenset]:
     """(model name, instruction-set flags) of this machine's CPU, from /proc/cpuinfo (the platform's name and
-    no flags elsewhere)."""
+    no flags elsewhere), the flags capped at DPR_PADDLE_MAX_ISA when it is set. Every choice made by CPU
+    features (the kernels' build flags, --bf16, bf16 encoding, the keys of measured choices) reads them here."""
     import platform
 
     fields = _cpuinfo()
-    return (fields.get("model name") or platform.processor() or platform.machine(),
-            frozenset(fields.get("flags", "").split()))
+    flags = frozenset(fields.get("flags", "").split())
+    level = max_isa()
+    if level:
+        flags = frozenset(filter(ISA_LEVELS[level][0], flags))
+    return fields.get("model name") or platform.processor() or platform.machine(), flags
+
+
+def cpu_name() -> str:
+    """This CPU's model name for messages, naming DPR_PADDLE_MAX_ISA when it hides some of its instructions."""
+    return cpu_info()[0] + (f" as capped by {MAX_ISA}={max_isa()}" if max_isa() else "")
+
+
+def isa_cap_env() -> dict:
+    """The environment that caps oneDNN and MKL at DPR_PADDLE_MAX_ISA's level ({} when unset); it must be set
+    before paddle loads, as `cpu_defaults` does."""
+    level = max_isa()
+    return dict(ISA_LEVELS[level][1]) if level else {}
 
 
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
@@ -69,6 +111,8 @@ def host_line() -> str:
     if "cpu family" in fields:  # a VM's model name ("AMD EPYC") names no generation; family and model do
         model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     vector = " ".join(f for f in VECTOR_FLAGS if f in flags) or "no AVX2"
+    if max_isa():
+        vector += f" (capped by {MAX_ISA}={max_isa()})"
     return f"{model}; {vector}; {usable_cores()} cores"
 
 
@@ -133,7 +177,8 @@ def cpu_defaults(threads: Optional[int] = None) -> dict:
     Paddle's CPU wheel links MKL, which takes a slow generic code path on AMD CPUs unless
     `MKL_DEBUG_CPU_TYPE=5`; measured here, a 2048^2 matmul goes from ~22 to ~134 GFLOP/s.
     OpenMP gets one thread per usable core, or `threads` (a server's workers split the cores).
-    `DPR_PADDLE_NO_CPU_DEFAULTS=1` turns this off.
+    With DPR_PADDLE_MAX_ISA set, oneDNN and MKL get the same cap (`isa_cap_env`).
+    `DPR_PADDLE_NO_CPU_DEFAULTS=1` turns this off (but not DPR_PADDLE_MAX_ISA's own cap on the kernels).
     Once paddle is loaded its libraries have read the environment, so setting it then is pointless
     and nothing is set (the commands call this before their first paddle import).
     """
@@ -141,6 +186,7 @@ def cpu_defaults(threads: Optional[int] = None) -> dict:
         return {}
     wanted = {"MKL_DEBUG_CPU_TYPE": "5"} if _is_amd_cpu() else {}
     wanted["OMP_NUM_THREADS"] = str(threads or usable_cores())
+    wanted.update(isa_cap_env())
     applied = {k: v for k, v in wanted.items() if k not in os.environ}
     os.environ.update(applied)
     _APPLIED.update(applied)

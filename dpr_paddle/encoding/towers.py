@@ -31,7 +31,7 @@ import paddle
 
 from ..common.errors import DprError
 from ..common.files import atomic_dir, cache_root
-from ..common.runtime import cpu_info, cpu_key, cpu_threads, measured_choice, time_alternating, without_native_lines
+from ..common.runtime import cpu_info, cpu_key, cpu_name, cpu_threads, measured_choice, time_alternating, without_native_lines
 from ..modeling.builder import (build_biencoder, check_lengths, encoder_recipe, model_fingerprint,
                                 resolve_encoder_paths)
 from ..modeling.model import CONTEXT, QUESTION
@@ -84,7 +84,7 @@ QUANTIZATION = {"onnxruntime-int8": "int8-dynamic", "inference-bf16": "bf16"}
 def check_bf16_cpu() -> None:
     """Refuse, in one line, bfloat16 inference on a CPU without bfloat16 instructions (oneDNN would emulate it,
     slower than float32)."""
-    model, flags = cpu_info()
+    model, flags = cpu_name(), cpu_info()[1]
     if not any(f in flags for f in BF16_FLAGS):
         raise DprError(f"--backend inference-bf16 needs a CPU with AVX512-BF16 or AMX ({model} has neither); "
                        "use --backend onnxruntime, or onnxruntime-int8 for a faster, lower-precision encoder")

@@ -25,7 +25,7 @@ import paddle
 import paddle.nn as nn
 
 from ..common.errors import DprError
-from ..common.runtime import cpu_info
+from ..common.runtime import cpu_info, cpu_name
 from . import fused_cpu
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bf16_ops.cc")
@@ -57,7 +57,7 @@ def ops():
 
 def require() -> None:
     """Raise Bf16Unavailable, in one line, unless bfloat16 training can run on this CPU."""
-    model = cpu_info()[0]
+    model = cpu_name()
     if not hardware():
         raise Bf16Unavailable(f"--bf16 on a CPU needs AMX or AVX512-BF16, which {model} lacks (it would run "
                               "float32 GEMMs at float32 speed); train without --bf16")
