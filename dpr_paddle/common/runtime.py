@@ -58,7 +58,7 @@ ISA_LEVELS = {
     "avx512_core": (lambda f: not f.startswith(("avx512", "amx", "avx_")) or f in ("avx512f", "avx512cd", "avx512bw",
                                                                                   "avx512dq", "avx512vl"),
                     {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_ENABLE_INSTRUCTIONS": "AVX512"}),
-    "avx512_core_bf16": (lambda f: not f.startswith(("amx", "avx512_fp16")),
+    "avx512_core_bf16": (lambda f: not f.startswith(("amx", "avx512_fp16", "avx_")),
                          {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "MKL_ENABLE_INSTRUCTIONS": "AVX512"}),
 }
 
