@@ -208,8 +208,7 @@ def test_reranker_backends_bf16_and_int8_opt_in_at_every_entry_point(capsys, rr,
     recorded as quantized (another teacher), through the command, Retriever.load and mining alike; names that
     are no backend are refused in one line; a tower in int8 leaves the reranker in float32."""
     from dpr_paddle.common.options import InvalidValue
-    from dpr_paddle.common.runtime import cpu_info
-    from dpr_paddle.encoding.towers import BF16_FLAGS
+    from dpr_paddle.modeling import bf16_cpu
     from dpr_paddle.retrieval.rerank import Reranker
     from dpr_paddle.retrieval.teacher import Denoiser
     from dpr_paddle.serving.api import Retriever
@@ -220,7 +219,7 @@ def test_reranker_backends_bf16_and_int8_opt_in_at_every_entry_point(capsys, rr,
              [("Rome", "It was founded by Romulus."), ("", "In 1990."), ("Paris", "The city is in France " * 9)])
     fp32 = Reranker.load(latest, "inference")
     assert "quantization" not in fp32.info
-    if any(f in cpu_info()[1] for f in BF16_FLAGS):
+    if bf16_cpu.hardware():
         bf16 = Reranker.load(latest, "inference-bf16")
         assert bf16.info["quantization"] == "bf16" and bf16.info["backend"] == "inference-bf16"
         assert np.allclose(bf16.score(*pairs), fp32.score(*pairs), atol=0.05, rtol=0.05)

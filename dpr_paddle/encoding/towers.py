@@ -32,6 +32,7 @@ import paddle
 from ..common.errors import DprError
 from ..common.files import atomic_dir, cache_root
 from ..common.runtime import cpu_info, cpu_key, cpu_name, cpu_threads, measured_choice, time_alternating, without_native_lines
+from ..modeling import bf16_cpu
 from ..modeling.builder import (build_biencoder, check_lengths, encoder_recipe, model_fingerprint,
                                 resolve_encoder_paths)
 from ..modeling.model import CONTEXT, QUESTION
@@ -76,7 +77,6 @@ def export_static(model, fingerprint: str, recipe: Optional[str] = None) -> str:
     return prefix
 
 
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # the CPU features oneDNN's bfloat16 kernels run on
 # the backends whose vectors are not float32's, and the `quantization` their shards record (another job)
 QUANTIZATION = {"onnxruntime-int8": "int8-dynamic", "inference-bf16": "bf16"}
 
@@ -84,9 +84,8 @@ QUANTIZATION = {"onnxruntime-int8": "int8-dynamic", "inference-bf16": "bf16"}
 def check_bf16_cpu() -> None:
     """Refuse, in one line, bfloat16 inference on a CPU without bfloat16 instructions (oneDNN would emulate it,
     slower than float32)."""
-    model, flags = cpu_name(), cpu_info()[1]
-    if not any(f in flags for f in BF16_FLAGS):
-        raise DprError(f"--backend inference-bf16 needs a CPU with AVX512-BF16 or AMX ({model} has neither); "
+    if not bf16_cpu.hardware():  # the same CPU features oneDNN's bfloat16 kernels need for training
+        raise DprError(f"--backend inference-bf16 needs a CPU with AVX512-BF16 or AMX ({cpu_name()} has neither); "
                        "use --backend onnxruntime, or onnxruntime-int8 for a faster, lower-precision encoder")
 
 
