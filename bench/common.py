@@ -47,9 +47,9 @@ def peer_env() -> dict:
     """The environment for the peer's processes: ours, and under DPR_PADDLE_MAX_ISA the same cap for torch
     (ATEN_CPU_CAPABILITY for its own kernels; oneDNN's and MKL's variables as ours get them), so both sides
     run the emulated host's instructions."""
-    env = dict(os.environ)
-    if max_isa():
-        env.update(isa_cap_env(), ATEN_CPU_CAPABILITY="avx2" if max_isa() == "avx2" else "avx512")
+    env, level = dict(os.environ), max_isa()
+    if level:
+        env.update(isa_cap_env(), ATEN_CPU_CAPABILITY="avx2" if level == "avx2" else "avx512")
     return env
 
 

@@ -49,18 +49,23 @@ def _cpuinfo() -> dict:
 
 
 MAX_ISA = "DPR_PADDLE_MAX_ISA"
-# DPR_PADDLE_MAX_ISA's levels, named as oneDNN names them: the CPU flags each level keeps (the other
-# AVX-512, AVX-VNNI and AMX flags are hidden) and what oneDNN and MKL are told, so that an older host (an AVX2
-# EPYC, a Skylake) can be built for, tested and benchmarked on a newer CPU
+# DPR_PADDLE_MAX_ISA's levels, named as oneDNN names them, so that an older host (an AVX2 EPYC, a Skylake) can be
+# built for, tested and benchmarked on a newer CPU: the flag prefixes each level hides, the flags it keeps
+# despite them, and what oneDNN and MKL are told
+_NEWER_THAN_AVX2 = ("avx512", "amx", "avx_")
 ISA_LEVELS = {
-    "avx2": (lambda f: not f.startswith(("avx512", "amx", "avx_")), {"ONEDNN_MAX_CPU_ISA": "AVX2",
-                                                                      "MKL_ENABLE_INSTRUCTIONS": "AVX2"}),
-    "avx512_core": (lambda f: not f.startswith(("avx512", "amx", "avx_")) or f in ("avx512f", "avx512cd", "avx512bw",
-                                                                                  "avx512dq", "avx512vl"),
+    "avx2": (_NEWER_THAN_AVX2, (), {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}),
+    "avx512_core": (_NEWER_THAN_AVX2, ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"),
                     {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_ENABLE_INSTRUCTIONS": "AVX512"}),
-    "avx512_core_bf16": (lambda f: not f.startswith(("amx", "avx512_fp16", "avx_")),
+    "avx512_core_bf16": (("amx", "avx512_fp16", "avx_"), (),
                          {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "MKL_ENABLE_INSTRUCTIONS": "AVX512"}),
 }
+
+
+def isa_keeps(level: str, flag: str) -> bool:
+    """Whether DPR_PADDLE_MAX_ISA=`level` leaves the CPU flag `flag` visible."""
+    hidden, kept, _ = ISA_LEVELS[level]
+    return flag in kept or not flag.startswith(hidden)
 
 
 def max_isa() -> str:
@@ -84,20 +89,21 @@ def cpu_info() -> Tuple[str, frozenset]:
     flags = frozenset(fields.get("flags", "").split())
     level = max_isa()
     if level:
-        flags = frozenset(filter(ISA_LEVELS[level][0], flags))
+        flags = frozenset(f for f in flags if isa_keeps(level, f))
     return fields.get("model name") or platform.processor() or platform.machine(), flags
 
 
 def cpu_name() -> str:
     """This CPU's model name for messages, naming DPR_PADDLE_MAX_ISA when it hides some of its instructions."""
-    return cpu_info()[0] + (f" as capped by {MAX_ISA}={max_isa()}" if max_isa() else "")
+    level = max_isa()
+    return cpu_info()[0] + (f" as capped by {MAX_ISA}={level}" if level else "")
 
 
 def isa_cap_env() -> dict:
     """The environment that caps oneDNN and MKL at DPR_PADDLE_MAX_ISA's level ({} when unset); it must be set
     before paddle loads, as `cpu_defaults` does."""
     level = max_isa()
-    return dict(ISA_LEVELS[level][1]) if level else {}
+    return dict(ISA_LEVELS[level][2]) if level else {}
 
 
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
@@ -111,8 +117,9 @@ def host_line() -> str:
     if "cpu family" in fields:  # a VM's model name ("AMD EPYC") names no generation; family and model do
         model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     vector = " ".join(f for f in VECTOR_FLAGS if f in flags) or "no AVX2"
-    if max_isa():
-        vector += f" (capped by {MAX_ISA}={max_isa()})"
+    level = max_isa()
+    if level:
+        vector += f" (capped by {MAX_ISA}={level})"
     return f"{model}; {vector}; {usable_cores()} cores"
 
 

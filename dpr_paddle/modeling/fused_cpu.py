@@ -19,8 +19,8 @@ kernels on. They are not Paddle's (or fast_cpu's) masks.
 Built once with `paddle.utils.cpp_extension` (g++ -O3 -fopenmp -fno-trapping-math, for the vector width of
 the CPU that runs them: AVX-512 where the CPU has it, else AVX2 + FMA) into DPR_PADDLE_HOME/ops/fused-<hash of
 the source and its headers, Paddle's version and the flags>, on first use; the instruction set is in the hash, so a
-build is never loaded on a CPU that lacks its instructions (DPR_PADDLE_MAX_ISA builds for an older host's set). A machine without a compiler (or a failed build) runs the
-eager path, saying so in one log line.
+build is never loaded on a CPU that lacks its instructions (DPR_PADDLE_MAX_ISA builds for an older host's set). A
+machine without a compiler (or a failed build) runs the eager path, saying so in one log line.
 
 Whether they run is measured, once per CPU model and layer shape (`use_fused`): one training layer step
 (forward + backward, dropout on, a quarter of the tokens padding) is timed fused and eager, and the faster
@@ -118,7 +118,8 @@ def build_extension(source: str, kind: str, what: str, state: dict, ldflags: tup
 
     ldflags = list(ldflags) + openmp_ldflags()
     flags = cflags() + ldflags
-    digest = hashlib.sha1(_source_bytes(source) + paddle.__version__.encode() + " ".join(flags).encode()).hexdigest()[:12]
+    key = _source_bytes(source) + paddle.__version__.encode() + " ".join(flags).encode()
+    digest = hashlib.sha1(key).hexdigest()[:12]
     name = f"dpr_{kind}_{digest}"
     build_dir = os.path.join(cache_root(), "ops", f"{kind}-{digest}")
     os.makedirs(build_dir, exist_ok=True)
