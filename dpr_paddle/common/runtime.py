@@ -204,17 +204,22 @@ def cpu_defaults(threads: Optional[int] = None) -> dict:
 
 
 _MALLOC = {"set": None}
-_KEEP_BYTES = 1 << 30  # freed blocks up to this size stay in the process's heap
+_KEEP_BYTES = 1 << 30  # blocks up to this size come from the heap, not from a mapping of their own
+_NEVER_TRIM = -1  # M_TRIM_THRESHOLD's "never": malloc.h's size_t threshold read from an int, (size_t) -1
 
 
 def keep_freed_memory() -> bool:
-    """Let glibc's malloc keep freed blocks of up to 1 GiB for reuse instead of returning them to the kernel;
-    True when set (once per process; a no-op without glibc or with DPR_PADDLE_NO_CPU_DEFAULTS=1).
+    """Let glibc's malloc keep freed memory for reuse instead of returning it to the kernel: blocks of up to
+    1 GiB come from the heap, and the heap is never trimmed; True when set (once per process; a no-op without
+    glibc or with DPR_PADDLE_NO_CPU_DEFAULTS=1).
 
-    A CPU training step allocates and frees tensors of tens of MB (a chunk's attention scores are
+    A CPU training step allocates and frees tensors of tens to hundreds of MB (a chunk's attention scores are
     batch x heads x L x L floats). Above its mmap threshold glibc maps each one afresh and unmaps it on free, so
     every step touched new pages: 0.1-1.4 million page faults a step and 9-14 % of its wall time on an AMD EPYC
-    host (docs/benchmarks.md section 14). The cost is that the process keeps its peak heap."""
+    host. Trimming did the same a chunk at a time: a reranker's chunk frees gigabytes at the heap's top, past
+    any fixed trim threshold, and the next chunk faulted them back in (16.0 against 11.4 s a step;
+    docs/benchmarks.md section 14). The cost is that the process keeps its peak heap, which the next step
+    reaches again."""
     if _MALLOC["set"] is None:
         _MALLOC["set"] = False
         if os.environ.get("DPR_PADDLE_NO_CPU_DEFAULTS") != "1":
@@ -226,7 +231,7 @@ def keep_freed_memory() -> bool:
                 return False
             m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
             _MALLOC["set"] = bool(libc.mallopt(m_mmap_threshold, _KEEP_BYTES)
-                                  and libc.mallopt(m_trim_threshold, _KEEP_BYTES))
+                                  and libc.mallopt(m_trim_threshold, _NEVER_TRIM))
     return _MALLOC["set"]
 
 
