@@ -239,7 +239,8 @@ def test_tiny_chinese_ernie_through_train_encode_retrieve_and_qrels(tmp_path):
 
 def test_tiny_chinese_ernie_reranker_trains_and_reranks_drcd(tmp_path):
     """A cross-encoder from a tiny Chinese-vocabulary ERNIE: trained on DRCD records, then reranking BM25's
-    top 10 with the answers matched per character (auto) and the gold passages by qrels."""
+    top 10 with the answers matched per character (auto) and the gold passages by qrels, in float32 and through
+    ONNX Runtime's int8 graph."""
     data, model = drcd_training_set(tmp_path / "set", 2)
     run_cli("train_reranker.py", "--model_name_or_path", model, "--train_data_path", data / "train.json",
             "--save_dir", tmp_path / "rr", "--batch_size", 6, "--chunk_size", 2, "--group_size", 3, "--max_steps", 3,
@@ -253,3 +254,12 @@ def test_tiny_chinese_ernie_reranker_trains_and_reranks_drcd(tmp_path):
     assert m["match"] == "auto" and m["first_stage"]["system"] == "bm25" and m["questions"] > 50
     assert m["first_stage"]["top_k_accuracy"]["20"] == m["top_k_accuracy"]["20"]  # past the depth: the same list
     assert all(0.0 <= m[k] <= 1.0 for k in METRIC_KEYS) and m["first_stage"]["mrr@10"] > 0.9
+    # the same lists through ONNX Runtime's int8 graph of the ERNIE reranker: opt-in, and recorded as quantized
+    run_cli("dense_retriever.py", "--bm25", "--ctx_file", data / "passages.tsv", "--qa_file", data / "qa.csv",
+            "--qrels", data / "qrels.txt", "--bm25_index", tmp_path / "bm25", "--n_docs", 20,
+            "--rerank_model", tmp_path / "rr" / "latest", "--rerank_depth", 10, "--rerank_backend", "onnxruntime-int8",
+            "--out_file", tmp_path / "r8.json")
+    m8 = json.load(open(tmp_path / "r8.json.metrics.json"))
+    assert m8["questions"] == m["questions"] and m8["top_k_accuracy"]["20"] == m["top_k_accuracy"]["20"]
+    assert m8["rerank"]["backend"] == "onnxruntime-int8" and m8["rerank"]["quantization"] == "int8-dynamic"
+    assert "quantization" not in m["rerank"] and all(0.0 <= m8[k] <= 1.0 for k in METRIC_KEYS)
