@@ -1,8 +1,9 @@
-"""What the bench scripts share: the FLOP count, markdown tables, and the results file."""
+"""What the bench scripts share: the FLOP count, the host's matmul rate, markdown tables, and the results file."""
 from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Iterable, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,6 +20,21 @@ if not os.environ.get("DPR_BENCH_HOST_SHOWN"):  # once per run, not again in the
 
 # MiniLM-L6-H384 forward per token: 6 x (4*384^2 + 2*384*1536) MACs x 2, plus attention at L=128
 FWD_FLOP_PER_TOKEN = 22.4e6
+
+
+def matmul_peak(n: int = 2048, reps: int = 10) -> float:
+    """GFLOP/s of a float32 n x n matmul in paddle (best of reps): the host's rate that the benchmarks' useful
+    GFLOP/s are shares of, measured in the same run."""
+    import paddle
+
+    a, b = paddle.randn([n, n]), paddle.randn([n, n])
+    (a @ b).numpy()
+    best = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        (a @ b).numpy()
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

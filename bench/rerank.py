@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from common import ROOT, markdown_table, run_peer, save_results  # also puts the repo on sys.path
+from common import FWD_FLOP_PER_TOKEN, ROOT, markdown_table, matmul_peak, run_peer, save_results  # also puts the repo on sys.path
 
 
 def make_pairs(data: str, questions: int, depth: int):
@@ -52,7 +52,9 @@ def ours(model: str, pairs, backend: str, batch: int):
     t = time.perf_counter()
     scores = r.score(qs, ps)
     seconds = time.perf_counter() - t
-    return {"pairs_per_s": len(pairs) / seconds, "seconds": seconds, "max_length": r.info["max_length"]}, scores
+    tokens = sum(len(ids) for ids, _ in r.tensorizer.encode_pairs_ids(qs, ps, r.info["max_length"]))  # real, unpadded
+    return {"pairs_per_s": len(pairs) / seconds, "seconds": seconds, "max_length": r.info["max_length"],
+            "real_tokens": tokens}, scores
 
 
 def http_p50(args, questions, backend: str = "auto") -> dict:
@@ -108,6 +110,7 @@ def main() -> None:
     prepare_process(True)
     quiet_paddlenlp()  # its weight-loading lines, once per model load
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    peak = matmul_peak()  # the host's float32 GEMM rate, this run: what a row's useful GFLOP/s is a share of
     pairs = make_pairs(args.data, args.questions, args.depth)
     rows, scores = [], {}
     low = {"inference-bf16": ("bf16", "inference")} if args.bf16 else {}  # backend: (precision, its fp32 runtime)
@@ -129,13 +132,19 @@ def main() -> None:
                          "precision": "bf16" if bf16 else "fp32", **peer})
         os.remove(f.name)
     peers = {r["precision"]: r["pairs_per_s"] for r in rows if r["system"].startswith("CrossEncoder")}
+    for r in rows:  # the same pairs, tokenizer and truncation on both sides: the same real tokens
+        r["useful_gflops"] = rows[0]["real_tokens"] * FWD_FLOP_PER_TOKEN / (len(pairs) / r["pairs_per_s"]) / 1e9
+        r["share_of_matmul_rate"] = r["useful_gflops"] / peak
 
     def ratio(r, precision):
         return f"{r['pairs_per_s'] / peers[precision]:.2f}x" if precision in peers else "-"
 
-    print(markdown_table(["system", "pairs/s", "to the peer in fp32", "to the peer in the same precision"],
-                         [[r["system"], f"{r['pairs_per_s']:.1f}", ratio(r, "fp32"), ratio(r, r["precision"])]
-                          for r in rows]))
+    print(f"matmul rate (paddle, 2048^2 float32): {peak:.1f} GFLOP/s; {rows[0]['real_tokens']} real tokens in "
+          f"{len(pairs)} pairs\n")
+    print(markdown_table(["system", "pairs/s", "to the peer in fp32", "to the peer in the same precision",
+                          "useful GFLOP/s", "share of the matmul rate"],
+                         [[r["system"], f"{r['pairs_per_s']:.1f}", ratio(r, "fp32"), ratio(r, r["precision"]),
+                           f"{r['useful_gflops']:.1f}", f"{r['share_of_matmul_rate']:.2f}"] for r in rows]))
     for r in rows:
         if "top1_agreement_with_fp32" in r:
             print(f"{r['precision']} against fp32 ({r['system']}): top-1 of a question's list agrees for "
@@ -145,7 +154,7 @@ def main() -> None:
         http.append(http_p50(args, [p[0] for p in pairs[:: args.depth]], backend))
         print(f"HTTP, one question, hybrid top 20 reranked ({backend}), k 10: p50 {http[-1]['p50_ms']:.0f} ms, "
               f"p90 {http[-1]['p90_ms']:.0f} ms ({http[-1]['requests']} requests)")
-    save_results(args.out, rows, pairs=len(pairs), http=http)
+    save_results(args.out, rows, pairs=len(pairs), http=http, matmul_peak_gflops=peak)
 
 
 if __name__ == "__main__":

@@ -29,26 +29,12 @@ import subprocess
 import sys
 import time
 
-from common import FWD_FLOP_PER_TOKEN, ROOT, markdown_table, run_peer, save_results  # also puts the repo on sys.path
+from common import FWD_FLOP_PER_TOKEN, ROOT, markdown_table, matmul_peak, run_peer, save_results  # also puts the repo on sys.path
 
 from dpr_paddle.common.runtime import prepare_process, quiet_paddlenlp  # noqa: E402
 
 prepare_process()  # MKL/OpenMP defaults where unset, before paddle loads
 quiet_paddlenlp()  # its weight-loading lines, once per model load (as rerank.py and the commands)
-
-
-def matmul_peak(n: int = 2048, reps: int = 10) -> float:
-    """GFLOP/s of a float32 n x n matmul in paddle (best of reps)."""
-    import paddle
-
-    a, b = paddle.randn([n, n]), paddle.randn([n, n])
-    (a @ b).numpy()
-    best = 0.0
-    for _ in range(reps):
-        t = time.perf_counter()
-        (a @ b).numpy()
-        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
 
 
 def real_batches(path: str, batch: int, count: int, q_len: int, p_len: int, tokenizer=None):
