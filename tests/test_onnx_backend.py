@@ -164,3 +164,49 @@ def test_a_graph_without_attention_is_read_once_and_run_as_converted(tmp_path):
         f.write(b"not a graph")  # read again, it would fail
     assert onnx_fusion.fuse_attention(path) is None
     assert not os.path.exists(onnx_fusion.fused_path(path))
+
+
+def _installed():
+    import importlib.metadata
+
+    return sorted((d.metadata["Name"], d.version) for d in importlib.metadata.distributions())
+
+
+def test_a_first_conversion_installs_nothing_and_int8_finds_its_quantiser(tmp_path, monkeypatch):
+    """paddle2onnx turns on polygraphy's pip-install of what its constant folding imports: a first conversion
+    (an empty model cache) and its int8 quantisation must run on what the requirements installed, changing no
+    package (the folded graph's attention fusion: test_attention_runs_fused_and_gives_the_converted_graphs_vectors)."""
+    monkeypatch.setenv("DPR_PADDLE_HOME", str(tmp_path / "home"))
+    before = _installed()
+    _, _, info = load_tower(CONTEXT, model_name_or_path="tiny", max_passage_length=64, backend="onnxruntime-int8")
+    assert info["quantization"] == "int8-dynamic" and _installed() == before
+    import polygraphy.config
+
+    assert polygraphy.config.AUTOINSTALL_DEPS is False
+    made = {f for _, _, fs in os.walk(tmp_path / "home") for f in fs}
+    assert {"tower.onnx", "tower.int8.onnx"} <= made
+
+
+BLOCKED = """
+import runpy, sys
+sys.modules["ml_dtypes"] = None  # as where it is not installed: its import raises ImportError
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_int8_without_its_quantiser_is_one_line(tmp_path, sample_dir):
+    """Where ONNX Runtime's quantiser cannot be imported (ml_dtypes missing), int8 stops in one line."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    ctx = os.path.join(sample_dir, "passages.tsv")
+    proc = subprocess.run([sys.executable, "-c", BLOCKED, os.path.join(ROOT, "generate_dense_embedding.py"),
+                           "--model_name_or_path", "tiny", "--ctx_file", ctx, "--max_passage_length", "32",
+                           "--out_file", str(tmp_path / "emb"), "--backend", "onnxruntime-int8"],
+                          capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, DPR_PADDLE_HOME=str(tmp_path / "home")))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "int8 needs ONNX Runtime's quantiser" in proc.stderr and "pip install -r requirements.txt" in proc.stderr

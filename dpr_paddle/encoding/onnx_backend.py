@@ -78,10 +78,15 @@ def convert(prefix: str) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its imports warn about build tools (ccache, setuptools)
         import paddle2onnx
+        import polygraphy.config
+    # paddle2onnx folds the graph's constants with polygraphy and turns on polygraphy's pip-install of what
+    # that needs (POLYGRAPHY_AUTOINSTALL_DEPS=1) before it imports it. The requirements pin those packages;
+    # where one is missing, the folding is skipped (the graph stays correct) instead of installing packages
+    # into the user's environment mid-run. polygraphy reads the switch into its config once, at import: here.
+    polygraphy.config.AUTOINSTALL_DEPS = False
     with atomic_path(path) as tmp, _quiet_fds() as log:
         try:
-            # enable_optimize=False: its optimiser (polygraphy) pip-installs packages at run time;
-            # ONNX Runtime folds the same constants when it loads the model
+            # enable_optimize=False: paddle2onnx's C++ optimiser; ONNX Runtime optimises the graph when it loads it
             paddle2onnx.export(prefix + ".json", prefix + ".pdiparams", tmp, opset_version=OPSET,
                                enable_optimize=False, enable_onnx_checker=True)
         except Exception as e:  # noqa: BLE001 (paddle2onnx raises bare Exceptions and RuntimeErrors)
@@ -97,7 +102,11 @@ def quantize_int8(onnx_path: str) -> str:
     path = onnx_path[: -len(".onnx")] + ".int8.onnx"
     if os.path.isfile(path):
         return path
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as e:  # its quant_utils import ml_dtypes, which requirements.txt pins
+        raise OnnxUnavailable(f"int8 needs ONNX Runtime's quantiser, which could not be imported ({e}): "
+                              f"pip install -r requirements.txt") from None
 
     with atomic_path(path) as tmp, _root_logging_off():
         # the embedding tables stay float32 (quantising them costs accuracy and saves no time), and
