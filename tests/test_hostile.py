@@ -86,6 +86,66 @@ def test_the_api_checks_its_arguments(corpus):
     assert len(r.search(["a question"], k=1000)[0]) == 60  # more than the corpus: the whole corpus
 
 
+def numeric_inputs():
+    """{name: where} of every number a user can type: each option of each command (a dataclass field with
+    help) and each field of the specs the API checks."""
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    import dpr_paddle
+    from dpr_paddle.encoding.spec import TowerSpec
+    from dpr_paddle.index.factory import IndexSpec
+    from dpr_paddle.retrieval.searcher import SearchSpec
+
+    classes = {TowerSpec, IndexSpec, SearchSpec}
+    for info in pkgutil.walk_packages(dpr_paddle.__path__, "dpr_paddle."):
+        module = importlib.import_module(info.name)
+        classes |= {c for c in vars(module).values() if isinstance(c, type) and dataclasses.is_dataclass(c)
+                    and any("help" in f.metadata for f in dataclasses.fields(c))}
+    out = {"k": "Retriever.search and HTTP's k"}
+    for c in classes:
+        for f in dataclasses.fields(c):
+            kind = str(f.type)
+            if ("int" in kind or "float" in kind) and not any(t in kind for t in ("bool", "Tuple", "List")):
+                out.setdefault(f.name, f"{c.__module__}.{c.__name__}")
+    return out
+
+
+def test_every_number_a_user_types_has_declared_bounds():
+    """The class behind `--rerank_batch_size 0` (a traceback): a number not in BOUNDS took ">= 0" unasked.
+    Now each is bounded in BOUNDS or listed in ZERO_MEANS with what its 0 does."""
+    from dpr_paddle.common.options import BOUNDS, ZERO_MEANS
+
+    inputs = numeric_inputs()
+    assert len(inputs) > 60 and {"rerank_batch_size", "n_docs", "k", "chunk_size"} <= set(inputs)
+    undeclared = {name: where for name, where in inputs.items() if name not in BOUNDS and name not in ZERO_MEANS}
+    assert not undeclared, f"say what 0 does (ZERO_MEANS) or bound them (BOUNDS): {undeclared}"
+
+
+def test_a_zero_rerank_batch_is_refused_at_every_entry(corpus, tmp_path):
+    from dpr_paddle import Retriever
+    from dpr_paddle.common.options import InvalidValue
+
+    line = "error: --rerank_batch_size must be >= 1, got 0"
+    common = ["--rerank_model", tmp_path / "rr", "--rerank_batch_size", "0"]
+    assert last_line(run_cli("dense_retriever.py", "--bm25", "--ctx_file", corpus / "p.tsv", "--qa_file",
+                             corpus / "qa.csv", *common, check=False)) == line
+    assert last_line(run_cli("mine_hard_negatives.py", "--ctx_file", corpus / "p.tsv", "--output", tmp_path / "x.json",
+                             "--train_data_path", corpus / "none.json", "--denoise_model", tmp_path / "rr",
+                             "--rerank_batch_size", "0", check=False)) == line
+    for module, extra in (("dpr_paddle.score_records", ["--train_data_path", corpus / "none.json", "--output",
+                                                        tmp_path / "s.json"]),
+                          ("dpr_paddle.search", ["--bm25", "--ctx_file", corpus / "p.tsv", "q"]),
+                          ("dpr_paddle.serve", ["--bm25", "--ctx_file", corpus / "p.tsv"])):
+        proc = subprocess.run([sys.executable, "-m", module, *map(str, extra), *map(str, common)],
+                              capture_output=True, text=True, cwd=ROOT)
+        assert last_line(proc) == line, module
+    with pytest.raises(InvalidValue, match="rerank_batch_size must be >= 1, got 0"):
+        Retriever.load(mode="bm25", passages=str(corpus / "p.tsv"), rerank_model=str(tmp_path / "rr"),
+                       rerank_batch_size=0)
+
+
 # --------------------------------------------------------------------------- 2. damaged or foreign artefacts
 
 def copy_shards(corpus, dst):

@@ -28,10 +28,21 @@ BOUNDS = {
     "chunk_size": (0, None, ">= 1 (or 0 for no chunking)"), "q_chunk_size": (0, None, ">= 1 (or 0: --chunk_size)"),
     "p_chunk_size": (0, None, ">= 1 (or 0: --chunk_size)"),
     "group_size": (2, None, ">= 2 (1 positive and at least 1 negative)"), "max_length": (4, None),
-    "rerank_depth": (1, None), "rerank_max_length": ("0 or", 4, ">= 4 (or 0: the reranker's own)"), "rerank_alpha": (0, 1e6), "distill_weight": (0, 1e6), "distill_temperature": ("gt", 0),
+    "rerank_depth": (1, None), "rerank_batch_size": (1, None), "rerank_max_length": ("0 or", 4, ">= 4 (or 0: the reranker's own)"), "rerank_alpha": (0, 1e6), "distill_weight": (0, 1e6), "distill_temperature": ("gt", 0),
     "bm25_k1": (0, 1e3), "bm25_b": (0, 1), "bm25_threads": (1, 256),
     "denoise_margin": (0, 1e6),
     "workers": (1, 256), "max_queue": (1, None), "request_timeout": ("gt", 0), "max_chars": (1, None),
+}
+# The numbers that take the rule above (an int >= 0, a float finite and >= 0) on purpose, and what 0 means for
+# each. Every numeric option is in BOUNDS or here (tests/test_hostile.py walks them all), so a new option
+# cannot take 0 by default without someone saying what 0 does.
+ZERO_MEANS = {
+    "ef_search": "max(8 * n_docs, 256)", "milvus_nlist": "about 4 sqrt(N) cells", "milvus_pq_m": "dim / 4",
+    "validate_index": "no recall check", "shard_id": "the first shard", "seed": "seed 0",
+    "hard_negatives": "in-batch negatives only", "weight_decay": "no decay", "warmup_steps": "no warmup",
+    "max_grad_norm": "no clipping", "max_steps": "the epochs decide",
+    "epochs": "--max_steps decides (the loop refuses both 0)", "log_steps": "no step log lines",
+    "eval_steps": "per epoch only", "save_steps": "per epoch only", "projection_dim": "no projection",
 }
 
 

@@ -33,7 +33,7 @@ class LoopConfig:
     max_grad_norm: float = option(2.0, "clip gradients to this global norm (0 = no clipping)")
     seed: int = option(12345, "seed for data order, negatives and dropout")
     shuffle_positives: bool = option(False, "pick a random positive instead of the first")
-    log_steps: int = option(10, "log a line every N steps")
+    log_steps: int = option(10, "log a line every N steps (0 = never)")
     eval_steps: int = option(0, "evaluate on the dev set every N steps (0 = per epoch only)")
     save_steps: int = option(0, "save a checkpoint every N steps (0 = per epoch only)")
     keep_last: int = option(3, "keep the last N step checkpoints (the best is kept apart)")
