@@ -287,6 +287,15 @@ class ScoreArgs:
 
 
 @dataclass
+class EnsembleArgs:
+    """python -m dpr_paddle.ensemble_rerankers."""
+
+    members: list = option(None, "reranker directories (train_reranker.py's), two or more", nargs="+", required=True)
+    output_dir: str = option(None, "the ensemble directory: give it as --rerank_model or --denoise_model",
+                             required=True)
+
+
+@dataclass
 class ReduceArgs(ReportArgs):
     """python -m dpr_paddle.reduce."""
 

@@ -515,3 +515,63 @@ def test_a_reranker_whose_tokenizer_cannot_be_loaded_is_one_line(capsys, rr, tmp
     line = refused(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", rr / "p.tsv",
                    "--rerank_model", head_gone, "--bm25_index", rr / "bm25")
     assert "rerank_head.npz" in line, line
+
+
+def test_an_ensemble_of_rerankers_goes_wherever_a_reranker_does(capsys, rr, sample_dir, tmp_path):
+    """An ensemble directory scores the mean of its members' scores through the command, Retriever.load and
+    teacher scoring (a teacher of its own); it is refused as a bi-encoder or a start for training, and a member
+    retrained, removed or itself an ensemble is one line."""
+    import shutil
+
+    from dpr_paddle import Retriever, ensemble_rerankers, score_records
+    from dpr_paddle.retrieval.rerank import Reranker
+
+    train_reranker.main([str(a) for a in (
+        "--train_data_path", os.path.join(sample_dir, "train.json"), "--save_dir", tmp_path / "rr2", "--model_name_or_path",
+        "tiny", "--group_size", "3", "--batch_size", "4", "--chunk_size", "2", "--max_steps", "2", "--max_length",
+        "48", "--log_steps", "0", "--seed", "5")])
+    a = tmp_path / "a"
+    shutil.copytree(os.path.realpath(rr / "rr" / "latest"), a)
+    b, ens, p = os.path.realpath(tmp_path / "rr2" / "latest"), tmp_path / "ens", str(rr / "p.tsv")
+    assert "the mean of 2 rerankers" in ran(capsys, ensemble_rerankers.main, "--members", a, b, "--output_dir", ens)
+    pairs = (["who wrote it?", "where is it?"], [("T", "it was written by someone"), ("U", "a place far away")])
+    for backend in ("dygraph", "onnxruntime"):
+        want = (Reranker.load(str(a), backend).score(*pairs) + Reranker.load(b, backend).score(*pairs)) / 2
+        got = Reranker.load(str(ens), backend)
+        assert np.allclose(got.score(*pairs), want, rtol=1e-6, atol=1e-6)
+        assert got.info["members"] == [str(a), b] and got.info["model_fingerprint"].startswith("ensemble-")
+    # the command (its metrics name the members), the API, teacher scores
+    ran(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p, "--n_docs", "10",
+        "--rerank_model", ens, "--rerank_depth", "5", "--out_file", tmp_path / "r.json", "--bm25_index", rr / "bm25")
+    metrics = json.load(open(str(tmp_path / "r.json") + ".metrics.json"))
+    assert metrics["rerank"]["members"] == [str(a), b]
+    r = Retriever.load(mode="bm25", passages=p, bm25_index=str(rr / "bm25"), rerank_model=str(ens),
+                       store=str(tmp_path / "s.sqlite"))
+    hits = r.search(["who wrote it?"], k=5, mode="rerank")[0]
+    assert len(hits) == 5 and all("first_stage_score" in h for h in hits)
+    records = json.load(open(os.path.join(sample_dir, "train.json"), encoding="utf-8"))[:4]
+    (tmp_path / "t.json").write_text(json.dumps(records), encoding="utf-8")
+    ran(capsys, score_records.main, "--train_data_path", tmp_path / "t.json", "--rerank_model", ens, "--output",
+        tmp_path / "scored.json")
+    assert json.load(open(tmp_path / "scored.json"))[0]["teacher"].startswith("ensemble-")
+    # refused in one line
+    line = refused(capsys, train.main, "--train_data_path", os.path.join(sample_dir, "train.json"), "--save_dir",
+                   tmp_path / "bi", "--model_name_or_path", ens, "--max_steps", "1")
+    assert "cross-encoder (reranker) directory" in line, line
+    line = refused(capsys, train_reranker.main, "--train_data_path", os.path.join(sample_dir, "train.json"),
+                   "--save_dir", tmp_path / "rr3", "--model_name_or_path", ens, "--max_steps", "1")
+    assert "start from one of its members" in line, line
+    for members, why in (([a], "two or more"), ([a, a], "two or more"), ([a, ens], "an ensemble itself"),
+                         ([a, "tiny"], "no such directory")):
+        line = refused(capsys, ensemble_rerankers.main, "--members", *members, "--output_dir", tmp_path / "e2")
+        assert why in line, line
+    assert "is not an ensemble" in refused(capsys, ensemble_rerankers.main, "--members", a, b, "--output_dir", b)
+    with np.load(a / "rerank_head.npz") as z:  # a member retrained in place
+        np.savez(a / "rerank_head.npz", weight=z["weight"], bias=z["bias"] + 1)
+    line = refused(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p, "--rerank_model", ens,
+                   "--bm25_index", rr / "bm25")
+    assert "is not the model the ensemble was made of" in line, line
+    shutil.rmtree(a)
+    line = refused(capsys, retrieve.main, "--bm25", "--qa_file", rr / "qa.csv", "--ctx_file", p, "--rerank_model", ens,
+                   "--bm25_index", rr / "bm25")
+    assert f"its member {a}: no such directory" in line, line

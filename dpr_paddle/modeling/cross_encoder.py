@@ -7,11 +7,16 @@ A reranker directory is a PaddleNLP encoder directory (weights + tokenizer) plus
 and a `dpr_config.json` whose `kind` is `cross_encoder` and which records the max length: every
 later command rebuilds the reranker from the directory alone, and `pretrained.load_encoder` refuses
 it where a bi-encoder is expected (and `build_cross_encoder` refuses the reverse).
+
+An ensemble directory (`save_ensemble`) is a reranker too: its `dpr_config.json` has the same kind and
+lists its member rerankers (paths relative to it) with the fingerprint each had when the ensemble was
+made. It scores a pair by the mean of its members' scores (`encoding.reranker`); it cannot be trained.
 """
 from __future__ import annotations
 
 import json
 import os
+from typing import List
 
 import numpy as np
 import paddle
@@ -63,13 +68,15 @@ def save_cross_encoder(model: CrossEncoder, tokenizer, directory: str, cfg: dict
 
 
 def reranker_problem(path: str) -> str:
-    """Why `path` is not a reranker directory, or '' when it is one."""
+    """Why `path` is not a reranker directory (one reranker, or an ensemble of them), or '' when it is one."""
     if not os.path.isdir(path):
         return "no such directory: a reranker is a directory that train_reranker.py wrote"
     if os.path.isdir(os.path.join(path, "question_encoder")):
         return "a bi-encoder checkpoint, not a reranker; train one with train_reranker.py"
     if model_kind(path) != CROSS_ENCODER:
         return "not a reranker directory (its dpr_config.json has no kind cross_encoder); train one with train_reranker.py"
+    if is_ensemble(path):
+        return ""  # its members are checked where they are read (ensemble_members)
     if not os.path.isfile(os.path.join(path, HEAD)):
         return f"a reranker directory without its {HEAD}; restore it from the checkpoint it came from"
     return ""
@@ -92,6 +99,9 @@ def build_cross_encoder(name_or_path: str, trained: bool = True):
     problem = reranker_problem(name_or_path)
     if trained and problem:
         raise ModelNotFoundError(f"{name_or_path}: {problem}")
+    if not problem and is_ensemble(name_or_path):
+        raise ModelNotFoundError(f"{name_or_path}: an ensemble of rerankers scores pairs (--rerank_model, "
+                                 "--denoise_model) but is not one model to train or resume: start from one of its members")
     backbone, tokenizer = load_encoder(name_or_path, cross_encoder_ok=True)
     model = CrossEncoder(backbone)
     cfg = {}
@@ -119,3 +129,45 @@ def listwise_loss(scores: paddle.Tensor, num_groups: int):
     loss = (-log_probs[:, 0].sum() / num_groups).astype("float32")
     correct = (paddle.argmax(scores64, axis=1) == 0).astype("int64").sum()
     return loss, correct
+
+
+ENSEMBLE = "ensemble"  # the key of an ensemble's dpr_config.json: {"members": [...], "fingerprints": [...]}
+
+
+def is_ensemble(path: str) -> bool:
+    """Whether the reranker directory `path` is an ensemble (its config lists members)."""
+    try:
+        with open(os.path.join(path, MODEL_CONFIG), encoding="utf-8") as fh:
+            return isinstance(json.load(fh).get(ENSEMBLE), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def ensemble_members(path: str) -> List[tuple]:
+    """[(member directory, fingerprint when the ensemble was made)] of the ensemble directory `path`; a
+    damaged config, a missing member, or a member that is itself an ensemble is refused in one line."""
+    f = os.path.join(path, MODEL_CONFIG)
+    with reading(f, "reranker ensemble config", "make the ensemble again"), open(f, encoding="utf-8") as fh:
+        spec = json.load(fh).get(ENSEMBLE)
+    members, prints = spec.get("members"), spec.get("fingerprints")
+    if (not isinstance(members, list) or not isinstance(prints, list) or len(members) != len(prints) or len(members) < 2
+            or not all(isinstance(m, str) and isinstance(p, str) for m, p in zip(members, prints))):
+        raise ModelNotFoundError(f"{f}: not an ensemble config (members and fingerprints, two or more); make the "
+                                 "ensemble again")
+    out = []
+    for m, fp in zip(members, prints):
+        d = os.path.normpath(os.path.join(path, m))  # relative to the ensemble: the pair moves together
+        problem = reranker_problem(d) or ("an ensemble itself; list its members instead" if is_ensemble(d) else "")
+        if problem:
+            raise ModelNotFoundError(f"{path}: its member {d}: {problem}")
+        out.append((d, fp))
+    return out
+
+
+def save_ensemble(directory: str, members: List[str], fingerprints: List[str]) -> None:
+    """An ensemble directory over the reranker directories `members` (with their model fingerprints)."""
+    os.makedirs(directory, exist_ok=True)
+    rel = [os.path.relpath(os.path.abspath(m), os.path.abspath(directory)) for m in members]
+    write_json_atomic(os.path.join(directory, MODEL_CONFIG),
+                      {"kind": CROSS_ENCODER, ENSEMBLE: {"members": rel, "fingerprints": list(fingerprints),
+                                                         "combine": "mean of the members' scores"}})

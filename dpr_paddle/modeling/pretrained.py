@@ -225,6 +225,8 @@ def resolve_model(name_or_path: str) -> str:
             if not fresh:
                 convert_torch_dir(name_or_path, dst)
             return dst
+        if model_kind(name_or_path) == CROSS_ENCODER:  # an ensemble of rerankers: no weights of its own
+            raise ModelNotFoundError(CROSS_ENCODER_GIVEN.format(name_or_path))
         raise ModelNotFoundError(
             f"{name_or_path}: a directory, but neither a PaddleNLP model (config.json + model_state.pdparams) "
             "nor a HuggingFace BERT (config.json + model.safetensors)"
@@ -236,6 +238,8 @@ def resolve_model(name_or_path: str) -> str:
 
 MODEL_CONFIG = "dpr_config.json"  # what a directory this project wrote carries (builder.py, cross_encoder.py)
 CROSS_ENCODER = "cross_encoder"  # its `kind` in a reranker's dpr_config.json; a bi-encoder's has none
+CROSS_ENCODER_GIVEN = ("{}: a cross-encoder (reranker) directory, not a bi-encoder; pass it as --rerank_model (or "
+                       "--denoise_model), and a bi-encoder where an encoder is expected")
 
 
 def model_kind(path: str) -> str:
@@ -260,8 +264,7 @@ def load_encoder(name_or_path: str, cross_encoder_ok: bool = False) -> Tuple[obj
     from paddlenlp.transformers import AutoModel, AutoTokenizer
 
     if not cross_encoder_ok and os.path.isdir(name_or_path) and model_kind(name_or_path) == CROSS_ENCODER:
-        raise ModelNotFoundError(f"{name_or_path}: a cross-encoder (reranker) directory, not a bi-encoder; pass it "
-                                 "as --rerank_model (or --denoise_model), and a bi-encoder where an encoder is expected")
+        raise ModelNotFoundError(CROSS_ENCODER_GIVEN.format(name_or_path))
     path = resolve_model(name_or_path)
     try:
         model = AutoModel.from_pretrained(path)

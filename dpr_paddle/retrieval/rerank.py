@@ -48,32 +48,37 @@ def minmax(x: np.ndarray) -> np.ndarray:
 class Reranker:
     """A loaded cross-encoder: `score` pairs, `rerank` ranked lists."""
 
-    def __init__(self, score_fn, tensorizer, info: dict, batch_size: int = 32):
+    def __init__(self, score_fn, tensorizer, info: dict, batch_size: int = 32, members=None):
         self.score_fn, self.tensorizer, self.info, self.batch_size = score_fn, tensorizer, info, batch_size
+        self.members = members or [(score_fn, tensorizer, info)]  # an ensemble's models, each (score_fn, tensorizer, info)
 
     @classmethod
     def load(cls, path: str, backend: str = "auto", batch_size: int = 32, max_length: int = 0) -> "Reranker":
-        """The reranker directory `path` (train_reranker.py's checkpoint), on `backend`, reading pairs up to its
-        own max length (or `max_length` tokens when > 0)."""
-        from ..encoding.reranker import load_reranker
+        """The reranker directory `path` (train_reranker.py's checkpoint, or an ensemble of them), on `backend`,
+        reading pairs up to each model's own max length (or `max_length` tokens when > 0)."""
+        from ..encoding.reranker import load_rerankers
 
-        score_fn, tensorizer, info = load_reranker(path, backend, max_length)
-        logger.info("reranker %s (%s, max length %d)", path, info["backend"], info["max_length"])
-        return cls(score_fn, tensorizer, info, batch_size)
+        members, info = load_rerankers(path, backend, max_length)
+        logger.info("reranker %s (%s, max length %d%s)", path, info["backend"], info["max_length"],
+                    f"; the mean of {len(members)} rerankers" if len(members) > 1 else "")
+        return cls(members[0][0], members[0][1], info, batch_size, members)
 
     def score(self, questions: Sequence[str], passages: Sequence[Tuple[str, str]], progress: bool = False) -> np.ndarray:
         """Scores [N] of N (question, (title, text)) pairs, computed in batches of pairs of similar
-        token length (longest first), returned in the pairs' order. Non-finite scores are refused."""
+        token length (longest first), returned in the pairs' order; an ensemble's is the mean of its
+        models' scores. Non-finite scores are refused."""
         from tqdm import tqdm
 
-        encoded = self.tensorizer.encode_pairs_ids(questions, passages, self.info["max_length"])
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))  # little padding per batch
-        out = np.empty(len(encoded), dtype=np.float32)  # [N]
-        batches = range(0, len(order), self.batch_size)
-        for start in tqdm(batches, desc="rerank", unit="batch", disable=not progress, dynamic_ncols=True):
-            rows = order[start : start + self.batch_size]
-            out[rows] = np.asarray(self.score_fn(self.tensorizer.pad([encoded[i] for i in rows])),
-                                   dtype=np.float32).reshape(-1)
+        out = np.zeros(len(questions), dtype=np.float32)  # [N]
+        for score_fn, tensorizer, info in self.members:
+            encoded = tensorizer.encode_pairs_ids(questions, passages, info["max_length"])
+            order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))  # little padding per batch
+            one = np.empty(len(encoded), dtype=np.float32)  # [N]
+            batches = range(0, len(order), self.batch_size)
+            for start in tqdm(batches, desc="rerank", unit="batch", disable=not progress, dynamic_ncols=True):
+                rows = order[start : start + self.batch_size]
+                one[rows] = np.asarray(score_fn(tensorizer.pad([encoded[i] for i in rows])), dtype=np.float32).reshape(-1)
+            out += one / len(self.members)
         bad = np.flatnonzero(~np.isfinite(out))
         if bad.size:
             raise RerankError(f"{self.info['model']}: the reranker gave {bad.size} non-finite scores (the first for "

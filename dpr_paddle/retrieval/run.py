@@ -164,7 +164,7 @@ def retrieve(searcher: Searcher, qa_file: str, n_docs: int, out: ReportSpec, sha
         metrics["rerank"] = {"model": searcher.reranker.info["model"], "depth": searcher.spec.rerank_depth,
                              "alpha": searcher.spec.rerank_alpha, "backend": searcher.reranker.info["backend"],
                              "max_length": searcher.reranker.info["max_length"],
-                             **{k: searcher.reranker.info[k] for k in ("quantization",) if k in searcher.reranker.info}}
+                             **{k: searcher.reranker.info[k] for k in ("quantization", "members") if k in searcher.reranker.info}}
     scores, ids = searcher.search(questions, n_docs, trace, mode=RERANK if searcher.reranker is not None else None)
     if searcher.dense is not None:
         depth = max(n_docs, searcher.spec.depth) if mode == "hybrid" else n_docs
