@@ -123,27 +123,25 @@ def test_every_number_a_user_types_has_declared_bounds():
     assert not undeclared, f"say what 0 does (ZERO_MEANS) or bound them (BOUNDS): {undeclared}"
 
 
-def test_a_zero_rerank_batch_is_refused_at_every_entry(corpus, tmp_path):
-    from dpr_paddle import Retriever
+def test_a_zero_rerank_batch_is_refused_at_every_entry(capsys, corpus, tmp_path):
+    from test_round_four import refused
+
+    from dpr_paddle import Retriever, mine, retrieve, score_records, search, serve
     from dpr_paddle.common.options import InvalidValue
 
     line = "error: --rerank_batch_size must be >= 1, got 0"
     common = ["--rerank_model", tmp_path / "rr", "--rerank_batch_size", "0"]
-    assert last_line(run_cli("dense_retriever.py", "--bm25", "--ctx_file", corpus / "p.tsv", "--qa_file",
-                             corpus / "qa.csv", *common, check=False)) == line
-    assert last_line(run_cli("mine_hard_negatives.py", "--ctx_file", corpus / "p.tsv", "--output", tmp_path / "x.json",
-                             "--train_data_path", corpus / "none.json", "--denoise_model", tmp_path / "rr",
-                             "--rerank_batch_size", "0", check=False)) == line
-    for module, extra in (("dpr_paddle.score_records", ["--train_data_path", corpus / "none.json", "--output",
-                                                        tmp_path / "s.json"]),
-                          ("dpr_paddle.search", ["--bm25", "--ctx_file", corpus / "p.tsv", "q"]),
-                          ("dpr_paddle.serve", ["--bm25", "--ctx_file", corpus / "p.tsv"])):
-        proc = subprocess.run([sys.executable, "-m", module, *map(str, extra), *map(str, common)],
-                              capture_output=True, text=True, cwd=ROOT)
-        assert last_line(proc) == line, module
+    p = corpus / "p.tsv"
+    for main, argv in ((retrieve.main, ["--bm25", "--ctx_file", p, "--qa_file", corpus / "qa.csv", *common]),
+                       (mine.main, ["--ctx_file", p, "--output", tmp_path / "x.json", "--train_data_path",
+                                    corpus / "none.json", "--denoise_model", tmp_path / "rr", "--rerank_batch_size", "0"]),
+                       (score_records.main, ["--train_data_path", corpus / "none.json", "--output", tmp_path / "s.json",
+                                             *common]),
+                       (search.main, ["--bm25", "--ctx_file", p, "q", *common]),
+                       (serve.main, ["--bm25", "--ctx_file", p, *common])):
+        assert refused(capsys, main, *argv) == line, main.__module__
     with pytest.raises(InvalidValue, match="rerank_batch_size must be >= 1, got 0"):
-        Retriever.load(mode="bm25", passages=str(corpus / "p.tsv"), rerank_model=str(tmp_path / "rr"),
-                       rerank_batch_size=0)
+        Retriever.load(mode="bm25", passages=str(p), rerank_model=str(tmp_path / "rr"), rerank_batch_size=0)
 
 
 # --------------------------------------------------------------------------- 2. damaged or foreign artefacts
