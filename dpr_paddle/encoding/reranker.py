@@ -14,7 +14,7 @@ import numpy as np
 import paddle
 
 from ..modeling.builder import check_length, model_fingerprint
-from ..modeling.cross_encoder import build_cross_encoder, ensemble_members, is_ensemble, save_ensemble
+from ..modeling.cross_encoder import build_cross_encoder, ensemble_members, is_ensemble, member_problem, save_ensemble
 from ..modeling.pretrained import ModelNotFoundError
 from ..modeling.tokenization import Tensorizer
 from .spec import check_backend
@@ -99,8 +99,9 @@ def make_ensemble(members: List[str], directory: str) -> List[str]:
         raise ModelNotFoundError(f"{directory}: exists and is not an ensemble; give a new --output_dir")
     prints = []
     for m in members:
-        if is_ensemble(m):
-            raise ModelNotFoundError(f"{m}: an ensemble itself; list its members instead")
+        problem = member_problem(m)
+        if problem:
+            raise ModelNotFoundError(f"{m}: {problem}")
         model, _, _ = build_cross_encoder(m, trained=True)
         prints.append(model_fingerprint(model))
     save_ensemble(directory, members, prints)

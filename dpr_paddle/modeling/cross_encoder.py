@@ -143,6 +143,11 @@ def is_ensemble(path: str) -> bool:
         return False
 
 
+def member_problem(path: str) -> str:
+    """Why `path` cannot be a member of an ensemble (not one reranker), or ''."""
+    return reranker_problem(path) or ("an ensemble itself; list its members instead" if is_ensemble(path) else "")
+
+
 def ensemble_members(path: str) -> List[tuple]:
     """[(member directory, fingerprint when the ensemble was made)] of the ensemble directory `path`; a
     damaged config, a missing member, or a member that is itself an ensemble is refused in one line."""
@@ -157,7 +162,7 @@ def ensemble_members(path: str) -> List[tuple]:
     out = []
     for m, fp in zip(members, prints):
         d = os.path.normpath(os.path.join(path, m))  # relative to the ensemble: the pair moves together
-        problem = reranker_problem(d) or ("an ensemble itself; list its members instead" if is_ensemble(d) else "")
+        problem = member_problem(d)
         if problem:
             raise ModelNotFoundError(f"{path}: its member {d}: {problem}")
         out.append((d, fp))

@@ -49,8 +49,15 @@ class Reranker:
     """A loaded cross-encoder: `score` pairs, `rerank` ranked lists."""
 
     def __init__(self, score_fn, tensorizer, info: dict, batch_size: int = 32, members=None):
-        self.score_fn, self.tensorizer, self.info, self.batch_size = score_fn, tensorizer, info, batch_size
-        self.members = members or [(score_fn, tensorizer, info)]  # an ensemble's models, each (score_fn, tensorizer, info)
+        """One model (`score_fn`, `tensorizer`, `info`), or an ensemble's `members`, each (score_fn, tensorizer,
+        info), with `info` naming the whole."""
+        self.members = members or [(score_fn, tensorizer, info)]
+        self.info, self.batch_size = info, batch_size
+
+    @property
+    def tensorizer(self):
+        """The (first) model's tensorizer: what counts a pair's tokens."""
+        return self.members[0][1]
 
     @classmethod
     def load(cls, path: str, backend: str = "auto", batch_size: int = 32, max_length: int = 0) -> "Reranker":
@@ -61,7 +68,7 @@ class Reranker:
         members, info = load_rerankers(path, backend, max_length)
         logger.info("reranker %s (%s, max length %d%s)", path, info["backend"], info["max_length"],
                     f"; the mean of {len(members)} rerankers" if len(members) > 1 else "")
-        return cls(members[0][0], members[0][1], info, batch_size, members)
+        return cls(None, None, info, batch_size, members)
 
     def score(self, questions: Sequence[str], passages: Sequence[Tuple[str, str]], progress: bool = False) -> np.ndarray:
         """Scores [N] of N (question, (title, text)) pairs, computed in batches of pairs of similar
