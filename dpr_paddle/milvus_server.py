@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 
-from .common.net import free_port
+from .common.net import free_port, wait_healthy
+
+START_TIMEOUT = 180.0  # seconds; the package's own wait, which went on this long even after the server had died
 
 
 def own_etcd_ports(base_dir: str) -> int:
@@ -40,6 +42,30 @@ def own_etcd_ports(base_dir: str) -> int:
         f.write(text)
     os.environ["ETCD_CONFIG_PATH"] = path  # Milvus reads etcd.config.path from the environment
     return client
+
+
+def started(server, base_dir: str) -> None:
+    """Return once `server` answers its health check; a server that exits first, or never answers, is
+    one line naming its log (the package's own wait polled a dead server for three minutes, then said
+    only that it had not started)."""
+    import os
+    import time
+
+    from .common.errors import DprError
+
+    log = os.path.join(os.path.abspath(base_dir), "logs", "milvus-stderr.log")
+    try:
+        alive = wait_healthy(f"http://127.0.0.1:{server.webservice_port}/healthz", server.server_proc, START_TIMEOUT)
+    except TimeoutError:
+        raise DprError(f"the Milvus server did not answer within {START_TIMEOUT:g} s; see {log}") from None
+    if alive:
+        time.sleep(1)  # as the package's own wait does: its health check answers a moment before its gRPC port
+        return
+    server.server_proc.wait()
+    with open(log, encoding="utf-8", errors="replace") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    raise DprError(f"the Milvus server exited with status {server.server_proc.returncode} while starting; the "
+                   f"last line of {log}: {lines[-1] if lines else '(empty)'}")
 
 
 def main(argv=None) -> None:
@@ -69,11 +95,12 @@ def main(argv=None) -> None:
         # e.g. a test run's teardown), and SIGTERM's default would end this process and orphan the server.
         signal.signal(signal.SIGINT, interrupt)
         signal.signal(signal.SIGTERM, interrupt)
-        server = MilvusServer()
+        server = MilvusServer(wait_for_started=False)
         try:
             server.config.update(etcd_port=own_etcd_ports(args.base_dir))
             server.set_base_dir(args.base_dir)
             server.start()
+            started(server, args.base_dir)
             print(f"http://127.0.0.1:{server.listen_port}", flush=True)
             while server.running:
                 time.sleep(1)

@@ -364,13 +364,14 @@ def test_a_second_server_starts_beside_the_first(milvus_server, tmp_path):
         pass  # already held
     # started as a shell starts a background job (SIGINT ignored, inherited through exec), which a user's script and
     # a CI runner do: Ctrl-C must still stop it, and stop its Milvus child with it
-    proc = subprocess.Popen([sys.executable, "-m", "dpr_paddle.milvus_server", "--base_dir", str(tmp_path / "second")],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    base, err = tmp_path / "second", open(tmp_path / "stderr.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "dpr_paddle.milvus_server", "--base_dir", str(base)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     children = []
     try:
         uri = proc.stdout.readline().strip()
-        assert uri.startswith("http://127.0.0.1:") and uri != milvus_server
+        assert uri.startswith("http://127.0.0.1:") and uri != milvus_server, (tmp_path / "stderr.log").read_text()[-2000:]
         client = MilvusClient(uri=uri)
         client.create_collection("second", dimension=4)
         assert client.list_collections() == ["second"]
@@ -379,6 +380,7 @@ def test_a_second_server_starts_beside_the_first(milvus_server, tmp_path):
         assert children  # the Milvus binary
     finally:
         squatter.close()
+        err.close()
         proc.send_signal(signal.SIGINT)
         try:
             code = proc.wait(timeout=30)  # it used to ignore this Ctrl-C and was killed after 60 s, its child left
@@ -389,3 +391,13 @@ def test_a_second_server_starts_beside_the_first(milvus_server, tmp_path):
     assert code == 0
     for child in children:  # stopped with it, not orphaned
         assert not os.path.exists(f"/proc/{child}") or "zombie" in open(f"/proc/{child}/status").read()
+
+    # a Milvus that dies while starting (a damaged install, storage it cannot open): one line with its status and
+    # its log's last line at once, where the package's own wait polled the dead process for three minutes
+    (base / "bin" / "milvus").write_text("#!/bin/sh\necho 'panic: cannot open storage' >&2\nexit 3\n")
+    dead = subprocess.run([sys.executable, "-m", "dpr_paddle.milvus_server", "--base_dir", str(base)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert dead.returncode == 2 and "Traceback" not in dead.stderr, dead.stderr[-2000:]
+    assert dead.stderr.strip().splitlines()[-1] == (
+        f"error: the Milvus server exited with status 3 while starting; the last line of {base}/logs/milvus-stderr.log: "
+        "panic: cannot open storage")
