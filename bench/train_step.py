@@ -80,13 +80,13 @@ def one(batch: int, chunk: int, steps: int, q_len: int, p_len: int, hard: int, q
 
     n_pass = 1 + hard
     batch_arrays = {"question": arrays(batch, q_len), "context": arrays(n_pass * batch, p_len),
-                    "passages_per_question": n_pass}
+                    "passages_per_question": n_pass, "passage_keys": np.arange(n_pass * batch)}
     # warm-up (allocators, kernels) on two chunks' worth of questions: a full warm-up step at
     # batch 256 would cost minutes and warms nothing more
     warm = min(batch, 2 * chunk) if chunk else batch
     warm_arrays = {"question": {k: v[:warm] for k, v in batch_arrays["question"].items()},
                    "context": {k: v[: n_pass * warm] for k, v in batch_arrays["context"].items()},
-                   "passages_per_question": n_pass}
+                   "passages_per_question": n_pass, "passage_keys": np.arange(n_pass * warm)}
     batches = [warm_arrays] + [batch_arrays] * steps
     if real_data:  # warm-up on the first real batch, then the next `steps`
         batches = real_batches(real_data, batch, steps + 1, q_len, p_len, tokenizer)[1]

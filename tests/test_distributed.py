@@ -42,10 +42,26 @@ def test_two_ranks_equal_one_process_with_the_doubled_batch(sample_dir, tmp_path
     # Dropout off (each rank draws its own masks), gradient cache on (4 questions per rank, chunks of 2).
     # epsilon=1 makes AdamW's step linear in the gradient: with the default 1e-8 a random-init
     # encoder's ~0 gradients turn float32 summation-order noise into full +-lr steps.
+    # The questions share 3 positives, so a batch holds copies of a positive on both ranks: each rank must leave
+    # the other's copies out of its questions' softmax too (the passage keys are gathered), as one process does.
+    import json
+
+    from dpr_paddle.data import BiEncoderDataset, read_biencoder_records
+    from dpr_paddle.data.collator import passage_keys
+    from dpr_paddle.modeling.model import positive_copies
+
+    records = json.load(open(os.path.join(sample_dir, "train.json"), encoding="utf-8"))[:64]
+    for i, r in enumerate(records):
+        r["positive_ctxs"] = records[i % 3]["positive_ctxs"]
+    (tmp_path / "train.json").write_text(json.dumps(records), encoding="utf-8")
+    data = BiEncoderDataset(read_biencoder_records(str(tmp_path / "train.json")), hard_negatives=1, seed=12345)
+    batch = [data.example(i) for i in epoch_batches(64, 8, 0, 12345, world_size=2)[0]]
+    copies = positive_copies(passage_keys([p for e in batch for p in e.passages]), np.arange(8) * 2)  # [8, 16]
+    assert copies[:4, 8:].any() or copies[4:, :8].any()  # across the ranks' halves
     common = ["--batch_size", "8", "--max_steps", "3", "--dropout", "0", "--learning_rate", "0.05",
               "--adam_epsilon", "1", "--warmup_steps", "0"]
-    run_cli("train_dense_encoder.py", *train_args(sample_dir, tmp_path / "one", *common))
-    launch("train_dense_encoder.py", tmp_path / "log", *train_args(sample_dir, tmp_path / "two", *common))
+    run_cli("train_dense_encoder.py", *train_args(tmp_path, tmp_path / "one", *common))
+    launch("train_dense_encoder.py", tmp_path / "log", *train_args(tmp_path, tmp_path / "two", *common))
     a, b = checkpoint_params(tmp_path / "one" / "checkpoint-3"), checkpoint_params(tmp_path / "two" / "checkpoint-3")
     init = params_from_dir(tmp_path)
     diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)

@@ -260,3 +260,25 @@ def test_length_sorted_chunks_pad_less():
 
     plain, by_length = padded(split_chunks(arrays, 4)), padded(split_chunks(arrays, 4, order))
     assert mask.sum() <= by_length < plain
+
+
+def test_copies_of_a_positive_leave_its_softmax():
+    """A passage that is question i's positive, standing elsewhere in the batch (another question's positive
+    or negative), is not i's negative: the loss equals the loss over the batch without that column."""
+    from dpr_paddle.data.collator import passage_keys
+    from dpr_paddle.modeling.model import positive_copies
+
+    rng = np.random.default_rng(0)
+    passages = [("t", "a"), ("t", "b"), ("t", "c"), ("t", "a"), ("u", "a"), ("t", "b")]  # 2 questions x 3
+    keys = passage_keys(passages)
+    assert keys[0] == keys[3] and keys[0] != keys[4] != keys[1]  # the title is part of a passage
+    pos = np.array([0, 3])
+    copies = positive_copies(keys, pos)  # [2, 6]
+    assert copies.tolist() == [[False, False, False, True, False, False], [True, False, False, False, False, False]]
+    q, p = rng.normal(size=(2, 8)).astype("float32"), rng.normal(size=(6, 8)).astype("float32")
+    loss, _ = nll_loss(paddle.to_tensor(q), paddle.to_tensor(p), paddle.to_tensor(pos), 0.5, paddle.to_tensor(copies))
+    want = 0.0
+    for i in range(2):
+        s = (q[i] @ p.T / 0.5)[~copies[i]].astype("float64")
+        want -= (s[list(np.flatnonzero(~copies[i])).index(pos[i])] - np.log(np.exp(s).sum())) / 2
+    assert abs(float(loss) - want) < 1e-5

@@ -387,15 +387,23 @@ RECIPES = [("cls", "dot"), ("mean", "cosine"), ("pooler", "dot"), ("mean", "dot"
 
 
 def distill_batch(seed, n_q, hard):
+    """Random token rows with copies of question 0's positive elsewhere in the batch: question 1's first hard
+    negative and question 2's positive (the in-batch copies the loss leaves out of a softmax)."""
     from test_grad_cache import make_batch as mk
 
     rng = np.random.default_rng(seed)
-    return {"question": mk(rng, n_q, 10), "context": mk(rng, n_q * (1 + hard), 20), "passages_per_question": 1 + hard,
-            "teacher": rng.normal(0, 2, (n_q, 1 + hard)).astype("float32")}
+    n = 1 + hard
+    context, keys = mk(rng, n_q * n, 20), np.arange(n_q * n)
+    for row in (n + 1, 2 * n):
+        for k in context:
+            context[k][row] = context[k][0]
+        keys[row] = keys[0]
+    return {"question": mk(rng, n_q, 10), "context": context, "passages_per_question": n, "passage_keys": keys,
+            "teacher": rng.normal(0, 2, (n_q, n)).astype("float32")}
 
 
 @pytest.mark.parametrize("pooling,similarity", RECIPES)
-def test_distillation_keeps_the_gradient_cache_exact(tiny_dir, pooling, similarity):
+def test_distillation_and_masked_copies_keep_the_gradient_cache_exact(tiny_dir, pooling, similarity):
     from dpr_paddle.modeling.model import BiEncoder
     from dpr_paddle.modeling.pooling import DEFAULT_TAU
     from dpr_paddle.training.step import train_step
@@ -405,26 +413,31 @@ def test_distillation_keeps_the_gradient_cache_exact(tiny_dir, pooling, similari
     model = BiEncoder(load_encoder("minilm")[0], load_encoder("minilm")[0], pooling=pooling,
                       normalize=similarity == "cosine")
     batch = distill_batch(1, 6, 2)
-    model.eval()  # dropout off: the cached step equals the plain full-batch step
-    ref_loss, _ = train_step(model, batch, 0, 0, World(), temperature=tau, distill=(0.7, 2.0))
-    ref = grads(model)
-    loss, _ = train_step(model, batch, 2, 5, World(), temperature=tau, distill=(0.7, 2.0))
-    got = grads(model)
-    assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss) and compare(ref, got) <= 1e-5
+    model.eval()  # dropout off: the cached step equals the plain full-batch step, for each loss
+    for distill in (None, (0.7, 2.0)):
+        ref_loss, _ = train_step(model, batch, 0, 0, World(), temperature=tau, distill=distill)
+        ref = grads(model)
+        loss, _ = train_step(model, batch, 2, 5, World(), temperature=tau, distill=distill)
+        got = grads(model)
+        assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss) and compare(ref, got) <= 1e-5
     plain, _ = train_step(model, batch, 0, 0, World(), temperature=tau)
     grads(model)
     assert ref_loss > plain  # the KL term is in the loss
+    unmasked, _ = train_step(model, batch, 0, 0, World(), temperature=tau, mask_copies=False)
+    grads(model)
+    assert unmasked > plain  # the copies were in the softmax, and are not now
     # dropout on: bit for bit against the same chunks encoded with a graph
     tiny = BiEncoder(load_encoder(tiny_dir)[0], load_encoder(tiny_dir)[0], pooling=pooling,
                      normalize=similarity == "cosine")
     tiny.train()
-    paddle.seed(3)
-    ref_loss, _ = train_step(tiny, batch, 2, 5, World(), temperature=tau, distill=(0.7, 2.0), reference=True)
-    ref = grads(tiny)
-    paddle.seed(3)
-    loss, _ = train_step(tiny, batch, 2, 5, World(), temperature=tau, distill=(0.7, 2.0))
-    got = grads(tiny)
-    assert loss == ref_loss and all(np.array_equal(ref[k], got[k]) for k in ref)
+    for distill in (None, (0.7, 2.0)):
+        paddle.seed(3)
+        ref_loss, _ = train_step(tiny, batch, 2, 5, World(), temperature=tau, distill=distill, reference=True)
+        ref = grads(tiny)
+        paddle.seed(3)
+        loss, _ = train_step(tiny, batch, 2, 5, World(), temperature=tau, distill=distill)
+        got = grads(tiny)
+        assert loss == ref_loss and all(np.array_equal(ref[k], got[k]) for k in ref)
 
 
 def test_search_command_answers_reranked(capsys, rr):

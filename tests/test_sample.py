@@ -54,3 +54,14 @@ def test_dataset_examples_deterministic_per_epoch(sample_dir):
     assert a == b and len(a.passages) == 3
     assert a.passages[0] == (train[5].positives[0].title, train[5].positives[0].text)
     assert any(ds.example(5, epoch=e).passages[1:] != a.passages[1:] for e in range(2, 8))  # reshuffled per epoch
+
+
+def test_a_record_without_negatives_never_gets_its_own_positive_as_one():
+    """The stand-in negative of a record with none is the next record's positive that is another passage."""
+    from dpr_paddle.data import BiEncoderRecord, Passage
+
+    a, b = Passage(title="T", text="the answer"), Passage(title="T", text="another paragraph")
+    records = [BiEncoderRecord("q0", [], [a]), BiEncoderRecord("q1", [], [a]), BiEncoderRecord("q2", [], [b])]
+    ds = BiEncoderDataset(records, hard_negatives=2, seed=0)
+    assert ds.example(0).passages == [("T", "the answer")] + [("T", "another paragraph")] * 2
+    assert ds.example(2).passages[1] == ("T", "the answer")

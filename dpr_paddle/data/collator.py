@@ -1,11 +1,18 @@
 """The collator: a list of `TrainExample`s (text) to the question and passage token arrays a step takes."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+import hashlib
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
 from .dataset import TrainExample
+
+
+def passage_keys(passages: Sequence[Tuple[str, str]]) -> np.ndarray:
+    """A 64-bit key per (title, text): equal keys are the same passage, wherever in a batch it stands. [P]"""
+    return np.array([int.from_bytes(hashlib.blake2b(f"{title}\x1f{text}".encode(), digest_size=8).digest(), "little",
+                                    signed=True) for title, text in passages], dtype=np.int64)
 
 
 class BiEncoderCollator:
@@ -21,6 +28,7 @@ class BiEncoderCollator:
             "question": self.tensorizer.encode_questions(questions),
             "context": self.tensorizer.encode_passages(passages),
             "passages_per_question": len(examples[0].passages),
+            "passage_keys": passage_keys(passages),  # [P]: in-batch copies of a positive are not its negatives
         }
         if examples[0].teacher_scores is not None:
             batch["teacher"] = np.array([e.teacher_scores for e in examples], dtype=np.float32)  # [Q, n]

@@ -77,9 +77,13 @@ class BiEncoderDataset:
         if negs and len(negs) < self.hard_negatives:
             negs = (negs * self.hard_negatives)[: self.hard_negatives]
         if len(negs) < self.hard_negatives:
-            # No negatives at all: the positive of another record stands in (an in-batch negative).
-            other = self.records[(index + 1) % len(self.records)].positives[0]
-            negs = [other] * self.hard_negatives
+            # No negatives at all: the positive of another record stands in (an in-batch negative), the next
+            # one that is another passage (consecutive records often share one: a reranker's group would
+            # otherwise be taught its own positive as a negative)
+            n = len(self.records)
+            others = (self.records[(index + k) % n].positives[0] for k in range(1, n))
+            same = (pos.title, pos.text)
+            negs = [next((p for p in others if (p.title, p.text) != same), pos)] * self.hard_negatives
         chosen = [pos] + negs[: self.hard_negatives]
         scores = [p.teacher_score for p in chosen] if self.teacher else None
         return TrainExample(question=rec.question, passages=[(p.title, p.text) for p in chosen],

@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 from typing import Optional
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -139,14 +140,28 @@ def positive_indices(num_questions: int, passages_per_question: int, offset: int
     return paddle.arange(offset, offset + num_questions, dtype="int64") * passages_per_question
 
 
-def nll_loss(q_reps: paddle.Tensor, p_reps: paddle.Tensor, positive_idx: paddle.Tensor, temperature: float = 1.0):
+def positive_copies(keys: np.ndarray, positive_idx: np.ndarray) -> np.ndarray:
+    """[Q, P] True where passage j is the same passage as question i's positive (equal `keys` [P]) but
+    not the positive itself: another question's positive or negative that is this one's answer."""
+    pos = np.asarray(positive_idx)
+    same = keys[pos][:, None] == keys[None, :]  # [Q, P]
+    same[np.arange(len(pos)), pos] = False
+    return same
+
+
+def nll_loss(q_reps: paddle.Tensor, p_reps: paddle.Tensor, positive_idx: paddle.Tensor, temperature: float = 1.0,
+             exclude: Optional[paddle.Tensor] = None):
     """DPR's loss: mean over questions of -log softmax(q . p / temperature)[positive]; also the number right.
+    `exclude` [Q, P] (bool) leaves passages out of a question's softmax: copies of its positive elsewhere
+    in the batch (`positive_copies`), which would otherwise be taught as its negatives.
 
     Scores and loss are computed in float32 whatever the representations' dtype (AMP).
     """
     scores = dot_scores(q_reps.astype("float32"), p_reps.astype("float32"))  # [Q, P]
     if temperature != 1.0:
         scores = scores / temperature  # cosine in [-1, 1] needs sharpening: MNRL's scale 20 = 1 / 0.05
+    if exclude is not None:
+        scores = paddle.where(exclude, paddle.full_like(scores, float("-inf")), scores)  # a constant: exact either way
     log_probs = F.log_softmax(scores, axis=1)
     loss = F.nll_loss(log_probs, positive_idx, reduction="mean")
     correct = (paddle.argmax(scores, axis=1) == positive_idx).astype("int64").sum()

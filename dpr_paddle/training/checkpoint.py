@@ -138,7 +138,7 @@ RESUME_RECIPE = ("model_name_or_path", "que_model_path", "con_model_path", "shar
 # what may change on purpose (another learning rate for the rest of a run), at the price of exactness: logged
 RESUME_SETTINGS = ("hard_negatives", "batch_size", "seed", "shuffle_positives", "learning_rate", "weight_decay",
                    "adam_epsilon", "warmup_steps", "max_grad_norm", "train_data_path", "distill_weight",
-                   "distill_temperature", "bf16")
+                   "distill_temperature", "bf16", "mask_duplicates")
 
 
 def check_resume(run_config: dict, resume_from: str) -> None:

@@ -57,6 +57,10 @@ class TrainConfig(LoopConfig, ModelSpec):
     hard_negatives: int = option(1, "hard negatives per question (plus all in-batch negatives)")
     temperature: float = option(0.0, "softmax temperature: scores / T (0 = auto: 0.05 for cosine, as sentence-transformers' "
                                  "scale 20; 1 for dot, as DPR)")
+    mask_duplicates: bool = option(True, "leave the batch's other copies of a question's positive (another question's "
+                                         "positive or hard negative that is the same passage) out of its softmax, "
+                                         "instead of teaching them as its negatives; --no-mask_duplicates keeps "
+                                         "DPR's loss as published")
     distill_weight: float = option(0.0, "add this weight times KL(teacher || student) over each question's own "
                                         "passages (positive + hard negatives) to DPR's loss; the records must carry "
                                         "`teacher_score` per passage (python -m dpr_paddle.score_records)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import paddle
 import paddle.distributed as dist
 
@@ -68,6 +69,14 @@ class World:
         dist.all_gather(parts, x.detach())
         parts[self.rank] = x
         return paddle.concat(parts, axis=0)
+
+    def gather(self, x: np.ndarray) -> np.ndarray:
+        """[n] local -> [K*n] in rank order (ids, keys: no gradient)."""
+        if self.size == 1:
+            return x
+        parts = []
+        dist.all_gather(parts, paddle.to_tensor(x))
+        return np.concatenate([p.numpy() for p in parts])
 
     def sum_scalar(self, value: float) -> float:
         """A number summed over ranks (a loss or a count each rank computed on its slice)."""

@@ -13,7 +13,8 @@ import numpy as np
 import paddle
 
 from ..data import BiEncoderCollator, BiEncoderDataset
-from ..modeling.model import CONTEXT, QUESTION, average_rank, distill_loss, nll_loss, positive_indices
+from ..modeling.model import (CONTEXT, QUESTION, average_rank, distill_loss, nll_loss, positive_copies,
+                              positive_indices)
 from .distributed import World
 from .grad_cache import cached_step, graph_reference_step
 
@@ -58,12 +59,14 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 def train_step(model, batch, q_chunk: int, p_chunk: int, world: World, amp: Optional[dict] = None,
                scale_loss=None, temperature: float = 1.0, sort_chunks: bool = True,
-               distill: Optional[Tuple[float, float]] = None, reference: bool = False):
+               distill: Optional[Tuple[float, float]] = None, reference: bool = False, mask_copies: bool = True):
     """Forward and backward of one batch; gradients are left in the parameters. With `sort_chunks`
     the chunks hold rows of similar length (`length_order`) and the loss sees them in batch order.
     `distill` = (weight, teacher temperature) adds weight * `distill_loss` against the batch's
     `teacher` scores [Q, n] to DPR's loss: still a loss of the representations, so the gradient cache
-    stays exact. `reference=True` runs the graph reference on the same chunks (the tests' spec).
+    stays exact. `mask_copies` leaves the batch's other copies of a question's positive out of its softmax
+    (`positive_copies`: a constant of the batch, so exact either way). `reference=True` runs the graph
+    reference on the same chunks (the tests' spec).
 
     Returns (loss, number of questions whose positive scored highest) over the global batch.
     """
@@ -75,12 +78,17 @@ def train_step(model, batch, q_chunk: int, p_chunk: int, world: World, amp: Opti
     p_chunks = numpy_chunks(batch["context"], p_chunk, p_order)
     pos = positive_indices(local_q * world.size, n_per_q)  # positives' indices in the global batch
     teacher = paddle.to_tensor(batch["teacher"]) if distill else None  # [Q_local, n]
+    exclude = None
+    if mask_copies:  # every rank scores the global batch, so it needs every rank's passage keys
+        copies = positive_copies(world.gather(batch["passage_keys"]), pos.numpy())  # [Q_global, P_global]
+        exclude = paddle.to_tensor(copies) if copies.any() else None
 
     def loss_fn(q_reps, p_reps):
         # Every rank scores all questions of the global batch against all its passages; the
         # gradient reaches only this rank's slice (the others arrive as constants).
         q_reps, p_reps = in_batch_order(q_reps, q_order), in_batch_order(p_reps, p_order)
-        loss, correct = nll_loss(world.gather_with_grad(q_reps), world.gather_with_grad(p_reps), pos, temperature)
+        loss, correct = nll_loss(world.gather_with_grad(q_reps), world.gather_with_grad(p_reps), pos, temperature,
+                                 exclude)
         if distill:
             # each rank's own questions against their own passages; / world.size: the gradients are summed
             kl = distill_loss(q_reps, p_reps, teacher, temperature, distill[1])
@@ -120,7 +128,9 @@ def evaluate(model, dataset: BiEncoderDataset, collator: BiEncoderCollator, batc
         n_per_q = batch["passages_per_question"]
         q = paddle.concat([model(**c, tower=QUESTION) for c in numpy_chunks(batch["question"], 0)])
         p = paddle.concat([model(**c, tower=CONTEXT) for c in numpy_chunks(batch["context"], 0)])
-        loss, right = nll_loss(q, p, positive_indices(q.shape[0], n_per_q), temperature)
+        pos = positive_indices(q.shape[0], n_per_q)
+        copies = positive_copies(batch["passage_keys"], pos.numpy())  # a copy of the positive is a tie, not an error
+        loss, right = nll_loss(q, p, pos, temperature, paddle.to_tensor(copies) if copies.any() else None)
         losses.append(float(loss) * q.shape[0])
         correct += int(right)
         q_all.append(q)

@@ -77,7 +77,7 @@ def bi_encoder_task(cfg: TrainConfig, resume_from: Optional[str], world: World) 
 
     def step(batch, amp, scale_loss):
         return train_step(model, batch, q_chunk, p_chunk, world, amp, scale_loss=scale_loss, temperature=tau,
-                          sort_chunks=cfg.sort_chunks, distill=distill)
+                          sort_chunks=cfg.sort_chunks, distill=distill, mask_copies=cfg.mask_duplicates)
 
     describe = (f"chunks q={q_chunk or 'none'} p={p_chunk or 'none'}; pooling {recipe['pooling']}, similarity "
                 f"{recipe['similarity']}, temperature {tau:g}"
