@@ -52,6 +52,13 @@ def numpy_chunks(arrays: Dict[str, np.ndarray], chunk_size: int,
     return out
 
 
+def copies_to_exclude(keys: np.ndarray, pos: paddle.Tensor) -> Optional[paddle.Tensor]:
+    """`positive_copies` of passage `keys` [P] for positives `pos` [Q], as the [Q, P] mask `nll_loss` takes, or
+    None when the batch holds no copy (the loss then has nothing to leave out)."""
+    copies = positive_copies(keys, pos.numpy())
+    return paddle.to_tensor(copies) if copies.any() else None
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The dropout seed of one step on one rank (different ranks draw different masks)."""
     return int(np.random.default_rng([seed, step, rank]).integers(1, 2**31 - 1))
@@ -78,10 +85,8 @@ def train_step(model, batch, q_chunk: int, p_chunk: int, world: World, amp: Opti
     p_chunks = numpy_chunks(batch["context"], p_chunk, p_order)
     pos = positive_indices(local_q * world.size, n_per_q)  # positives' indices in the global batch
     teacher = paddle.to_tensor(batch["teacher"]) if distill else None  # [Q_local, n]
-    exclude = None
-    if mask_copies:  # every rank scores the global batch, so it needs every rank's passage keys
-        copies = positive_copies(world.gather(batch["passage_keys"]), pos.numpy())  # [Q_global, P_global]
-        exclude = paddle.to_tensor(copies) if copies.any() else None
+    # every rank scores the global batch, so it needs every rank's passage keys
+    exclude = copies_to_exclude(world.gather(batch["passage_keys"]), pos) if mask_copies else None  # [Q_g, P_g]
 
     def loss_fn(q_reps, p_reps):
         # Every rank scores all questions of the global batch against all its passages; the
@@ -129,8 +134,8 @@ def evaluate(model, dataset: BiEncoderDataset, collator: BiEncoderCollator, batc
         q = paddle.concat([model(**c, tower=QUESTION) for c in numpy_chunks(batch["question"], 0)])
         p = paddle.concat([model(**c, tower=CONTEXT) for c in numpy_chunks(batch["context"], 0)])
         pos = positive_indices(q.shape[0], n_per_q)
-        copies = positive_copies(batch["passage_keys"], pos.numpy())  # a copy of the positive is a tie, not an error
-        loss, right = nll_loss(q, p, pos, temperature, paddle.to_tensor(copies) if copies.any() else None)
+        exclude = copies_to_exclude(batch["passage_keys"], pos)  # a copy of the positive is a tie, not an error
+        loss, right = nll_loss(q, p, pos, temperature, exclude)
         losses.append(float(loss) * q.shape[0])
         correct += int(right)
         q_all.append(q)
