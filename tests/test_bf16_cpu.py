@@ -18,7 +18,7 @@ from dpr_paddle.training.grad_cache import cached_step, graph_reference_step
 from dpr_paddle.training.step import numpy_chunks as split_chunks
 from test_grad_cache import compare, dropout_on_steps, grads, setup, sorted_setup
 
-BF16_GEMMS = (bf16_cpu.linear, bf16_cpu.bmm)
+BF16_GEMMS = bf16_cpu.GEMMS
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,6 +82,26 @@ def test_dropout_on_bitwise_in_bfloat16(tiny_dir, pooling, similarity):
     chunks, sorted_loss = sorted_setup(model, q, p, loss_fn, 3, 4)
     f32 = dropout_on_steps(model, encs, chunks, sorted_loss, seed=9)[1]
     assert any(not np.array_equal(ref[k], f32[k]) for k in ref)
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("heads", ["ours", "library"])
+def test_dropout_on_bitwise_with_either_heads_gemm(tiny_dir, monkeypatch, bf16, heads):
+    """Each CPU runs whichever per-head GEMM it measured faster (fused_cpu.heads_gemm); the tests above run the
+    one this host chose. Forced here, both keep the cached step bit for bit against the graph reference."""
+    monkeypatch.setenv("DPR_PADDLE_HEADS_GEMM", heads)
+    paddle.seed(0)
+    model = bf16_model(tiny_dir) if bf16 else BiEncoder(load_encoder(tiny_dir)[0], load_encoder(tiny_dir)[0])
+    if not bf16:
+        fused_cpu.speed_up(fast_cpu.speed_up(model))
+    chosen = {layer._dpr_gemms[1] for layer in model.sublayers() if hasattr(layer, "_dpr_gemms")}
+    gemms = BF16_GEMMS if bf16 else fused_cpu.F32
+    assert chosen == {gemms.ours if heads == "ours" else gemms.library[1]}
+    model, q, p, encs, loss_fn = setup(model, 7, pooling="mean", similarity="cosine")
+    chunks, sorted_loss = sorted_setup(model, q, p, loss_fn, 3, 4)
+    ref_loss, ref, loss, got = dropout_on_steps(model, encs, chunks, sorted_loss, seed=9)
+    assert float(loss) == float(ref_loss)
+    assert all(np.array_equal(ref[k], got[k]) for k in ref)
 
 
 def test_dropout_off_cached_step_equals_full_batch_to_bfloat16_rounding():

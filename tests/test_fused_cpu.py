@@ -97,20 +97,37 @@ def bf16_rounded(t):
 @pytest.mark.parametrize("lead,m,k,n", [((2, 3), 5, 8, 6), ((1, 2), 13, 32, 40), ((2,), 12, 17, 64), ((1,), 1, 3, 1)])
 @pytest.mark.parametrize("transpose_b", [False, True])
 @pytest.mark.parametrize("bf16", [False, True])
-def test_heads_matmul_equals_matmul(ops, lead, m, k, n, transpose_b, bf16):
+@pytest.mark.parametrize("impl", ["ours", "library"])
+def test_heads_matmul_equals_matmul(ops, lead, m, k, n, transpose_b, bf16, impl):
+    """Both candidates for attention's per-head GEMM (fused_cpu.heads_gemm picks one per CPU) compute the same:
+    ours (heads_matmul), and the library's (Paddle's MKL matmul in float32, oneDNN's batched matmul in bf16)."""
+    from dpr_paddle.modeling import bf16_cpu
+
+    if impl == "library" and bf16 and bf16_cpu.ops() is None:
+        pytest.skip("the bfloat16 GEMMs did not build here")
+    gemms = bf16_cpu.GEMMS if bf16 else fused_cpu.F32
+    gemm = gemms.ours if impl == "ours" else gemms.library[1]
     rng = np.random.default_rng(m * k + n)
     a, b = leaf(*lead, m, k, rng=rng), leaf(*lead, *((n, k) if transpose_b else (k, n)), rng=rng)
     up = paddle.to_tensor(rng.standard_normal([*lead, m, n]).astype("float32"))
-    got = with_grads(lambda: fused_cpu.heads_matmul(a, b, transpose_b, bf16), [a, b], up)
+    got = with_grads(lambda: gemm(a, b, transpose_b), [a, b], up)
+    f32 = with_grads(lambda: paddle.matmul(a, b, transpose_y=transpose_b), [a, b], up)
     if not bf16:
-        close(got, with_grads(lambda: paddle.matmul(a, b, transpose_y=transpose_b), [a, b], up))
+        close(got, f32)
         return
     # bfloat16 inputs, float32 accumulation: the product of the rounded inputs, and the gradients of the
     # rounded inputs and upstream gradient (each backward GEMM rounds its inputs too)
     ra, rb, rup = bf16_rounded(a), bf16_rounded(b), bf16_rounded(up)
     want_a = paddle.matmul(rup, rb, transpose_y=not transpose_b)
     want_b = paddle.matmul(rup, ra, transpose_x=True) if transpose_b else paddle.matmul(ra, rup, transpose_x=True)
-    close(got, [paddle.matmul(ra, rb, transpose_y=transpose_b).numpy(), want_a.numpy(), want_b.numpy()], tol=1e-5)
+    want = [paddle.matmul(ra, rb, transpose_y=transpose_b).numpy(), want_a.numpy(), want_b.numpy()]
+    if impl == "library" and not bf16_cpu.hardware():
+        # below AVX512-BF16 (e.g. under DPR_PADDLE_MAX_ISA=avx2) oneDNN rounds or computes float32, by its own ISA
+        # checks; --bf16 is refused there, so only the values are checked: one of the two
+        err = [max(np.abs(x - y).max() / max(1.0, np.abs(y).max()) for x, y in zip(got, r)) for r in (want, f32)]
+        assert min(err) <= 1e-5, err
+        return
+    close(got, want, tol=1e-5)
 
 
 def test_masks_follow_paddle_seed(ops):
@@ -187,13 +204,14 @@ def test_the_faster_path_is_measured_once_per_cpu_and_forced_by_the_switch(ops, 
     build = fused_cpu._state["build_dir"]
     home = tmp_path / "home"
     shutil.copytree(build, home / "ops" / os.path.basename(build),  # the built kernels, without any cached choice
-                    ignore=shutil.ignore_patterns("choice-*"))
+                    ignore=shutil.ignore_patterns("choice-*", "heads-*"))
     code = ("import logging, sys; logging.basicConfig(level=logging.INFO)\n"
             "import paddle\nfrom dpr_paddle.modeling import fast_cpu, fused_cpu\n"
             "paddle.seed(7)\n"
             "layer = paddle.nn.TransformerEncoderLayer(64, 4, 128, dropout=0.1, activation='gelu')\n"
             "fused_cpu.speed_up(fast_cpu.speed_up(layer))\n"
-            "print('fused', 'forward' in vars(layer), 'draw', paddle.rand([1]).item())\n")
+            "heads = getattr(layer, '_dpr_gemms', (None, None))[1]\n"
+            "print('fused', 'forward' in vars(layer), 'draw', paddle.rand([1]).item(), getattr(heads, '__name__', None))\n")
     env = {k: v for k, v in os.environ.items() if k != "DPR_PADDLE_FUSED"}
 
     def run(**extra):
@@ -201,16 +219,24 @@ def test_the_faster_path_is_measured_once_per_cpu_and_forced_by_the_switch(ops, 
                               env=dict(env, DPR_PADDLE_HOME=str(home), **extra))
         assert proc.returncode == 0, proc.stderr[-2000:]
         out = proc.stdout.split()
+        run.heads = out[4]  # the per-head GEMM the fused layer got, or None
         return out[1] == "True", float(out[3]), proc.stderr
 
     fused, draw, err = run()
     assert err.count("per layer step") == 1 and "measured once, cached in" in err
+    # the per-head GEMM was measured first (the fused step is timed with it), once, in float32
+    assert err.count("attention's per-head GEMMs in float32") == 1
+    [heads_file] = glob.glob(str(home / "ops" / "*" / "heads-*.json"))
+    heads = json.load(open(heads_file))
+    assert heads["ours"] == (heads["ours_ms"] <= heads["library_ms"]) and heads["shape"] == ["float32", 4, 16]
+    if fused:
+        assert run.heads == ("heads_matmul" if heads["ours"] else "_paddle_heads")
     [cached] = glob.glob(str(home / "ops" / "*" / "choice-*.json"))
     choice = json.load(open(cached))
     assert choice["fused"] == fused == (choice["fused_ms"] < choice["eager_ms"]) and choice["shape"] == [64, 4, 128]
     assert choice["vector"] == fused_cpu.vector_width() and choice["cpu"] == cpu_info()[0]
     again, draw_again, err = run()
-    assert again == fused and "per layer step" not in err  # read, not measured again
+    assert again == fused and "per layer step" not in err and "per-head" not in err  # read, not measured again
     forced_on, draw_on, err_on = run(DPR_PADDLE_FUSED="1")
     forced_off, draw_off, err_off = run(DPR_PADDLE_FUSED="0")
     assert forced_on and not forced_off and "per layer step" not in err_on + err_off
@@ -219,6 +245,26 @@ def test_the_faster_path_is_measured_once_per_cpu_and_forced_by_the_switch(ops, 
         f.write('{"fused": tr')  # a damaged cache file is measured again and rewritten, not a traceback
     remeasured, _, err = run()
     assert remeasured == json.load(open(cached))["fused"] and err.count("per layer step") == 1
+    os.remove(heads_file)  # DPR_PADDLE_HEADS_GEMM forces the per-head GEMM, unmeasured
+    for forced, name in (("ours", "heads_matmul"), ("library", "_paddle_heads")):
+        assert run(DPR_PADDLE_FUSED="1", DPR_PADDLE_HEADS_GEMM=forced)[0] and run.heads == name
+    assert not glob.glob(str(home / "ops" / "*" / "heads-*.json"))
+
+
+@pytest.mark.parametrize("script", ["train_dense_encoder.py", "train_reranker.py"])
+def test_a_mistyped_heads_gemm_force_is_one_line(ops, tmp_path, script):
+    """DPR_PADDLE_HEADS_GEMM is read where every CPU training path picks its per-head GEMM: a value that is neither
+    ours nor library stops both training commands in one line, instead of measuring without a word."""
+    from conftest import run_cli, shared_path
+
+    args = ["--train_data_path", shared_path("data", "squad1_open", "train.json"), "--model_name_or_path", "tiny",
+            "--batch_size", "4", "--chunk_size", "2", "--max_steps", "1", "--save_dir", tmp_path / "run"]
+    args += ["--max_length", "48", "--group_size", "2"] if script == "train_reranker.py" else []
+    proc = run_cli(script, *args, check=False, env={"DPR_PADDLE_HEADS_GEMM": "mkl"})
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "DPR_PADDLE_HEADS_GEMM='mkl' is not ours or library" in last, last
+    assert not (tmp_path / "run").exists() or not os.listdir(tmp_path / "run")  # stopped before training wrote
 
 
 def test_the_kernels_are_built_for_this_cpu():

@@ -7,8 +7,9 @@ The weight GEMMs (q/k/v, output and feed-forward) go through oneDNN's matmul (th
 wheel). On AMX oneDNN's "bf16" fpmath mode does the rounding; where oneDNN would ignore that mode
 (AVX512-BF16 without AMX, e.g. AMD Zen 4, where it ran float32), the operators round the inputs themselves
 and give oneDNN bfloat16 operands, so every CPU computes the same thing. Attention's per-head q·kᵀ and
-probs·v are fused_cpu's `heads_matmul`, which rounds as it packs (oneDNN needed a separate rounding pass
-over both inputs). Everything else (embeddings, softmax, LayerNorm, GELU, dropout, the loss, the
+probs·v are fused_cpu's `heads_matmul`, which rounds as it packs, or oneDNN's batched matmul (AMX kernels on
+Intel; elsewhere after a separate rounding pass over both inputs), whichever fused_cpu.heads_gemm measured
+faster on this CPU. Everything else (embeddings, softmax, LayerNorm, GELU, dropout, the loss, the
 gradient cache's cached gradients, the optimiser and its master weights) stays float32. That is torch's CPU
 autocast for a linear layer, less its rounding of the output.
 
@@ -90,5 +91,13 @@ def linear(x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
 
 def bmm(a: paddle.Tensor, b: paddle.Tensor, transpose_b: bool = False) -> paddle.Tensor:
     """a @ b (or a @ bᵀ) per leading index, bfloat16 inputs, float32 accumulation: a [..., M, K],
-    b [..., K, N] (or [..., N, K]) -> [..., M, N]."""
+    b [..., K, N] (or [..., N, K]) -> [..., M, N]. fused_cpu's own kernel."""
     return fused_cpu.heads_matmul(a, b, transpose_b, bf16=True)
+
+
+def onednn_bmm(a: paddle.Tensor, b: paddle.Tensor, transpose_b: bool = False) -> paddle.Tensor:
+    """`bmm` by oneDNN's batched matmul (its AMX kernels where the CPU has them): the same shapes and values."""
+    return ops().dpr_bf16_bmm(a, b, transpose_b)
+
+
+GEMMS = fused_cpu.Gemms("bfloat16", linear, bmm, ("oneDNN's batched matmul", onednn_bmm))  # what --bf16 runs

@@ -8,9 +8,10 @@
 // picked its float32 kernel (brg_matmul:avx512_core) and computed in float32 at float32 speed. So each GEMM
 // asks oneDNN which kernel it chose, and where that is not a bfloat16 one, rounds the inputs to bfloat16
 // itself (round to nearest even, as oneDNN does) and hands oneDNN bfloat16 operands, whose kernel
-// (brg_matmul:avx512_core_bf16, or gemm:jit:bf16 below) then runs. Where the kernel is not an AMX one, a GEMM's
-// token count (rows of x, or the contraction of a weight gradient) is given at execution, so one primitive
-// serves every chunk length. Results are deterministic for a given shape and thread count, so a gradient
+// (brg_matmul:avx512_core_bf16, or gemm:jit:bf16 below) then runs. Where the kernel is not an AMX one, a weight
+// GEMM's token count (rows of x, or the contraction of a weight gradient) is given at execution, so one primitive
+// serves every chunk length. Attention's per-head GEMMs are here too, as one batched matmul (dpr_bf16_bmm): on AMX
+// they ran 1.7-1.9x as fast as fused_ops.cc's heads_matmul, which wins elsewhere; fused_cpu.heads_gemm measures. Results are deterministic for a given shape and thread count, so a gradient
 // cache's replay of a chunk gives the same bits as its first pass.
 //
 // Paddle's wheel ships the library but only a partial set of its headers, so the few C API entry points
@@ -18,6 +19,7 @@
 #include "paddle/extension.h"
 
 #include "bf16_round.h"
+#include "heads_gemm.h"
 
 #include <cstdint>
 #include <cstring>
@@ -97,10 +99,11 @@ dnnl_stream_t stream() {
   return s;
 }
 
-dnnl_memory_desc_t desc(int64_t rows, int64_t cols, bool transposed, int type) {
-  // a [1, rows, cols] view of a row-major [rows, cols] or (transposed) [cols, rows] buffer; either may be kRuntime
+dnnl_memory_desc_t desc(int64_t batch, int64_t rows, int64_t cols, bool transposed, int type) {
+  // a [batch, rows, cols] view of a row-major [batch, rows, cols] or (transposed) [batch, cols, rows] buffer; rows
+  // or cols may be kRuntime (then batch is 1)
   const bool runtime = rows == kRuntime || cols == kRuntime;
-  dnnl_dims_t dims = {1, rows, cols};
+  dnnl_dims_t dims = {batch, rows, cols};
   dnnl_dims_t strides = {runtime ? kRuntime : rows * cols, transposed ? 1 : cols, transposed ? rows : 1};
   dnnl_memory_desc_t made;
   DNNL_OK(dnnl_memory_desc_create_with_strides(&made, 3, dims, type, strides));
@@ -119,9 +122,11 @@ bool runs_bf16(const_dnnl_primitive_desc_t pd) {
   return std::strstr(impl, "amx") != nullptr || std::strstr(impl, "bf16") != nullptr;
 }
 
-// A matmul [m, k] @ [k, n] (float32 inputs and output, bfloat16 fpmath), or null when oneDNN has none.
-dnnl_primitive_desc_t matmul_pd(int64_t m, int64_t k, int64_t n, bool ta, bool tb, int input_type) {
-  dnnl_memory_desc_t a = desc(m, k, ta, input_type), b = desc(k, n, tb, input_type), c = desc(m, n, false, kF32);
+// A matmul [batch, m, k] @ [batch, k, n] (inputs of `input_type`, float32 output, bfloat16 fpmath), or null when
+// oneDNN has none.
+dnnl_primitive_desc_t matmul_pd(int64_t batch, int64_t m, int64_t k, int64_t n, bool ta, bool tb, int input_type) {
+  dnnl_memory_desc_t a = desc(batch, m, k, ta, input_type), b = desc(batch, k, n, tb, input_type),
+                     c = desc(batch, m, n, false, kF32);
   dnnl_primitive_attr_t attr;
   DNNL_OK(dnnl_primitive_attr_create(&attr));
   DNNL_OK(dnnl_primitive_attr_set_fpmath_mode(attr, kFpmathBf16));
@@ -141,7 +146,7 @@ bool token_count_at_run_time() {
   // GFLOP/s), with one primitive per weight instead of hundreds whose JIT code and scratchpads grew the
   // process by hundreds of MB on real batches (docs/benchmarks.md section 14).
   static const bool yes = [] {
-    dnnl_primitive_desc_t pd = matmul_pd(256, 384, 384, false, false, kF32);
+    dnnl_primitive_desc_t pd = matmul_pd(1, 256, 384, 384, false, false, kF32);
     const bool amx = pd != nullptr && std::strstr(impl_name(pd), "amx") != nullptr;
     if (pd != nullptr) dnnl_primitive_desc_destroy(pd);
     return !amx;
@@ -149,17 +154,16 @@ bool token_count_at_run_time() {
   return yes;
 }
 
-// [m, k] @ [k, n] -> [m, n], row-major; `ta` / `tb` read A as [k, m] / B as [n, k]; `tokens` is 'm' or 'k', the
-// dimension that is a chunk's token count
-using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool>;
+// [batch, m, k] @ [batch, k, n] -> [batch, m, n], row-major; `ta` / `tb` read A as [k, m] / B as [n, k]; `tokens`
+// is 'm' or 'k', the dimension that is a chunk's token count in a weight GEMM (batch 1), or ' ' (fixed shapes)
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool>;
 std::mutex cache_mutex;
 std::map<Key, Gemm> cache;
 
-const Gemm& gemm(int64_t m, int64_t k, int64_t n, bool ta, bool tb, char tokens) {
-  const bool runtime = token_count_at_run_time();
-  if (runtime) (tokens == 'm' ? m : k) = kRuntime;
+const Gemm& gemm(int64_t batch, int64_t m, int64_t k, int64_t n, bool ta, bool tb, char tokens) {
+  if (tokens != ' ' && token_count_at_run_time()) (tokens == 'm' ? m : k) = kRuntime;
   std::lock_guard<std::mutex> lock(cache_mutex);
-  Key key{m, k, n, ta, tb};
+  Key key{batch, m, k, n, ta, tb};
   auto found = cache.find(key);
   if (found != cache.end()) return found->second;
   if (cache.size() >= kMaxCached) {
@@ -167,10 +171,10 @@ const Gemm& gemm(int64_t m, int64_t k, int64_t n, bool ta, bool tb, char tokens)
     cache.clear();
   }
   Gemm g{nullptr, false};
-  dnnl_primitive_desc_t pd = matmul_pd(m, k, n, ta, tb, kF32);
+  dnnl_primitive_desc_t pd = matmul_pd(batch, m, k, n, ta, tb, kF32);
   PD_CHECK(pd != nullptr, "oneDNN has no float32 matmul for this shape");
   if (!runs_bf16(pd)) {  // float32 here in spite of the fpmath mode: give oneDNN bfloat16 operands
-    dnnl_primitive_desc_t bf16 = matmul_pd(m, k, n, ta, tb, kBf16);
+    dnnl_primitive_desc_t bf16 = matmul_pd(batch, m, k, n, ta, tb, kBf16);
     if (bf16 != nullptr && runs_bf16(bf16)) {
       dnnl_primitive_desc_destroy(pd);
       pd = bf16;
@@ -189,21 +193,23 @@ void round_to_bf16(const float* x, uint16_t* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = dpr::bf16_bits(x[i]);
 }
 
-// c [m, n] = a @ b with the shapes of gemm(m, k, n, ta, tb, ...), which made `g`
-void run(const Gemm& g, const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n, bool ta, bool tb) {
+// c [batch, m, n] = a @ b with the shapes of gemm(batch, m, k, n, ta, tb, ...), which made `g`
+void run(const Gemm& g, const float* a, const float* b, float* c, int64_t batch, int64_t m, int64_t k, int64_t n,
+         bool ta, bool tb) {
   void* pa = const_cast<float*>(a);
   void* pb = const_cast<float*>(b);
   thread_local std::vector<uint16_t> a16, b16;  // the rounded inputs, reused across calls
   if (g.round_inputs) {
-    a16.resize(m * k);
-    b16.resize(k * n);
-    round_to_bf16(a, a16.data(), m * k);
-    round_to_bf16(b, b16.data(), k * n);
+    a16.resize(batch * m * k);
+    b16.resize(batch * k * n);
+    round_to_bf16(a, a16.data(), batch * m * k);
+    round_to_bf16(b, b16.data(), batch * k * n);
     pa = a16.data();
     pb = b16.data();
   }
   const int type = g.round_inputs ? kBf16 : kF32;
-  dnnl_memory_desc_t da = desc(m, k, ta, type), db = desc(k, n, tb, type), dc = desc(m, n, false, kF32);
+  dnnl_memory_desc_t da = desc(batch, m, k, ta, type), db = desc(batch, k, n, tb, type),
+                     dc = desc(batch, m, n, false, kF32);
   dnnl_memory_t ma, mb, mc;
   DNNL_OK(dnnl_memory_create(&ma, da, engine(), pa));
   DNNL_OK(dnnl_memory_create(&mb, db, engine(), pb));
@@ -219,9 +225,11 @@ void run(const Gemm& g, const float* a, const float* b, float* c, int64_t m, int
   dnnl_memory_desc_destroy(dc);
 }
 
-// c [m, n] = a @ b, the token dimension (`tokens`: 'm' or 'k') given at run time where this CPU allows it
-void matmul(const float* a, const float* b, float* c, int64_t m, int64_t k, int64_t n, bool ta, bool tb, char tokens) {
-  run(gemm(m, k, n, ta, tb, tokens), a, b, c, m, k, n, ta, tb);
+// c [batch, m, n] = a @ b; a weight GEMM's token dimension (`tokens`: 'm' or 'k') given at run time where this CPU
+// allows it
+void matmul(const float* a, const float* b, float* c, int64_t batch, int64_t m, int64_t k, int64_t n, bool ta, bool tb,
+            char tokens) {
+  run(gemm(batch, m, k, n, ta, tb, tokens), a, b, c, batch, m, k, n, ta, tb);
 }
 
 void check(const paddle::Tensor& t, const char* name) {
@@ -241,7 +249,7 @@ std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const paddle:
   auto shape = x.shape();
   shape.back() = n;
   auto out = paddle::empty(shape, paddle::DataType::FLOAT32, x.place());
-  matmul(x.data<float>(), w.data<float>(), out.data<float>(), m, k, n, false, false, 'm');
+  matmul(x.data<float>(), w.data<float>(), out.data<float>(), 1, m, k, n, false, false, 'm');
   return {out};
 }
 
@@ -250,8 +258,8 @@ std::vector<paddle::Tensor> LinearBackward(const paddle::Tensor& x, const paddle
   const int64_t k = x.shape().back(), n = w.shape()[1], m = x.numel() / k;
   auto gx = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
   auto gw = paddle::empty(w.shape(), paddle::DataType::FLOAT32, x.place());
-  matmul(grad_out.data<float>(), w.data<float>(), gx.data<float>(), m, n, k, false, true, 'm');  // g @ w^T
-  matmul(x.data<float>(), grad_out.data<float>(), gw.data<float>(), k, m, n, true, false, 'k');  // x^T @ g
+  matmul(grad_out.data<float>(), w.data<float>(), gx.data<float>(), 1, m, n, k, false, true, 'm');  // g @ w^T
+  matmul(x.data<float>(), grad_out.data<float>(), gw.data<float>(), 1, k, m, n, true, false, 'k');  // x^T @ g
   return {gx, gw};
 }
 
@@ -261,3 +269,35 @@ PD_BUILD_GRAD_OP(dpr_bf16_linear)
     .Inputs({"X", "W", paddle::Grad("Out")})
     .Outputs({paddle::Grad("X"), paddle::Grad("W")})
     .SetKernelFn(PD_KERNEL(LinearBackward));
+
+// ------------------------------------------------------------------ a @ b (per head; b transposed or not)
+// a [..., m, k]; b [..., k, n], or [..., n, k] with transpose_b -> [..., m, n]; the leading dims are equal.
+// Fixed shapes (one primitive per chunk length): AMX kernels are built per shape.
+
+std::vector<paddle::Tensor> BatchedForward(const paddle::Tensor& a, const paddle::Tensor& b, bool transpose_b) {
+  return dpr::heads_forward(a, b, transpose_b, [](const float* x, const float* y, float* z, int64_t batch, int64_t m,
+                                                  int64_t k, int64_t n, bool ta, bool tb) {
+    matmul(x, y, z, batch, m, k, n, ta, tb, ' ');
+  });
+}
+
+std::vector<paddle::Tensor> BatchedBackward(const paddle::Tensor& a, const paddle::Tensor& b,
+                                            const paddle::Tensor& grad_out, bool transpose_b) {
+  return dpr::heads_backward(a, b, grad_out, transpose_b, [](const float* x, const float* y, float* z,
+                                                             int64_t batch, int64_t m, int64_t k, int64_t n, bool ta,
+                                                             bool tb) {
+    matmul(x, y, z, batch, m, k, n, ta, tb, ' ');
+  });
+}
+
+PD_BUILD_OP(dpr_bf16_bmm)
+    .Inputs({"A", "B"})
+    .Outputs({"Out"})
+    .Attrs({"transpose_b: bool"})
+    .SetKernelFn(PD_KERNEL(BatchedForward));
+
+PD_BUILD_GRAD_OP(dpr_bf16_bmm)
+    .Inputs({"A", "B", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("A"), paddle::Grad("B")})
+    .Attrs({"transpose_b: bool"})
+    .SetKernelFn(PD_KERNEL(BatchedBackward));

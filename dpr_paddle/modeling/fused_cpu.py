@@ -7,8 +7,10 @@ A BERT/ERNIE layer (`nn.TransformerEncoderLayer`, post-norm) trained on CPU runs
 - LayerNorm(residual + dropout(x W + b)) after the attention's output projection and after the
   feed-forward's second linear, with the bias folded in (`dpr_bias_dropout_residual_ln`);
 - GELU(x W1 + b1) with the bias folded in (`dpr_bias_gelu`).
-The weight GEMMs stay Paddle's (MKL), or with --bf16 bf16_cpu's (oneDNN, bfloat16 inputs); attention's
-per-head GEMMs are this file's `heads_matmul` in both precisions. Each operator has its
+The weight GEMMs stay Paddle's (MKL), or with --bf16 bf16_cpu's (oneDNN, bfloat16 inputs). Attention's per-head
+GEMMs are this file's `heads_matmul` or the library's batched matmul (Paddle's MKL in float32, oneDNN's with
+--bf16), whichever `heads_gemm` measured faster on this CPU: ours won on AMD Zen 4, oneDNN's AMX kernels on an
+Intel Xeon (docs/benchmarks.md section 14). Each operator has its
 backward and spreads rows over OpenMP threads. Layers the kernels do not cover (`unfusable`: pre-norm, another
 activation) run Paddle's forward; `--bf16` refuses an encoder with such layers (bf16_cpu.check_encoder).
 
@@ -25,7 +27,8 @@ machine without a compiler (or a failed build) runs the eager path, saying so in
 Whether they run is measured, once per CPU model and layer shape (`use_fused`): one training layer step
 (forward + backward, dropout on, a quarter of the tokens padding) is timed fused and eager, and the faster
 runs, so the project is never slower than its own eager path on any CPU. The choice is cached beside the
-build and logged in one line. `DPR_PADDLE_FUSED=1` or `=0` forces either; `--bf16` always runs them. Only
+build and logged in one line. `DPR_PADDLE_FUSED=1` or `=0` forces either; `--bf16` always runs them. The per-head
+GEMM is chosen the same way (`DPR_PADDLE_HEADS_GEMM=ours|library` forces it). Only
 training on CPU uses them: evaluation, export and accelerators run Paddle's own layers (on a GPU, Paddle's fused
 kernels are the right ones). An eval-mode forward with the bfloat16 GEMMs was measured for encoding and lost to
 Paddle Inference's bfloat16 (docs/benchmarks.md section 14), so encoding keeps its backends.
@@ -42,12 +45,15 @@ import subprocess
 import sys
 import types
 import warnings
-from typing import Tuple
+from typing import Callable, NamedTuple, Tuple
+
+import numpy as np
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from ..common.errors import DprError
 from ..common.runtime import cpu_info, cpu_key, measured_choice, time_alternating
 
 logger = logging.getLogger(__name__)
@@ -246,20 +252,92 @@ def heads_matmul(a: paddle.Tensor, b: paddle.Tensor, transpose_b: bool = False, 
     return ops().dpr_heads_matmul(a, b, transpose_b, bf16)
 
 
-F32_GEMMS = (paddle.matmul, heads_matmul)  # (x [.., K] @ w [K, N]: Paddle's (MKL); per-head a @ b or a @ bᵀ)
+def _paddle_heads(a: paddle.Tensor, b: paddle.Tensor, transpose_b: bool = False) -> paddle.Tensor:
+    """Attention's per-head a @ b (or a @ bᵀ) by Paddle's batched matmul (MKL): the library's float32 candidate."""
+    return paddle.matmul(a, b, transpose_y=transpose_b)
+
+
+class Gemms(NamedTuple):
+    """One precision's GEMMs for the fused layers: the weight GEMM x [.., K] @ w [K, N], and two candidates for
+    attention's per-head a @ b (or a @ bᵀ), ours and a library's, of which `heads_gemm` runs the faster."""
+    precision: str  # in log lines and the measured choice's key
+    linear: Callable
+    ours: Callable
+    library: Tuple[str, Callable]  # (its name, the function)
+
+
+F32 = Gemms("float32", paddle.matmul, heads_matmul, ("Paddle's batched matmul (MKL)", _paddle_heads))
+
+
+def heads_gemm(layer: nn.TransformerEncoderLayer, gemms: Gemms) -> Callable:
+    """The per-head GEMM that layers shaped like `layer` run in `gemms`' precision: `gemms.ours` or
+    `gemms.library`, whichever a chunk's attention GEMMs (forward and backward) ran faster on this CPU, measured
+    once per CPU model, instruction set, precision and head shape, cached beside the build and logged in one line.
+    `DPR_PADDLE_HEADS_GEMM=ours|library` forces either. Both are exact for the gradient cache: each gives the same
+    bits whenever it runs the same shapes on the same threads."""
+    forced = os.environ.get("DPR_PADDLE_HEADS_GEMM", "")
+    if forced:
+        if forced not in ("ours", "library"):  # a mistyped force would otherwise measure without a word
+            raise DprError(f"DPR_PADDLE_HEADS_GEMM={forced!r} is not ours or library; unset it to measure")
+        return gemms.ours if forced == "ours" else gemms.library[1]
+    shape = (gemms.precision, layer.self_attn.num_heads, layer.self_attn.head_dim)
+    if shape not in _state["choices"]:
+        _state["choices"][shape] = _measured_heads_choice(gemms, shape)
+    return gemms.ours if _state["choices"][shape] else gemms.library[1]
+
+
+def _measured_heads_choice(gemms: Gemms, shape) -> bool:
+    model, _ = cpu_info()
+    path = os.path.join(_state["build_dir"], f"heads-{cpu_key(' '.join(cflags()), *shape)}.json")
+
+    def measure() -> dict:
+        ours_ms, library_ms = (1000 * t for t in _time_heads([gemms.ours, gemms.library[1]], *shape[1:]))
+        return {"ours": ours_ms <= library_ms, "ours_ms": round(ours_ms, 2), "library_ms": round(library_ms, 2),
+                "library": gemms.library[0], "cpu": model, "shape": list(shape)}
+
+    choice, fresh = measured_choice(path, measure, lambda c: all(k in c for k in ("ours", "ours_ms", "library_ms")))
+    if fresh:
+        logger.info("attention's per-head GEMMs in %s: ours %.1f ms against %.1f ms for %s per chunk on %s; %s run "
+                    "(measured once, cached in %s; DPR_PADDLE_HEADS_GEMM=ours or library forces)", shape[0],
+                    choice["ours_ms"], choice["library_ms"], gemms.library[0], model,
+                    "ours" if choice["ours"] else "the library's", path)
+    return bool(choice["ours"])
+
+
+def _time_heads(candidates, heads: int, head_dim: int, batch: int = 16, length: int = 128, repeats: int = 5):
+    """Seconds (median of `repeats`, alternated) of each candidate per-head GEMM over a chunk's attention:
+    q·kᵀ and probs·v, forward and both input gradients, for `batch` sequences of `length` tokens. The inputs
+    come from numpy, so Paddle's random state is not touched."""
+    rng = np.random.default_rng(0)
+
+    def tensor(*dims):
+        t = paddle.to_tensor(rng.standard_normal([batch, heads, *dims]).astype("float32"))
+        t.stop_gradient = False
+        return t
+
+    q, k, v, probs = tensor(length, head_dim), tensor(length, head_dim), tensor(length, head_dim), tensor(length, length)
+    up_scores, up_context = tensor(length, length), tensor(length, head_dim)
+
+    def chunk(gemm):
+        def call():
+            paddle.grad([gemm(q, k, True)], [q, k], [up_scores])  # scores [B, heads, L, L]
+            paddle.grad([gemm(probs, v, False)], [probs, v], [up_context])  # context [B, heads, L, head_dim]
+        return call
+
+    return time_alternating([chunk(g) for g in candidates], repeats)
 
 
 def _layer_forward(self, src, src_mask=None, cache=None, output_attentions=False):
     """`nn.TransformerEncoderLayer.forward` (post-norm, GELU) with the fused kernels; Paddle's own
     forward wherever they do not apply. `output_attentions` is the argument PaddleNLP adds to the class's
     forward (a patch without it draws PaddleNLP's warning); asking for attentions takes Paddle's path.
-    The GEMMs are the layer's `_dpr_gemms` (`speed_up`'s `gemms`: float32 by default, bf16_cpu's with --bf16)."""
+    The GEMMs are the layer's `_dpr_gemms` (set by `speed_up`: float32 by default, bf16_cpu's with --bf16)."""
     src_mask = nn.layer.transformer._convert_attention_mask(src_mask, src.dtype)
     if output_attentions or not _eligible(self, src, src_mask, cache):
         extra = {"output_attentions": True} if output_attentions else {}
         return type(self).forward(self, src, src_mask, cache, **extra)
     counts["fused_layers"] += 1
-    linear, bmm = getattr(self, "_dpr_gemms", F32_GEMMS)
+    linear, bmm = getattr(self, "_dpr_gemms", (F32.linear, F32.ours))
     attn = self.self_attn
     # one GEMM for q, k and v ([H, 3H] weights); the split adds their biases: [B, heads, L, head_dim] each
     qkv_weight = paddle.concat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], axis=1)
@@ -320,6 +398,7 @@ def _time_layer_step(hidden: int, heads: int, ffn: int, batch: int = 8, length: 
     try:
         layer = fast_cpu.speed_up(nn.TransformerEncoderLayer(hidden, heads, ffn, dropout=0.1, activation="gelu",
                                                              attn_dropout=0.1, act_dropout=0.0))
+        layer._dpr_gemms = (F32.linear, heads_gemm(layer, F32))  # fused as it would run: with the chosen heads GEMM
         layer.train()
         x = paddle.randn([batch, length, hidden])
         x.stop_gradient = False
@@ -338,18 +417,21 @@ def _time_layer_step(hidden: int, heads: int, ffn: int, batch: int = 8, length: 
         paddle.set_rng_state(rng_state)
 
 
-def speed_up(encoder: nn.Layer, gemms=None) -> nn.Layer:
+def speed_up(encoder: nn.Layer, gemms: Gemms = None) -> nn.Layer:
     """Route the training forward of each `nn.TransformerEncoderLayer` in `encoder` through the fused
-    kernels (in place; returns it) where `use_fused` says they are faster here. A no-op when they are off
-    or cannot be built. `gemms` (bf16_cpu's) replaces the layers' float32 GEMMs and puts every layer on
-    the fused path, whatever the measured choice: those GEMMs exist only there."""
+    kernels (in place; returns it) where `use_fused` says they are faster here, with float32 GEMMs. A no-op when
+    they are off or cannot be built. `gemms` (bf16_cpu.GEMMS) replaces the float32 GEMMs and puts every layer
+    on the fused path, whatever the measured choice: those GEMMs exist only there. Either way each layer's
+    per-head GEMM is `heads_gemm`'s choice."""
     if not enabled() or ops() is None:
         return encoder
     for layer in encoder.sublayers(include_self=True):
         if type(layer) is not nn.TransformerEncoderLayer:
             continue
-        if gemms is not None:
-            layer._dpr_gemms = gemms
         if "forward" not in vars(layer) and (gemms is not None or use_fused(layer)):
+            chosen = gemms or F32
+            layer._dpr_gemms = (chosen.linear, heads_gemm(layer, chosen))
             layer.forward = types.MethodType(_layer_forward, layer)
+        elif gemms is not None:  # already fused (a second speed_up): the new precision's GEMMs
+            layer._dpr_gemms = (gemms.linear, heads_gemm(layer, gemms))
     return encoder

@@ -20,6 +20,7 @@
 #include "paddle/extension.h"
 
 #include "bf16_round.h"
+#include "heads_gemm.h"
 
 namespace {
 
@@ -217,38 +218,19 @@ void batched_gemm(const float* a, const float* b, float* c, int64_t batch, int64
 // a [..., m, k]; b [..., k, n], or [..., n, k] with transpose_b -> [..., m, n]; the leading dims are equal
 std::vector<paddle::Tensor> HeadsMatmulForward(const paddle::Tensor& a, const paddle::Tensor& b, bool transpose_b,
                                                bool bf16) {
-  check_float(a, "a");
-  check_float(b, "b");
-  const auto& as = a.shape();
-  const auto& bs = b.shape();
-  PD_CHECK(as.size() >= 2 && as.size() == bs.size(), "a and b must have the same rank, at least 2");
-  const int64_t m = as[as.size() - 2], k = as.back(), n = transpose_b ? bs[bs.size() - 2] : bs.back();
-  const int64_t batch = a.numel() / (m * k);
-  PD_CHECK((transpose_b ? bs.back() : bs[bs.size() - 2]) == k && b.numel() == batch * k * n, "a and b do not chain");
-  auto shape = as;
-  shape.back() = n;
-  auto out = paddle::empty(shape, paddle::DataType::FLOAT32, a.place());
-  batched_gemm(a.data<float>(), b.data<float>(), out.data<float>(), batch, m, k, n, false, transpose_b, bf16);
-  return {out};
+  return dpr::heads_forward(a, b, transpose_b, [bf16](const float* x, const float* y, float* z, int64_t batch,
+                                                      int64_t m, int64_t k, int64_t n, bool ta, bool tb) {
+    batched_gemm(x, y, z, batch, m, k, n, ta, tb, bf16);
+  });
 }
 
 std::vector<paddle::Tensor> HeadsMatmulBackward(const paddle::Tensor& a, const paddle::Tensor& b,
                                                 const paddle::Tensor& grad_out, bool transpose_b, bool bf16) {
-  const auto& as = a.shape();
-  const auto& bs = b.shape();
-  const int64_t m = as[as.size() - 2], k = as.back(), n = transpose_b ? bs[bs.size() - 2] : bs.back();
-  const int64_t batch = a.numel() / (m * k);
-  auto ga = paddle::empty(as, paddle::DataType::FLOAT32, a.place());
-  auto gb = paddle::empty(bs, paddle::DataType::FLOAT32, a.place());
-  const float* g = grad_out.data<float>();
-  // ga [m, k] = g @ bᵀ: bᵀ is b read transposed when b is [k, n], and b as it is when b is [n, k]
-  batched_gemm(g, b.data<float>(), ga.data<float>(), batch, m, n, k, false, !transpose_b, bf16);
-  if (transpose_b) {  // gb [n, k] = gᵀ @ a
-    batched_gemm(g, a.data<float>(), gb.data<float>(), batch, n, m, k, true, false, bf16);
-  } else {  // gb [k, n] = aᵀ @ g
-    batched_gemm(a.data<float>(), g, gb.data<float>(), batch, k, m, n, true, false, bf16);
-  }
-  return {ga, gb};
+  return dpr::heads_backward(a, b, grad_out, transpose_b, [bf16](const float* x, const float* y, float* z,
+                                                                 int64_t batch, int64_t m, int64_t k, int64_t n,
+                                                                 bool ta, bool tb) {
+    batched_gemm(x, y, z, batch, m, k, n, ta, tb, bf16);
+  });
 }
 
 // ------------------------------------------------------------------ bias + GELU (exact, erf)

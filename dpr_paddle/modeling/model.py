@@ -91,7 +91,7 @@ def speed_up_encoder(encoder: nn.Layer, bf16: bool = False) -> nn.Layer:
         bf16_cpu.check_encoder(encoder)
     keep_freed_memory()
     fast_cpu.speed_up(encoder)
-    return fused_cpu.speed_up(encoder, (bf16_cpu.linear, bf16_cpu.bmm) if bf16 else None)
+    return fused_cpu.speed_up(encoder, bf16_cpu.GEMMS if bf16 else None)
 
 
 def encoder_call(encoder: nn.Layer):
