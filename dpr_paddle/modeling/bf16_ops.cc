@@ -11,8 +11,9 @@
 // (brg_matmul:avx512_core_bf16, or gemm:jit:bf16 below) then runs. Where the kernel is not an AMX one, a weight
 // GEMM's token count (rows of x, or the contraction of a weight gradient) is given at execution, so one primitive
 // serves every chunk length. Attention's per-head GEMMs are here too, as one batched matmul (dpr_bf16_bmm): on AMX
-// they ran 1.7-1.9x as fast as fused_ops.cc's heads_matmul, which wins elsewhere; fused_cpu.heads_gemm measures. Results are deterministic for a given shape and thread count, so a gradient
-// cache's replay of a chunk gives the same bits as its first pass.
+// they ran 1.7-1.9x as fast as fused_ops.cc's heads_matmul, which wins elsewhere; fused_cpu.heads_gemm measures.
+// Results are deterministic for a given shape and thread count, so a gradient cache's replay of a chunk gives the
+// same bits as its first pass.
 //
 // Paddle's wheel ships the library but only a partial set of its headers, so the few C API entry points
 // used here are declared below (oneDNN v3's stable C API; values from oneapi/dnnl/dnnl_types.h).
