@@ -233,18 +233,14 @@ void matmul(const float* a, const float* b, float* c, int64_t batch, int64_t m, 
   run(gemm(batch, m, k, n, ta, tb, tokens), a, b, c, batch, m, k, n, ta, tb);
 }
 
-void check(const paddle::Tensor& t, const char* name) {
-  PD_CHECK(t.is_cpu() && t.dtype() == paddle::DataType::FLOAT32, name, " must be a float32 CPU tensor");
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------- x @ w (weights)
 // x [..., k], w [k, n] -> [..., n]
 
 std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const paddle::Tensor& w) {
-  check(x, "x");
-  check(w, "w");
+  dpr::check_float(x, "x");
+  dpr::check_float(w, "w");
   const int64_t k = x.shape().back(), n = w.shape()[1], m = x.numel() / k;
   PD_CHECK(w.shape()[0] == k, "x and w do not chain");
   auto shape = x.shape();

@@ -337,7 +337,7 @@ def _layer_forward(self, src, src_mask=None, cache=None, output_attentions=False
         extra = {"output_attentions": True} if output_attentions else {}
         return type(self).forward(self, src, src_mask, cache, **extra)
     counts["fused_layers"] += 1
-    linear, bmm = getattr(self, "_dpr_gemms", (F32.linear, F32.ours))
+    linear, bmm = self._dpr_gemms  # set wherever this forward is installed, with the measured per-head GEMM
     attn = self.self_attn
     # one GEMM for q, k and v ([H, 3H] weights); the split adds their biases: [B, heads, L, head_dim] each
     qkv_weight = paddle.concat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], axis=1)
@@ -429,9 +429,9 @@ def speed_up(encoder: nn.Layer, gemms: Gemms = None) -> nn.Layer:
         if type(layer) is not nn.TransformerEncoderLayer:
             continue
         if "forward" not in vars(layer) and (gemms is not None or use_fused(layer)):
-            chosen = gemms or F32
-            layer._dpr_gemms = (chosen.linear, heads_gemm(layer, chosen))
             layer.forward = types.MethodType(_layer_forward, layer)
-        elif gemms is not None:  # already fused (a second speed_up): the new precision's GEMMs
-            layer._dpr_gemms = (gemms.linear, heads_gemm(layer, gemms))
+        elif gemms is None:
+            continue  # eager here; or already fused, and a second speed_up without new GEMMs keeps its own
+        chosen = gemms or F32
+        layer._dpr_gemms = (chosen.linear, heads_gemm(layer, chosen))
     return encoder

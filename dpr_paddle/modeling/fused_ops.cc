@@ -85,11 +85,6 @@ inline float fast_erf(float x) {  // Abramowitz & Stegun 7.1.26
 constexpr float kInvSqrt2 = 0.70710678118654752440f;
 constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
 
-void check_float(const paddle::Tensor& t, const char* name) {
-  PD_CHECK(t.is_cpu(), name, " must be on the CPU");
-  PD_CHECK(t.dtype() == paddle::DataType::FLOAT32, name, " must be float32");
-}
-
 int thread_count() {
 #ifdef _OPENMP
   return omp_get_max_threads();
@@ -236,8 +231,8 @@ std::vector<paddle::Tensor> HeadsMatmulBackward(const paddle::Tensor& a, const p
 // ------------------------------------------------------------------ bias + GELU (exact, erf)
 
 std::vector<paddle::Tensor> BiasGeluForward(const paddle::Tensor& x, const paddle::Tensor& bias) {
-  check_float(x, "x");
-  check_float(bias, "bias");
+  dpr::check_float(x, "x");
+  dpr::check_float(bias, "bias");
   const int64_t h = bias.numel(), n = x.numel() / h;
   auto out = paddle::empty(x.shape(), x.dtype(), x.place());
   const float* xp = x.data<float>();
@@ -286,7 +281,7 @@ std::vector<paddle::Tensor> BiasGeluBackward(const paddle::Tensor& x, const padd
 std::vector<paddle::Tensor> BiasDropoutResidualLnForward(const paddle::Tensor& x, const paddle::Tensor& bias,
                                                          const paddle::Tensor& residual, const paddle::Tensor& gamma,
                                                          const paddle::Tensor& beta, int64_t seed, float p, float eps) {
-  for (auto* t : {&x, &bias, &residual, &gamma, &beta}) check_float(*t, "an input");
+  for (auto* t : {&x, &bias, &residual, &gamma, &beta}) dpr::check_float(*t, "an input");
   const int64_t h = bias.numel(), n = x.numel() / h;
   auto out = paddle::empty(x.shape(), x.dtype(), x.place());
   auto sum = paddle::empty(x.shape(), x.dtype(), x.place());  // residual + dropout(x + bias), before the norm
@@ -393,8 +388,8 @@ std::vector<paddle::Tensor> BiasDropoutResidualLnBackward(const paddle::Tensor& 
 
 std::vector<paddle::Tensor> SoftmaxDropoutForward(const paddle::Tensor& scores, const paddle::Tensor& mask,
                                                   float scale, int64_t seed, float p) {
-  check_float(scores, "scores");
-  check_float(mask, "mask");
+  dpr::check_float(scores, "scores");
+  dpr::check_float(mask, "mask");
   const auto& shape = scores.shape();  // [B, heads, Lq, Lk]; mask: B * Lk additive values
   PD_CHECK(shape.size() == 4, "scores must be [B, heads, Lq, Lk]");
   const int64_t batch = shape[0], lk = shape[3], rows_per_batch = shape[1] * shape[2];
@@ -510,8 +505,8 @@ void copy_heads(const float* src, float* dst, const float* bias, int64_t b, int6
 }  // namespace
 
 std::vector<paddle::Tensor> SplitQkvForward(const paddle::Tensor& x, const paddle::Tensor& bias, int heads) {
-  check_float(x, "x");
-  check_float(bias, "bias");
+  dpr::check_float(x, "x");
+  dpr::check_float(bias, "bias");
   const auto& s = x.shape();  // [B, L, 3H]
   PD_CHECK(s.size() == 3 && s[2] % (3 * heads) == 0 && bias.numel() == s[2], "x must be [B, L, 3H], bias [3H]");
   const int64_t d = s[2] / 3 / heads;
@@ -544,7 +539,7 @@ std::vector<paddle::Tensor> SplitQkvBackward(const paddle::Tensor& x, const padd
 }
 
 std::vector<paddle::Tensor> MergeHeadsForward(const paddle::Tensor& x) {
-  check_float(x, "x");
+  dpr::check_float(x, "x");
   const auto& s = x.shape();  // [B, heads, L, d]
   PD_CHECK(s.size() == 4, "x must be [B, heads, L, d]");
   auto out = paddle::empty({s[0], s[2], s[1] * s[3]}, x.dtype(), x.place());

@@ -1,6 +1,6 @@
 // Attention's per-head a @ b (or a @ bᵀ) as Paddle operators, forward and backward, over a batched GEMM: one copy
 // for both kernel files, whose GEMMs are the two candidates fused_cpu.heads_gemm measures (fused_ops.cc's own
-// heads_matmul, bf16_ops.cc's oneDNN batched matmul).
+// heads_matmul, bf16_ops.cc's oneDNN batched matmul); with it, the input check both files' operators make.
 #pragma once
 
 #include "paddle/extension.h"
@@ -10,13 +10,19 @@
 
 namespace dpr {
 
+// Every operator here reads its inputs as float32 on the CPU.
+inline void check_float(const paddle::Tensor& t, const char* name) {
+  PD_CHECK(t.is_cpu(), name, " must be on the CPU");
+  PD_CHECK(t.dtype() == paddle::DataType::FLOAT32, name, " must be float32");
+}
+
 // gemm(a, b, c, batch, m, k, n, ta, tb): c [batch, m, n] = a @ b, row-major, `ta` / `tb` reading A as [k, m] / B as
 // [n, k]. a [..., m, k]; b [..., k, n], or [..., n, k] with transpose_b -> [..., m, n]; the leading dims are equal.
 template <class Gemm>
 std::vector<paddle::Tensor> heads_forward(const paddle::Tensor& a, const paddle::Tensor& b, bool transpose_b,
                                           Gemm gemm) {
-  PD_CHECK(a.is_cpu() && a.dtype() == paddle::DataType::FLOAT32, "a must be a float32 CPU tensor");
-  PD_CHECK(b.is_cpu() && b.dtype() == paddle::DataType::FLOAT32, "b must be a float32 CPU tensor");
+  check_float(a, "a");
+  check_float(b, "b");
   const auto& as = a.shape();
   const auto& bs = b.shape();
   PD_CHECK(as.size() >= 2 && as.size() == bs.size(), "a and b must have the same rank, at least 2");
